@@ -1,0 +1,3 @@
+from vecflow.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,49 @@
+"""Backend registry: store names in vecflow.ini map to adapter classes, imported lazily."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from vecflow.backends.base import Backend, CollectionInfo, Hit
+from vecflow.errors import BackendError, ConfigError
+
+__all__ = ["Backend", "CollectionInfo", "Hit", "register_backend", "open_backend", "known_backends"]
+
+# name -> ("module.path:ClassName", install hint)
+_REGISTRY: dict[str, tuple[str, str]] = {
+    "chroma": ("vecflow.backends.chroma:ChromaBackend", "pip install chromadb"),
+    "faiss": ("vecflow.backends.faiss:FaissBackend", "pip install faiss-cpu"),
+    "redis": ("vecflow.backends.redis:RedisBackend", "pip install redis"),
+    "qdrant": ("vecflow.backends.qdrant:QdrantBackend", "pip install qdrant-client"),
+}
+
+
+def register_backend(name: str, target: str, install_hint: str = "") -> None:
+    """Register a third-party adapter: target is 'package.module:ClassName'."""
+    _REGISTRY[name] = (target, install_hint)
+
+
+def known_backends() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def backend_class(name: str) -> type[Backend]:
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown backend {name!r}; known backends: {', '.join(known_backends())}")
+    target, hint = _REGISTRY[name]
+    module_name, _, class_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise BackendError(f"backend {name!r} needs a package that is not installed ({exc}); {hint}") from exc
+    return getattr(module, class_name)
+
+
+def open_backend(name: str, options: dict[str, Any]) -> Backend:
+    """Instantiate the adapter registered as name with the store's options."""
+    cls = backend_class(name)
+    try:
+        return cls(**options)
+    except TypeError as exc:
+        raise ConfigError(f"backend {name!r}: {exc}") from exc

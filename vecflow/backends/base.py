@@ -1,0 +1,112 @@
+"""The Backend contract: the few primitives every store adapter implements.
+
+Operations are written once on top of these primitives (see DESIGN.md). An adapter only translates
+between Batch and its store; it never interprets migration semantics. Every adapter must pass the
+shared contract suite in tests/backends/contract.py.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from vecflow.batch import Batch
+from vecflow.errors import CollectionNotFoundError
+
+METRICS = ("cosine", "l2", "ip")
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    """What describe() reports: enough to recreate the collection elsewhere."""
+
+    name: str
+    dim: int
+    metric: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+# One query hit: (record id, score). Scores follow the metric: distance for l2 and cosine
+# (smaller is closer), similarity for ip (larger is closer); results are sorted best first.
+Hit = tuple[str, float]
+
+
+class Backend(ABC):
+    """A connection to one store. Constructed with the store's options from vecflow.ini."""
+
+    name: ClassVar[str]
+    # True when the store normalises vectors of cosine collections on write (Qdrant does).
+    normalises_cosine: ClassVar[bool] = False
+
+    @abstractmethod
+    def list_collections(self) -> list[str]:
+        """Names of the collections in the store, sorted."""
+
+    def has_collection(self, name: str) -> bool:
+        return name in self.list_collections()
+
+    @abstractmethod
+    def create_collection(self, name: str, dim: int, metric: str = "cosine", **params: Any) -> None:
+        """Create an empty collection; CollectionExistsError when it exists."""
+
+    @abstractmethod
+    def drop_collection(self, name: str) -> None:
+        """Delete a collection and its records; CollectionNotFoundError when it is absent."""
+
+    def rename_collection(self, old: str, new: str, batch_size: int = 1000) -> None:
+        """Rename by copy then drop; adapters with a native rename override this."""
+        info = self.describe(old)
+        self.create_collection(new, info.dim, info.metric, **info.params)
+        cursor = None
+        while True:
+            batch, cursor = self.scan(old, batch_size, cursor)
+            if len(batch):
+                self.upsert(new, batch)
+            if cursor is None:
+                break
+        self.drop_collection(old)
+
+    @abstractmethod
+    def count(self, name: str) -> int:
+        """Number of records in the collection."""
+
+    @abstractmethod
+    def describe(self, name: str) -> CollectionInfo:
+        """Dimension, metric and index parameters of the collection."""
+
+    @abstractmethod
+    def scan(self, name: str, batch_size: int, cursor: str | None = None) -> tuple[Batch, str | None]:
+        """One page of records in a stable order, and the cursor of the next page (None at the end).
+
+        The cursor is a string that stays valid across processes and restarts while the
+        collection is only read or upserted in place, and fetching the page after a cursor costs
+        O(batch_size), not O(offset). Pass None to start from the beginning.
+        """
+
+    @abstractmethod
+    def upsert(self, name: str, batch: Batch) -> None:
+        """Insert or replace records by id (idempotent). Durable when it returns."""
+
+    @abstractmethod
+    def delete(self, name: str, ids: list[str]) -> None:
+        """Delete records by id; unknown ids are ignored."""
+
+    @abstractmethod
+    def get(self, name: str, ids: list[str]) -> Batch:
+        """The records with these ids that exist, in the order asked."""
+
+    @abstractmethod
+    def query(self, name: str, vectors: np.ndarray, k: int) -> list[list[Hit]]:
+        """The k nearest records of each query vector, best first."""
+
+    def close(self) -> None:
+        """Release connections and files; the instance is unusable afterwards."""
+
+    # helpers shared by adapters -------------------------------------------------------------
+
+    def _require(self, name: str) -> None:
+        if not self.has_collection(name):
+            raise CollectionNotFoundError(f"{self.name} store has no collection {name!r}")

@@ -1,0 +1,94 @@
+"""Batch: the columnar unit in which records move between vecflow and a backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+
+from vecflow.errors import InvalidDataError
+
+Metadata = dict[str, Any]
+
+
+@dataclass
+class Record:
+    """One record, for tests and small conveniences; hot paths use Batch."""
+
+    id: str
+    vector: np.ndarray
+    document: str | None = None
+    metadata: Metadata = field(default_factory=dict)
+
+
+@dataclass
+class Batch:
+    """Columnar records: ids[i], vectors[i], documents[i] and metadatas[i] describe record i.
+
+    vectors is always a C-contiguous float32 array of shape (n, dim); metadatas are plain dicts
+    (never None; an empty dict means no metadata).
+    """
+
+    ids: list[str]
+    vectors: np.ndarray
+    documents: list[str | None]
+    metadatas: list[Metadata]
+
+    def __post_init__(self) -> None:
+        self.vectors = np.ascontiguousarray(self.vectors, dtype=np.float32)
+        n = len(self.ids)
+        if self.vectors.ndim != 2:
+            if n == 0:
+                self.vectors = self.vectors.reshape(0, 0)
+            else:
+                raise InvalidDataError(f"vectors must be 2-D (n, dim), got shape {self.vectors.shape}")
+        if self.vectors.shape[0] != n or len(self.documents) != n or len(self.metadatas) != n:
+            raise InvalidDataError(
+                f"batch columns disagree: {n} ids, {self.vectors.shape[0]} vectors, "
+                f"{len(self.documents)} documents, {len(self.metadatas)} metadatas"
+            )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1]) if self.vectors.ndim == 2 else 0
+
+    @classmethod
+    def empty(cls, dim: int = 0) -> "Batch":
+        return cls([], np.zeros((0, dim), dtype=np.float32), [], [])
+
+    @classmethod
+    def from_records(cls, records: list[Record], dim: int = 0) -> "Batch":
+        if not records:
+            return cls.empty(dim)
+        return cls(
+            [r.id for r in records],
+            np.stack([np.asarray(r.vector, dtype=np.float32) for r in records]),
+            [r.document for r in records],
+            [dict(r.metadata) for r in records],
+        )
+
+    def records(self) -> Iterator[Record]:
+        for i, rid in enumerate(self.ids):
+            yield Record(rid, self.vectors[i], self.documents[i], self.metadatas[i])
+
+    def take(self, positions: list[int]) -> "Batch":
+        """The records at the given positions, in that order."""
+        return Batch(
+            [self.ids[i] for i in positions],
+            self.vectors[positions] if positions else np.zeros((0, self.dim), np.float32),
+            [self.documents[i] for i in positions],
+            [self.metadatas[i] for i in positions],
+        )
+
+    def with_metadatas(self, metadatas: list[Metadata]) -> "Batch":
+        return Batch(self.ids, self.vectors, self.documents, metadatas)
+
+    def check_finite(self, where: str) -> None:
+        """Refuse NaN or infinite vectors, naming the first bad record."""
+        if len(self) and not np.isfinite(self.vectors).all():
+            bad = int(np.nonzero(~np.isfinite(self.vectors).all(axis=1))[0][0])
+            raise InvalidDataError(f"{where}: record {self.ids[bad]!r} has a NaN or infinite vector")

@@ -1,0 +1,65 @@
+"""Every user-facing failure is a VecflowError; the CLI prints its message on one line, exit 1."""
+
+
+class VecflowError(Exception):
+    """Base of every error vecflow reports to a user."""
+
+
+class ConfigError(VecflowError):
+    """vecflow.ini (or an override) is missing, malformed or names something unknown."""
+
+
+class ScriptError(VecflowError):
+    """A revision script cannot be loaded or validated; the message names the file (and line)."""
+
+
+class RevisionError(VecflowError):
+    """The revision graph is broken, or a revision identifier cannot be resolved."""
+
+
+class AmbiguousRevisionError(RevisionError):
+    """An identifier matches several revisions; the message lists the candidates."""
+
+
+class MultipleHeadsError(RevisionError):
+    """'head' (or a relative step) is ambiguous because several heads or parents exist."""
+
+
+class BackendError(VecflowError):
+    """A store is unreachable, or rejected a request."""
+
+
+class CollectionNotFoundError(BackendError):
+    """A collection that an operation needs does not exist."""
+
+
+class CollectionExistsError(BackendError):
+    """A collection that an operation would create already exists."""
+
+
+class DimensionMismatchError(BackendError):
+    """Vectors do not have the collection's dimension."""
+
+
+class InvalidDataError(VecflowError):
+    """Records carry values a step refuses (NaN vectors, colliding fields, ...)."""
+
+
+class OperationError(VecflowError):
+    """An operation's arguments are invalid, or it cannot be reversed."""
+
+
+class IrreversibleError(OperationError):
+    """A downgrade was asked of a revision that cannot be reversed."""
+
+
+class LedgerError(VecflowError):
+    """The ledger disagrees with the scripts (edited script, interrupted attempt, ...)."""
+
+
+class LockError(LedgerError):
+    """Another runner holds the ledger's lease."""
+
+
+class DigestMismatchError(VecflowError):
+    """A downgrade did not restore the data exactly: the digests differ."""
