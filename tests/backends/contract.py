@@ -139,6 +139,27 @@ class BackendContract:
         assert got.documents == ["replaced"] * 5 and got.metadatas == [{"n": -1}] * 5
         assert got.vectors.tobytes() == changed.vectors.tobytes()
 
+    def test_update_metadata_replaces_metadata_only(self, backend):
+        backend.create_collection("alpha", DIM, "cosine")
+        batch = make_batch(10)
+        backend.upsert("alpha", batch)
+        vectors_before = backend.get("alpha", batch.ids).vectors.tobytes()
+        backend.update_metadata("alpha", ["r00001", "r00002", "missing"],
+                                [{"only": "this"}, {}, {"never": "stored"}])
+        got = backend.get("alpha", ["r00001", "r00002", "r00003"])
+        assert got.metadatas == [{"only": "this"}, {}, batch.metadatas[3]]
+        assert got.documents == batch.documents[1:4]
+        assert backend.get("alpha", batch.ids).vectors.tobytes() == vectors_before
+        assert backend.count("alpha") == 10
+
+    def test_cosine_collections_return_written_vectors_exactly(self, backend):
+        backend.create_collection("alpha", DIM, "cosine")
+        batch = make_batch(40, seed=11)
+        for _ in range(3):  # rewriting what was read back must not drift either
+            backend.upsert("alpha", batch)
+            batch = backend.get("alpha", batch.ids)
+        assert batch.vectors.tobytes() == make_batch(40, seed=11).vectors.tobytes()
+
     def test_scan_cursor_resumes_in_a_new_connection(self, backend, open_store):
         backend.create_collection("alpha", DIM, "l2")
         batch = make_batch(40)

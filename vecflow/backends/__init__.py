@@ -36,6 +36,8 @@ def backend_class(name: str) -> type[Backend]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
+        if getattr(exc, "name", None) == module_name:
+            raise BackendError(f"backend {name!r}: adapter module {module_name} is missing") from exc
         raise BackendError(f"backend {name!r} needs a package that is not installed ({exc}); {hint}") from exc
     return getattr(module, class_name)
 

@@ -29,8 +29,9 @@ class CollectionInfo:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-# One query hit: (record id, score). Scores follow the metric: distance for l2 and cosine
-# (smaller is closer), similarity for ip (larger is closer); results are sorted best first.
+# One query hit: (record id, score). Scores follow the metric: distance for l2 (squared
+# Euclidean) and cosine (1 - cosine similarity), smaller is closer; similarity (dot product) for
+# ip, larger is closer. Results are sorted best first.
 Hit = tuple[str, float]
 
 
@@ -90,6 +91,17 @@ class Backend(ABC):
     def upsert(self, name: str, batch: Batch) -> None:
         """Insert or replace records by id (idempotent). Durable when it returns."""
 
+    def update_metadata(self, name: str, ids: list[str], metadatas: list[dict[str, Any]]) -> None:
+        """Replace the whole metadata of existing records, leaving vectors and documents untouched.
+
+        Unknown ids are ignored. Field operations use this, so they never rewrite vectors (some
+        stores, e.g. Chroma cosine collections, change vector bits on every write). The default
+        reads and re-upserts the records; adapters with a metadata-only write override it."""
+        wanted = dict(zip(ids, metadatas))
+        current = self.get(name, ids)
+        if len(current):
+            self.upsert(name, current.with_metadatas([wanted[rid] for rid in current.ids]))
+
     @abstractmethod
     def delete(self, name: str, ids: list[str]) -> None:
         """Delete records by id; unknown ids are ignored."""
@@ -103,7 +115,7 @@ class Backend(ABC):
         """The k nearest records of each query vector, best first."""
 
     def close(self) -> None:
-        """Release connections and files; the instance is unusable afterwards."""
+        """Release connections and files; the instance is unusable afterwards. Safe to call twice."""
 
     # helpers shared by adapters -------------------------------------------------------------
 

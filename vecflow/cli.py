@@ -1,0 +1,98 @@
+"""The command line: built from the functions in vecflow.command and their docstrings.
+
+Parses arguments, loads the Config, calls the command, and turns every VecflowError into one
+line on stderr and exit code 1 (--raiseerr shows the traceback instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+from typing import Any, Callable, Sequence
+
+from vecflow import __version__, command
+from vecflow.config import load_config
+from vecflow.errors import VecflowError
+
+COMMANDS: list[Callable[..., Any]] = [
+    command.init, command.revision, command.merge, command.upgrade, command.downgrade, command.current,
+    command.history, command.heads, command.branches, command.show, command.stamp, command.check,
+]
+
+# How each parameter of a command function appears on the command line: (flags, argparse kwargs).
+# A parameter without flags is positional.
+PARAMETERS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "directory": ((), {"nargs": "?", "default": ".", "help": "folder of the new project (default: .)"}),
+    "script_dir": (("--script-dir",), {"help": "name of the script folder (default: versions)"}),
+    "message": (("-m", "--message"), {"help": "message of the revision"}),
+    "use_yaml": (("--yaml",), {"action": "store_true", "help": "write a declarative YAML revision"}),
+    "head": (("--head",), {"help": "revision to build on (default: head)"}),
+    "branch_label": (("--branch-label",), {"help": "label starting a named branch"}),
+    "depends_on": (("--depends-on",), {"action": "append", "default": [], "help": "revision this one depends on"}),
+    "rev_id": (("--rev-id",), {"help": "revision id to use instead of a generated one"}),
+    "revisions": ((), {"nargs": "*", "default": ["heads"], "help": "revisions to merge (default: heads)"}),
+    "revision": ((), {"help": "revision identifier (id, prefix, label, head, base, +N, -N, label@head, ...)"}),
+    "dry_run": (("--dry-run",), {"action": "store_true", "help": "print the plan and record counts; change nothing"}),
+    "verify": (("--no-verify",), {"action": "store_false", "dest": "verify",
+                                  "help": "skip the digest check after a downgrade"}),
+    "verbose": (("-v", "--verbose"), {"action": "store_true", "help": "more detail"}),
+    "rev_range": (("-r", "--rev-range"), {"help": "range a:b (base, head, current allowed)"}),
+    "purge": (("--purge",), {"action": "store_true", "help": "empty the applied set before stamping"}),
+    "repair": (("--repair",), {"action": "store_true", "help": "accept edits of applied scripts"}),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vecflow", description="Versioned, reversible migrations for vector stores.")
+    parser.add_argument("--version", action="version", version=f"vecflow {__version__}")
+    parser.add_argument("-c", "--config", help="path to vecflow.ini (default: ./vecflow.ini or $VECFLOW_CONFIG)")
+    parser.add_argument("-x", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting (batch_size=100, store.main.path=...); repeatable")
+    parser.add_argument("--raiseerr", action="store_true", help="show the full traceback on errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for function in COMMANDS:
+        doc = inspect.getdoc(function) or ""
+        sub = subparsers.add_parser(function.__name__, help=doc.splitlines()[0], description=doc)
+        sub.set_defaults(function=function)
+        signature = inspect.signature(function).parameters
+        for name in _parameters(function):
+            flags, options = PARAMETERS[name]
+            if signature[name].default is not inspect.Parameter.empty and "default" not in options:
+                options = {**options, "default": signature[name].default}
+            if flags:
+                sub.add_argument(*flags, **{"dest": name, **options})
+            else:
+                sub.add_argument(name, **options)
+    return parser
+
+
+def _parameters(function: Callable[..., Any]) -> list[str]:
+    return [n for n in inspect.signature(function).parameters if n not in ("config", "out")]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    function = args.function
+    kwargs = {name: getattr(args, name) for name in _parameters(function)}
+    try:
+        if "config" in inspect.signature(function).parameters:
+            kwargs["config"] = load_config(args.config, args.x)
+        function(**kwargs)
+    except VecflowError as exc:
+        if args.raiseerr:
+            raise
+        print(f"vecflow: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("vecflow: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

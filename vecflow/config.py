@@ -1,0 +1,199 @@
+"""vecflow.ini -> validated pydantic models.
+
+Precedence, lowest first: the file, VECFLOW_* environment variables, then -x key=value.
+Values may use %(here)s (the folder holding vecflow.ini) and ${ENV_VAR} (for secrets).
+
+    [vecflow]
+    script_location = %(here)s/versions
+    ledger = %(here)s/.vecflow/ledger.db
+    batch_size = 500
+    default_store = main
+
+    [store:main]
+    backend = chroma
+    path = %(here)s/.vecflow/chroma
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from vecflow.errors import ConfigError
+
+DEFAULT_CONFIG_NAME = "vecflow.ini"
+MAIN_SECTION = "vecflow"
+STORE_PREFIX = "store:"
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class StoreConfig(BaseModel):
+    """One [store:NAME] section: the backend name and its options (passed to the adapter)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    backend: str
+    options: dict[str, str] = Field(default_factory=dict)
+
+
+class Config(BaseModel):
+    """A loaded project configuration."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config_file: Path
+    here: Path
+    script_location: Path
+    ledger: Path
+    batch_size: int = Field(500, ge=1, le=1_000_000)
+    default_store: str = "main"
+    lock_lease_seconds: float = Field(60.0, gt=0)
+    stores: dict[str, StoreConfig] = Field(default_factory=dict)
+    x_args: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("script_location", "ledger", mode="before")
+    @classmethod
+    def _expand_user(cls, value: Any) -> Any:
+        return Path(value).expanduser() if isinstance(value, str) else value
+
+    def store(self, name: str | None = None) -> StoreConfig:
+        name = name or self.default_store
+        if name not in self.stores:
+            known = ", ".join(sorted(self.stores)) or "none"
+            raise ConfigError(f"{self.config_file.name}: no [store:{name}] section (stores: {known})")
+        return self.stores[name]
+
+
+_MAIN_KEYS = {"script_location", "ledger", "batch_size", "default_store", "lock_lease_seconds"}
+
+
+def parse_x_args(pairs: Sequence[str]) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"-x expects key=value, got {pair!r}")
+        result[key.strip()] = value
+    return result
+
+
+def find_config_file(explicit: str | os.PathLike | None = None) -> Path:
+    if explicit is not None:
+        path = Path(explicit)
+    elif os.environ.get("VECFLOW_CONFIG"):
+        path = Path(os.environ["VECFLOW_CONFIG"])
+    else:
+        path = Path.cwd() / DEFAULT_CONFIG_NAME
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; run 'vecflow init' or pass -c/--config")
+    return path.resolve()
+
+
+def load_config(
+    config_file: str | os.PathLike | None = None,
+    x_args: Sequence[str] | Mapping[str, str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Read, interpolate, override and validate a vecflow.ini."""
+    environ = os.environ if environ is None else environ
+    path = find_config_file(config_file)
+    here = path.parent
+    parser = configparser.ConfigParser(interpolation=configparser.BasicInterpolation())
+    try:
+        with path.open(encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except configparser.Error as exc:
+        raise ConfigError(f"{path.name}: {' '.join(str(exc).split())}") from exc
+
+    sections: dict[str, dict[str, str]] = {}
+    for section in parser.sections():
+        values = {}
+        for key in parser.options(section):
+            try:
+                raw = parser.get(section, key, vars={"here": str(here)})
+            except configparser.Error as exc:
+                raise ConfigError(f"{path.name} [{section}] {key}: {' '.join(str(exc).split())}") from exc
+            values[key] = _interpolate_env(raw, environ, f"{path.name} [{section}] {key}")
+        sections[section] = values
+
+    main = dict(sections.get(MAIN_SECTION, {}))
+    unknown = set(main) - _MAIN_KEYS
+    if unknown:
+        raise ConfigError(f"{path.name} [{MAIN_SECTION}]: unknown key(s) {', '.join(sorted(unknown))}; "
+                          f"known keys: {', '.join(sorted(_MAIN_KEYS))}")
+    stores = {s[len(STORE_PREFIX):]: dict(v) for s, v in sections.items() if s.startswith(STORE_PREFIX)}
+    for section in sections:
+        if section != MAIN_SECTION and not section.startswith(STORE_PREFIX):
+            raise ConfigError(f"{path.name}: unknown section [{section}]; expected [vecflow] or [store:NAME]")
+
+    _apply_overrides(main, stores, _env_overrides(environ), "environment")
+    x = dict(x_args) if isinstance(x_args, Mapping) else parse_x_args(x_args)
+    leftover = _apply_overrides(main, stores, x, "-x")
+
+    main.setdefault("script_location", str(here / "versions"))
+    main.setdefault("ledger", str(here / ".vecflow" / "ledger.db"))
+    store_models = {}
+    for name, values in stores.items():
+        if "backend" not in values:
+            raise ConfigError(f"{path.name} [store:{name}]: missing key 'backend'")
+        backend = values.pop("backend")
+        store_models[name] = StoreConfig(name=name, backend=backend, options=values)
+    try:
+        config = Config(config_file=path, here=here, stores=store_models, x_args=leftover, **main)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"{path.name} [{MAIN_SECTION}] {key}: {err['msg']}") from exc
+    for option, folder in (("script_location", config.script_location), ("ledger", config.ledger)):
+        if not folder.is_absolute():
+            setattr(config, option, (here / folder).resolve())
+    return config
+
+
+def _interpolate_env(value: str, environ: Mapping[str, str], where: str) -> str:
+    def replace(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in environ:
+            raise ConfigError(f"{where}: environment variable {name} is not set")
+        return environ[name]
+
+    return _ENV_REF.sub(replace, value)
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, str]:
+    """VECFLOW_BATCH_SIZE=10 -> batch_size; VECFLOW_STORE__MAIN__PATH=x -> store.main.path."""
+    result = {}
+    for key, value in environ.items():
+        if not key.startswith("VECFLOW_") or key == "VECFLOW_CONFIG":
+            continue
+        rest = key[len("VECFLOW_"):]
+        if rest.startswith("STORE__"):
+            parts = rest.split("__")
+            if len(parts) == 3:
+                result[f"store.{parts[1].lower()}.{parts[2].lower()}"] = value
+        elif rest.lower() in _MAIN_KEYS:
+            result[rest.lower()] = value
+    return result
+
+
+def _apply_overrides(main: dict, stores: dict, overrides: Mapping[str, str], origin: str) -> dict[str, str]:
+    """Apply known keys in place; return the others (user arguments for scripts)."""
+    leftover = {}
+    for key, value in overrides.items():
+        if key in _MAIN_KEYS:
+            main[key] = value
+        elif key.startswith("store."):
+            _, _, rest = key.partition(".")
+            name, dot, option = rest.rpartition(".")
+            if not dot or not name:
+                raise ConfigError(f"{origin} override {key!r}: expected store.NAME.OPTION")
+            stores.setdefault(name, {})[option] = value
+        else:
+            leftover[key] = value
+    return leftover

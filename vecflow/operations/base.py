@@ -1,0 +1,127 @@
+"""Op: one recorded step of a revision, with its arguments validated by pydantic.
+
+Calling `op.rename_field(...)` inside `upgrade(op)` builds a RenameFieldOp and appends it to a
+plan; nothing touches a store until the runner executes the plan. The same op classes back the
+YAML form (`- rename_field: {...}`), so both forms validate identically.
+
+An op knows its inverse: `reverse(snapshot)` returns the op that undoes it (given the name of the
+snapshot the op captured while it ran, when it captures one), or None when it cannot be undone.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from vecflow.errors import OperationError
+
+if TYPE_CHECKING:
+    from vecflow.runtime.context import StepContext
+
+OP_REGISTRY: dict[str, type["Op"]] = {}
+
+
+class Op(BaseModel):
+    """Base of all operations. Subclasses declare fields (in positional order) and implement run()."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    op_name: ClassVar[str] = ""
+    # Captures a snapshot while running, so its inverse can restore destroyed data exactly.
+    captures_snapshot: ClassVar[bool] = False
+    # Internal ops (inverses built by vecflow) are not offered to scripts.
+    internal: ClassVar[bool] = False
+
+    def collections(self) -> list[str]:
+        """Collection references (`store:collection` or `collection`) this step reads or writes."""
+        return []
+
+    def describe(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.model_dump(exclude_defaults=True).items())
+        return f"{self.op_name}({args})"
+
+    def reverse(self, snapshot: str | None) -> "Op | None":
+        """The op undoing this one, or None when it cannot be undone."""
+        return None
+
+    @property
+    def reversible(self) -> bool:
+        return self.reverse("snapshot") is not None
+
+    def run(self, ctx: "StepContext") -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def build(cls, *args: Any, **kwargs: Any) -> "Op":
+        """Validate positional and keyword arguments (positionals follow the field order)."""
+        names = list(cls.model_fields)
+        if len(args) > len(names):
+            raise OperationError(f"{cls.op_name}: takes at most {len(names)} positional arguments, got {len(args)}")
+        for name, value in zip(names, args):
+            if name in kwargs:
+                raise OperationError(f"{cls.op_name}: argument {name!r} given twice")
+            kwargs[name] = value
+        try:
+            return cls(**kwargs)
+        except ValidationError as exc:
+            raise OperationError(f"{cls.op_name}: {describe_validation_error(exc)}") from exc
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "arguments"
+        msg = "unknown argument" if err["type"] == "extra_forbidden" else err["msg"]
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+def register_op(cls: type[Op]) -> type[Op]:
+    """Class decorator: make an op available as op.NAME(...) and `- NAME:` in YAML."""
+    if not cls.op_name:
+        raise TypeError(f"{cls.__name__} has no op_name")
+    OP_REGISTRY[cls.op_name] = cls
+    return cls
+
+
+def get_op(name: str) -> type[Op]:
+    _load_builtin_ops()
+    cls = OP_REGISTRY.get(name)
+    if cls is None or cls.internal:
+        public = sorted(n for n, c in OP_REGISTRY.items() if not c.internal)
+        close = difflib.get_close_matches(name, public, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; known ops: {', '.join(public)}"
+        raise OperationError(f"unknown op {name!r}{hint}")
+    return cls
+
+
+def public_ops() -> dict[str, type[Op]]:
+    _load_builtin_ops()
+    return {n: c for n, c in sorted(OP_REGISTRY.items()) if not c.internal}
+
+
+def _load_builtin_ops() -> None:
+    from vecflow.operations import collections, fields  # noqa: F401  (registers the ops)
+
+
+class Operations:
+    """The `op` object handed to upgrade(op) / downgrade(op): every call records one step."""
+
+    def __init__(self) -> None:
+        self.steps: list[Op] = []
+
+    def __getattr__(self, name: str) -> Callable[..., Op]:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        cls = get_op(name)
+
+        def record(*args: Any, **kwargs: Any) -> Op:
+            step = cls.build(*args, **kwargs)
+            self.steps.append(step)
+            return step
+
+        record.__name__ = name
+        record.__doc__ = cls.__doc__
+        return record

@@ -1,0 +1,122 @@
+"""StepContext: what a running op sees, and the checkpointed batch loops ops are built from.
+
+A step's progress is a small JSON state (scan cursor, phase, counters) saved in the ledger after
+every committed batch. On resume the op receives the saved state and continues from it, so every
+loop here must be idempotent for the batch that was written but not yet checkpointed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from vecflow.backends import Backend
+from vecflow.batch import Batch
+from vecflow.errors import CollectionNotFoundError
+from vecflow.runtime.ledger import Ledger, Owner
+from vecflow.runtime.snapshots import SnapshotStore
+from vecflow.runtime.stores import Stores
+
+
+class StepContext:
+    def __init__(
+        self,
+        *,
+        stores: Stores,
+        ledger: Ledger,
+        snapshots: SnapshotStore,
+        owner: Owner,
+        lease_seconds: float,
+        attempt_id: int,
+        step_index: int,
+        batch_size: int,
+        snapshot: str | None,
+        state: dict[str, Any],
+        rows_done: int,
+        resumed: bool,
+        script_dir: Path,
+        progress: Callable[[int], None] = lambda rows: None,
+    ) -> None:
+        self.stores = stores
+        self.ledger = ledger
+        self.snapshots = snapshots
+        self.owner = owner
+        self.lease_seconds = lease_seconds
+        self.attempt_id = attempt_id
+        self.step_index = step_index
+        self.batch_size = batch_size
+        self.snapshot = snapshot
+        self.state = state
+        self.rows_done = rows_done
+        self.resumed = resumed
+        self.script_dir = script_dir
+        self._progress = progress
+
+    def resolve(self, ref: str) -> tuple[Backend, str]:
+        return self.stores.resolve(ref)
+
+    def require(self, ref: str) -> tuple[Backend, str]:
+        backend, name = self.resolve(ref)
+        if not backend.has_collection(name):
+            raise CollectionNotFoundError(f"collection {ref!r} does not exist")
+        return backend, name
+
+    def save(self, rows: int = 0, **changes: Any) -> None:
+        """Record progress after a durable write; also renews the runner's lease."""
+        self.state.update(changes)
+        self.rows_done += rows
+        self.ledger.checkpoint(self.attempt_id, self.step_index, json.dumps(self.state), self.rows_done)
+        self.ledger.heartbeat(self.owner, self.lease_seconds)
+        self._progress(self.rows_done)
+
+    # loops -------------------------------------------------------------------------------------
+
+    def rewrite_records(self, ref: str, transform: Callable[[Batch], Batch | None], key: str = "scan",
+                        metadata_only: bool = False) -> None:
+        """Scan a collection and write what transform returns for each page, checkpointing.
+
+        transform gets a page and returns the changed records (or None); it must give the same
+        result when called again on a page it already rewrote. With metadata_only, only their
+        metadata is written (vectors and documents are left untouched in the store).
+        """
+        backend, name = self.require(ref)
+        if self.state.get(f"{key}_done"):
+            return
+        cursor = self.state.get(key)
+        while True:
+            page, cursor = backend.scan(name, self.batch_size, cursor)
+            changed = transform(page) if len(page) else None
+            if changed is not None and len(changed):
+                if metadata_only:
+                    backend.update_metadata(name, changed.ids, changed.metadatas)
+                else:
+                    backend.upsert(name, changed)
+            self.save(len(page), **{key: cursor, f"{key}_done": cursor is None})
+            if cursor is None:
+                return
+
+    def copy_into_snapshot(self, ref: str, key: str = "snapshot_scan") -> None:
+        """Stream every record of a collection into this step's records snapshot."""
+        backend, name = self.require(ref)
+        self.snapshots.begin_records(self.snapshot, backend.describe(name))
+        if self.state.get(f"{key}_done"):
+            return
+        cursor = self.state.get(key)
+        while True:
+            page, cursor = backend.scan(name, self.batch_size, cursor)
+            if len(page):
+                self.snapshots.add_records(self.snapshot, page)
+            self.save(len(page), **{key: cursor, f"{key}_done": cursor is None})
+            if cursor is None:
+                return
+
+    def restore_from_snapshot(self, ref: str, snapshot: str, key: str = "restore_after") -> None:
+        """Upsert every record of a records snapshot into a collection, checkpointing."""
+        backend, name = self.resolve(ref)
+        after = self.state.get(key, 0)
+        while after is not None:
+            page, after = self.snapshots.read_records(snapshot, after, self.batch_size)
+            if len(page):
+                backend.upsert(name, page)
+            self.save(len(page), **{key: after})

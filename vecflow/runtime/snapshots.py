@@ -1,0 +1,133 @@
+"""Snapshots: the data a lossy step destroys, captured before it writes, so its downgrade can
+restore it exactly.
+
+Snapshots live in one SQLite file beside the ledger. Each snapshot is a table named after the
+attempt and step that wrote it. Two kinds:
+- records: whole records (id, float32 vector bytes, document, metadata JSON) plus the
+  collection's description, for steps that drop or rebuild a collection;
+- values: one metadata field's prior value per record id (or "absent"), for field steps.
+Writes are insert-or-ignore: when a batch is replayed after a crash, the first (true) prior
+value wins over the already-modified one.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from vecflow.backends.base import CollectionInfo
+from vecflow.batch import Batch
+from vecflow.errors import LedgerError
+
+ABSENT = object()
+
+
+def snapshot_name(attempt_id: int, step_index: int) -> str:
+    return f"snap_{attempt_id}_{step_index}"
+
+
+class SnapshotStore:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.execute(
+            "CREATE TABLE IF NOT EXISTS snapshots (name TEXT PRIMARY KEY, kind TEXT, info TEXT)"
+        )
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _check(self, name: str, kind: str) -> None:
+        row = self.conn.execute("SELECT kind FROM snapshots WHERE name = ?", [name]).fetchone()
+        if row is None:
+            raise LedgerError(f"snapshot {name} is missing from {self.path}; cannot restore exactly")
+        if row[0] != kind:
+            raise LedgerError(f"snapshot {name} holds {row[0]}, not {kind}")
+
+    def exists(self, name: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM snapshots WHERE name = ?", [name]).fetchone() is not None
+
+    # records -------------------------------------------------------------------------------------
+
+    def begin_records(self, name: str, info: CollectionInfo) -> None:
+        self.conn.execute(
+            f'CREATE TABLE IF NOT EXISTS "{name}" (id TEXT PRIMARY KEY, vector BLOB, has_document INTEGER, '
+            "document TEXT, metadata TEXT)"
+        )
+        self.conn.execute(
+            "INSERT OR IGNORE INTO snapshots (name, kind, info) VALUES (?, 'records', ?)",
+            [name, json.dumps({"name": info.name, "dim": info.dim, "metric": info.metric, "params": info.params})],
+        )
+
+    def add_records(self, name: str, batch: Batch) -> None:
+        rows = [
+            (rid, batch.vectors[i].astype("<f4").tobytes(), int(batch.documents[i] is not None),
+             batch.documents[i], json.dumps(batch.metadatas[i], ensure_ascii=False))
+            for i, rid in enumerate(batch.ids)
+        ]
+        with self.conn:
+            self.conn.execute("BEGIN")
+            self.conn.executemany(f'INSERT OR IGNORE INTO "{name}" VALUES (?, ?, ?, ?, ?)', rows)
+
+    def records_info(self, name: str) -> CollectionInfo:
+        self._check(name, "records")
+        info = json.loads(self.conn.execute("SELECT info FROM snapshots WHERE name = ?", [name]).fetchone()[0])
+        return CollectionInfo(info["name"], info["dim"], info["metric"], info["params"])
+
+    def read_records(self, name: str, after: int, limit: int) -> tuple[Batch, int | None]:
+        """Records with rowid > after (at most limit), and the rowid to continue from (None at the end)."""
+        self._check(name, "records")
+        dim = self.records_info(name).dim
+        rows = self.conn.execute(
+            f'SELECT rowid, id, vector, has_document, document, metadata FROM "{name}" '
+            "WHERE rowid > ? ORDER BY rowid LIMIT ?", [after, limit]).fetchall()
+        if not rows:
+            return Batch.empty(dim), None
+        vectors = np.frombuffer(b"".join(r[2] for r in rows), dtype="<f4").reshape(len(rows), dim)
+        batch = Batch([r[1] for r in rows], vectors, [r[4] if r[3] else None for r in rows],
+                      [json.loads(r[5]) for r in rows])
+        return batch, (rows[-1][0] if len(rows) == limit else None)
+
+    # field values --------------------------------------------------------------------------------
+
+    def begin_values(self, name: str, field: str) -> None:
+        self.conn.execute(f'CREATE TABLE IF NOT EXISTS "{name}" (id TEXT PRIMARY KEY, present INTEGER, value TEXT)')
+        self.conn.execute(
+            "INSERT OR IGNORE INTO snapshots (name, kind, info) VALUES (?, 'values', ?)",
+            [name, json.dumps({"field": field})],
+        )
+
+    def add_values(self, name: str, values: list[tuple[str, Any]]) -> None:
+        """(id, prior value or ABSENT) pairs."""
+        rows = [(rid, int(v is not ABSENT), None if v is ABSENT else json.dumps(v, ensure_ascii=False))
+                for rid, v in values]
+        with self.conn:
+            self.conn.execute("BEGIN")
+            self.conn.executemany(f'INSERT OR IGNORE INTO "{name}" VALUES (?, ?, ?)', rows)
+
+    def read_values(self, name: str, after: int, limit: int) -> tuple[list[tuple[str, Any]], int | None]:
+        self._check(name, "values")
+        rows = self.conn.execute(
+            f'SELECT rowid, id, present, value FROM "{name}" WHERE rowid > ? ORDER BY rowid LIMIT ?',
+            [after, limit]).fetchall()
+        values = [(r[1], json.loads(r[3]) if r[2] else ABSENT) for r in rows]
+        return values, (rows[-1][0] if rows and len(rows) == limit else None)
+
+    def lookup_values(self, name: str, ids: list[str]) -> dict[str, Any]:
+        """Prior values already recorded for these ids (id -> value or ABSENT)."""
+        found: dict[str, Any] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for rid, present, value in self.conn.execute(
+                    f'SELECT id, present, value FROM "{name}" WHERE id IN ({marks})', chunk):
+                found[rid] = json.loads(value) if present else ABSENT
+        return found
+

@@ -1,0 +1,1 @@
+"""Revision scripts: the pure revision graph (revision.py) and the directory that loads it."""

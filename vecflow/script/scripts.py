@@ -1,0 +1,222 @@
+"""RevisionScript: one loaded revision file (Python or YAML) and the steps it plans.
+
+Python revisions are modules with `revision`, `down_revision`, optional `branch_labels`,
+`depends_on`, `irreversible`, and functions `upgrade(op)` / optional `downgrade(op)`.
+YAML revisions hold the same keys, with `upgrade:` / `downgrade:` lists of `- op_name: {args}`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from vecflow.errors import OperationError, ScriptError, VecflowError
+from vecflow.operations.base import Op, Operations, describe_validation_error, get_op
+
+def file_checksum(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass
+class RevisionScript:
+    """What the runner needs from a revision file, whatever its format."""
+
+    path: Path
+    revision: str
+    down_revision: Any
+    branch_labels: Any = None
+    depends_on: Any = None
+    message: str = ""
+    irreversible: bool = False
+    checksum: str = ""
+    _upgrade: Callable[[Operations], None] | None = field(default=None, repr=False)
+    _downgrade: Callable[[Operations], None] | None = field(default=None, repr=False)
+
+    @property
+    def has_downgrade(self) -> bool:
+        return self._downgrade is not None
+
+    def upgrade_ops(self) -> list[Op]:
+        return self._plan(self._upgrade, "upgrade")
+
+    def downgrade_ops(self) -> list[Op] | None:
+        """The explicit downgrade steps, or None when the script leaves them to be derived."""
+        return self._plan(self._downgrade, "downgrade") if self._downgrade is not None else None
+
+    def _plan(self, function: Callable[[Operations], None] | None, name: str) -> list[Op]:
+        recorder = Operations()
+        if function is None:
+            return []
+        try:
+            function(recorder)
+        except VecflowError as exc:
+            raise ScriptError(f"{self.path}{_line_in(exc, self.path)}: {name}(): {exc}") from exc
+        except Exception as exc:
+            raise ScriptError(
+                f"{self.path}{_line_in(exc, self.path)}: {name}() raised {type(exc).__name__}: {exc}") from exc
+        return recorder.steps
+
+
+def _line_in(exc: BaseException, path: Path) -> str:
+    """':LINE' of the deepest traceback frame inside the script, if any."""
+    line = ""
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if Path(frame.filename) == path:
+            line = f":{frame.lineno}"
+    return line
+
+
+# Python ----------------------------------------------------------------------------------------
+
+
+def load_python_script(path: Path) -> RevisionScript:
+    module_name = f"vecflow_revision_{path.stem}_{hashlib.md5(str(path).encode()).hexdigest()[:8]}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ScriptError(f"{path}: cannot be loaded as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        raise ScriptError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from exc
+    except Exception as exc:
+        raise ScriptError(f"{path}{_line_in(exc, path)}: {type(exc).__name__} while loading: {exc}") from exc
+    finally:
+        sys.modules.pop(module_name, None)
+    for required in ("revision", "down_revision", "upgrade"):
+        if not hasattr(module, required):
+            raise ScriptError(f"{path}: missing '{required}' (a revision script defines revision, "
+                              "down_revision and def upgrade(op))")
+    if not callable(module.upgrade) or (hasattr(module, "downgrade") and not callable(module.downgrade)):
+        raise ScriptError(f"{path}: upgrade and downgrade must be functions taking one argument, op")
+    doc = (module.__doc__ or "").strip()
+    return _validated(RevisionScript(
+        path=path,
+        revision=module.revision,
+        down_revision=module.down_revision,
+        branch_labels=getattr(module, "branch_labels", None),
+        depends_on=getattr(module, "depends_on", None),
+        message=doc.splitlines()[0] if doc else "",
+        irreversible=bool(getattr(module, "irreversible", False)),
+        checksum=file_checksum(path),
+        _upgrade=module.upgrade,
+        _downgrade=getattr(module, "downgrade", None),
+    ))
+
+
+def _validated(script: RevisionScript) -> RevisionScript:
+    """Type checks; the graph (Revision) validates the id syntax itself."""
+    if not isinstance(script.revision, str):
+        raise ScriptError(f"{script.path}: revision must be a string, got {script.revision!r}")
+    for name in ("down_revision", "depends_on", "branch_labels"):
+        value = getattr(script, name)
+        ok = value is None or isinstance(value, str) or (
+            isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value))
+        if not ok:
+            raise ScriptError(f"{script.path}: {name} must be None, a string or a tuple of strings, got {value!r}")
+    return script
+
+
+# YAML ------------------------------------------------------------------------------------------
+
+
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader that remembers the line of every mapping (key '__line__')."""
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict:
+    mapping = loader.construct_mapping(node, deep=True)
+    mapping["__line__"] = node.start_mark.line + 1
+    return mapping
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _strip_lines(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_lines(v) for k, v in value.items() if k != "__line__"}
+    if isinstance(value, list):
+        return [_strip_lines(v) for v in value]
+    return value
+
+
+class YamlRevision(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    revision: str
+    down_revision: str | list[str] | None
+    branch_labels: str | list[str] | None = None
+    depends_on: str | list[str] | None = None
+    message: str = ""
+    irreversible: bool = False
+    upgrade: list[dict[str, Any]]
+    downgrade: list[dict[str, Any]] | None = None
+
+    @field_validator("revision", mode="before")
+    @classmethod
+    def _as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) else value
+
+
+def load_yaml_script(path: Path) -> RevisionScript:
+    try:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_LineLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ScriptError(f"{path}{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from exc
+    if not isinstance(raw, dict):
+        raise ScriptError(f"{path}:1: a YAML revision is a mapping with revision, down_revision and upgrade")
+    try:
+        doc = YamlRevision(**_strip_lines(raw))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = err["loc"][0] if err["loc"] else None
+        line = raw.get("__line__", 1)
+        if isinstance(raw.get(key), dict):
+            line = raw[key].get("__line__", line)
+        raise ScriptError(f"{path}:{line}: {describe_validation_error(exc)}") from exc
+    upgrade_steps = [_yaml_step(path, item) for item in raw["upgrade"]]
+    downgrade_steps = None if raw.get("downgrade") is None else [_yaml_step(path, i) for i in raw["downgrade"]]
+
+    def replay(steps: list[Op]) -> Callable[[Operations], None]:
+        def plan(op: Operations) -> None:
+            op.steps.extend(s.model_copy(deep=True) for s in steps)
+        return plan
+
+    return _validated(RevisionScript(
+        path=path,
+        revision=doc.revision,
+        down_revision=doc.down_revision,
+        branch_labels=doc.branch_labels,
+        depends_on=doc.depends_on,
+        message=doc.message,
+        irreversible=doc.irreversible,
+        checksum=file_checksum(path),
+        _upgrade=replay(upgrade_steps),
+        _downgrade=None if downgrade_steps is None else replay(downgrade_steps),
+    ))
+
+
+def _yaml_step(path: Path, item: Any) -> Op:
+    line = item.get("__line__", "?") if isinstance(item, dict) else "?"
+    body = _strip_lines(item)
+    if not isinstance(body, dict) or len(body) != 1:
+        raise ScriptError(f"{path}:{line}: each step is a mapping with one op name, e.g. '- rename_field: {{...}}'")
+    (name, args), = body.items()
+    args = {} if args is None else args
+    if not isinstance(args, dict):
+        raise ScriptError(f"{path}:{line}: {name}: arguments must be a mapping")
+    try:
+        return get_op(name).build(**args)
+    except OperationError as exc:
+        raise ScriptError(f"{path}:{line}: {exc}") from exc
