@@ -1,0 +1,394 @@
+"""FAISS adapter: the shared contract (flat and HNSW stores), plus what is specific to FAISS:
+the index file is a derived cache of the SQLite sidecar, written atomically and rebuilt when it is
+missing, stale or torn."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from tests.backends.contract import DIM, BackendContract, make_batch
+from vecflow.backends import faiss as faiss_backend
+from vecflow.backends import open_backend
+from vecflow.backends.faiss import INDEX_FILE, INDEX_META, SIDECAR, FaissBackend
+from vecflow.batch import Batch
+from vecflow.errors import (
+    BackendError,
+    CollectionExistsError,
+    CollectionNotFoundError,
+    ConfigError,
+    DimensionMismatchError,
+    InvalidDataError,
+)
+
+
+class TestFaissFlatContract(BackendContract):
+    @pytest.fixture
+    def open_store(self, tmp_path):
+        return lambda: FaissBackend(path=str(tmp_path / "faiss"))
+
+
+class TestFaissHnswContract(BackendContract):
+    @pytest.fixture
+    def open_store(self, tmp_path):
+        return lambda: FaissBackend(path=str(tmp_path / "faiss"), index_type="hnsw", hnsw_m="16")
+
+
+@pytest.fixture
+def store(tmp_path):
+    backend = FaissBackend(path=str(tmp_path / "faiss"))
+    yield backend
+    backend.close()
+
+
+def collection_files(store: FaissBackend, name: str) -> set[str]:
+    """Files in the collection directory, ignoring SQLite's own journal files."""
+    return {p.name for p in (store.root / name).iterdir() if not p.name.startswith(SIDECAR)}
+
+
+def top1_brute_force(vectors: np.ndarray, queries: np.ndarray, metric: str) -> list[int]:
+    if metric == "l2":
+        return [int(np.argmin(((vectors - q) ** 2).sum(axis=1))) for q in queries]
+    if metric == "cosine":
+        vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    return [int(np.argmax(vectors @ q)) for q in queries]
+
+
+def test_faiss_import_is_the_real_package_not_this_module():
+    assert faiss_backend.faiss is faiss and hasattr(faiss, "IndexIDMap2")
+
+
+def test_registry_opens_the_store_with_ini_strings(tmp_path):
+    backend = open_backend(
+        "faiss", {"path": str(tmp_path / "s"), "index_type": "HNSW", "hnsw_m": "12"}
+    )
+    backend.create_collection("alpha", DIM, "l2")
+    assert backend.describe("alpha").params == {
+        "index_type": "hnsw",
+        "hnsw_m": 12,
+        "hnsw_ef_construction": 40,
+        "hnsw_ef_search": 64,
+    }
+    backend.close()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"index_type": "ivf"},
+        {"index_type": "hnsw", "hnsw_m": "zero"},
+        {"index_type": "hnsw", "hnsw_ef_search": "-1"},
+    ],
+)
+def test_bad_store_options_are_config_errors(tmp_path, options):
+    with pytest.raises(ConfigError):
+        FaissBackend(path=str(tmp_path / "s"), **options)
+
+
+def test_describe_reports_flat_and_hnsw_params_per_collection(store):
+    store.create_collection("flat", DIM, "l2")
+    store.create_collection(
+        "graph", DIM, "cosine", index_type="hnsw", hnsw_m="8", hnsw_ef_construction=100
+    )
+    assert store.describe("flat").params == {"index_type": "flat"}
+    info = store.describe("graph")
+    assert (info.dim, info.metric) == (DIM, "cosine")
+    assert info.params == {
+        "index_type": "hnsw",
+        "hnsw_m": 8,
+        "hnsw_ef_construction": 100,
+        "hnsw_ef_search": 64,
+    }
+    # describe() params are valid create_collection() params (the copy-based rename relies on it)
+    store.create_collection("copy", info.dim, info.metric, **info.params)
+    assert store.describe("copy").params == info.params
+
+
+def test_unknown_collection_params_and_metrics_are_refused(store):
+    with pytest.raises(BackendError, match="nlist"):
+        store.create_collection("alpha", DIM, "l2", nlist=10)
+    with pytest.raises(BackendError, match="metric"):
+        store.create_collection("alpha", DIM, "hamming")
+    assert store.list_collections() == []
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", ".hidden", "a/b", "a\\b", "../escape", "x" * 201])
+def test_bad_collection_names_are_refused(store, name):
+    with pytest.raises(BackendError, match="invalid faiss collection name"):
+        store.create_collection(name, DIM, "l2")
+    with pytest.raises(BackendError):
+        store.has_collection(name)
+    assert list(store.root.iterdir()) == []
+
+
+def test_on_disk_layout_is_one_directory_per_collection(store):
+    store.create_collection("alpha", DIM, "l2")
+    store.upsert("alpha", make_batch(10))
+    store.query("alpha", make_batch(1).vectors, 3)
+    store.close()
+    assert [p.name for p in store.root.iterdir()] == ["alpha"]
+    assert collection_files(store, "alpha") == {INDEX_FILE, INDEX_META}
+    assert faiss.read_index(str(store.root / "alpha" / INDEX_FILE)).ntotal == 10
+    assert json.loads((store.root / "alpha" / INDEX_META).read_text())["version"] == 1
+
+
+def test_rename_is_a_directory_rename_and_refuses_existing_targets(store):
+    store.create_collection("a", DIM, "l2")
+    store.create_collection("b", DIM, "l2")
+    store.upsert("a", make_batch(5))
+    store.query("a", make_batch(1).vectors, 1)
+    with pytest.raises(CollectionExistsError):
+        store.rename_collection("a", "b")
+    with pytest.raises(CollectionNotFoundError):
+        store.rename_collection("missing", "c")
+    store.rename_collection("a", "c")
+    assert store.list_collections() == ["b", "c"]
+    assert collection_files(store, "c") == {INDEX_FILE, INDEX_META}
+    assert store.query("c", make_batch(1).vectors, 1)[0][0][0] == "r00000"
+
+
+def test_a_directory_that_is_not_a_collection_is_not_listed_or_overwritten(store):
+    (store.root / "notes").mkdir()
+    (store.root / "notes" / "index.faiss").write_bytes(b"someone else's")
+    assert store.list_collections() == []
+    with pytest.raises(CollectionExistsError):
+        store.create_collection("notes", DIM, "l2")
+    assert (store.root / "notes" / "index.faiss").read_bytes() == b"someone else's"
+
+
+def test_drop_then_recreate_is_seen_by_another_open_connection(store, tmp_path):
+    other = FaissBackend(path=str(store.root))
+    store.create_collection("alpha", DIM, "l2")
+    store.upsert("alpha", make_batch(10))
+    assert other.count("alpha") == 10
+    store.drop_collection("alpha")
+    store.create_collection("alpha", 3, "ip")
+    assert (other.count("alpha"), other.describe("alpha").dim) == (0, 3)
+    other.close()
+    assert [p.name for p in store.root.iterdir()] == ["alpha"]
+
+
+def test_upsert_does_not_touch_the_index_file(store):
+    store.create_collection("alpha", DIM, "l2")
+    store.upsert("alpha", make_batch(10))
+    assert collection_files(store, "alpha") == set()
+    store.query("alpha", make_batch(1).vectors, 1)
+    before = (store.root / "alpha" / INDEX_FILE).stat()
+    for start in range(10, 50, 10):
+        store.upsert("alpha", make_batch(10, start=start))
+    after = (store.root / "alpha" / INDEX_FILE).stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_index_file_is_written_through_a_temp_file_and_rename(store, monkeypatch):
+    replaced = []
+    real_replace = os.replace
+
+    def spy(src, dst):
+        replaced.append((Path(src), Path(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(faiss_backend.os, "replace", spy)
+    store.create_collection("alpha", DIM, "l2")
+    store.upsert("alpha", make_batch(10))
+    store.query("alpha", make_batch(1).vectors, 1)
+    directory = store.root / "alpha"
+    assert [dst for _, dst in replaced] == [directory / INDEX_FILE, directory / INDEX_META]
+    assert all(src.parent == directory and src.name.endswith(".tmp") for src, _ in replaced)
+    store.close()
+    assert collection_files(store, "alpha") == {INDEX_FILE, INDEX_META}
+
+
+def test_failed_index_write_keeps_the_old_index_and_leaves_no_temp_file(store, monkeypatch):
+    store.create_collection("alpha", DIM, "l2")
+    store.upsert("alpha", make_batch(10))
+    store.query("alpha", make_batch(1).vectors, 1)
+    saved = (store.root / "alpha" / INDEX_FILE).read_bytes()
+
+    def crash(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(faiss_backend.os, "replace", crash)
+    store.upsert("alpha", make_batch(10, start=10, seed=1))
+    hits = store.query("alpha", make_batch(10, start=10, seed=1).vectors[[5]], 1)
+    assert hits[0][0][0] == "r00015"  # the query still answers from the in-memory index
+    assert (store.root / "alpha" / INDEX_FILE).read_bytes() == saved
+    assert collection_files(store, "alpha") == {INDEX_FILE, INDEX_META}
+    monkeypatch.undo()
+    store.close()
+    reopened = FaissBackend(path=str(store.root))
+    assert (
+        reopened.query("alpha", make_batch(10, start=10, seed=1).vectors[[5]], 1)[0][0][0]
+        == "r00015"
+    )
+    reopened.close()
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate", "garbage", "delete-json", "swap-json"])
+def test_a_missing_torn_or_mismatched_index_is_rebuilt(store, damage):
+    store.create_collection("alpha", DIM, "l2")
+    store.upsert("alpha", make_batch(30))
+    store.query("alpha", make_batch(1).vectors, 1)
+    old_meta = (store.root / "alpha" / INDEX_META).read_bytes()
+    store.upsert("alpha", make_batch(30, start=30, seed=1))
+    store.query("alpha", make_batch(1).vectors, 1)
+    store.close()
+    index_file, meta_file = store.root / "alpha" / INDEX_FILE, store.root / "alpha" / INDEX_META
+    if damage == "delete":
+        index_file.unlink()
+    elif damage == "truncate":
+        index_file.write_bytes(index_file.read_bytes()[: index_file.stat().st_size // 2])
+    elif damage == "garbage":
+        index_file.write_bytes(os.urandom(4096))
+    elif damage == "delete-json":
+        meta_file.unlink()
+    else:  # a json from an older index next to a newer index file: a race between two writers
+        meta_file.write_bytes(old_meta)
+
+    reopened = FaissBackend(path=str(store.root))
+    queries = make_batch(30, start=30, seed=1).vectors[[3, 29]]
+    assert [h[0][0] for h in reopened.query("alpha", queries, 2)] == ["r00033", "r00059"]
+    reopened.close()
+    assert faiss.read_index(str(index_file)).ntotal == 60
+    assert json.loads(meta_file.read_text())["version"] == 2
+
+
+def test_a_stale_index_catches_up_with_the_sidecar(store):
+    store.create_collection("alpha", DIM, "l2")
+    store.upsert("alpha", make_batch(20))
+    store.query("alpha", make_batch(1).vectors, 1)
+    store.close()
+    writer = FaissBackend(path=str(store.root))
+    writer.upsert("alpha", make_batch(20, start=20, seed=5))
+    writer.delete("alpha", ["r00000"])
+    moved = make_batch(1, start=1, seed=8)
+    writer.upsert("alpha", moved)
+    writer.close()
+    reader = FaissBackend(path=str(store.root))
+    assert reader.query("alpha", make_batch(1).vectors, 1)[0][0][0] != "r00000"
+    [(moved_id, distance)] = reader.query("alpha", moved.vectors, 1)[0]
+    assert moved_id == "r00001" and distance < 1e-5
+    assert (
+        reader.query("alpha", make_batch(20, start=20, seed=5).vectors[[7]], 1)[0][0][0] == "r00027"
+    )
+    reader.close()
+
+
+@pytest.mark.parametrize("index_type", ["flat", "hnsw"])
+def test_index_is_patched_not_rebuilt_when_faiss_allows_it(store, monkeypatch, index_type):
+    rebuilds = []
+    real_rebuild = faiss_backend._rebuild
+    monkeypatch.setattr(
+        faiss_backend, "_rebuild", lambda *a: rebuilds.append(1) or real_rebuild(*a)
+    )
+    store.create_collection("alpha", DIM, "l2", index_type=index_type)
+    store.upsert("alpha", make_batch(20))
+    store.query("alpha", make_batch(1).vectors, 1)
+    assert len(rebuilds) == 1
+    added = make_batch(20, start=20, seed=1)
+    store.upsert("alpha", added)  # new records: added
+    touched = make_batch(20)
+    touched.metadatas = [{"touched": True}] * 20  # same vectors: the index does not change
+    store.upsert("alpha", touched)
+    assert store.query("alpha", added.vectors[[13]], 1)[0][0][0] == "r00033"
+    assert len(rebuilds) == 1
+    store.delete("alpha", ["r00033"])  # flat removes ids; HNSW cannot, so it rebuilds
+    assert store.query("alpha", added.vectors[[13]], 1)[0][0][0] != "r00033"
+    assert len(rebuilds) == (1 if index_type == "flat" else 2)
+
+
+def test_update_metadata_writes_only_the_sidecar(store):
+    store.create_collection("alpha", DIM, "l2", index_type="hnsw")
+    store.upsert("alpha", make_batch(10))
+    store.query("alpha", make_batch(1).vectors, 1)
+    before = (store.root / "alpha" / INDEX_META).read_bytes()
+    store.update_metadata("alpha", ["r00003", "missing"], [{"k": [1, {"x": None}]}, {"no": 1}])
+    assert store.query("alpha", make_batch(10).vectors[[3]], 1)[0][0][0] == "r00003"
+    assert (store.root / "alpha" / INDEX_META).read_bytes() == before
+    assert store.get("alpha", ["r00003"]).metadatas == [{"k": [1, {"x": None}]}]
+    with pytest.raises(InvalidDataError):
+        store.update_metadata("alpha", ["r00003"], [])
+
+
+def test_delete_and_reinsert_of_an_id_is_not_returned_twice(store):
+    store.create_collection("alpha", DIM, "l2")
+    store.upsert("alpha", make_batch(10))
+    store.query("alpha", make_batch(1).vectors, 1)
+    store.delete("alpha", ["r00004"])
+    store.upsert("alpha", make_batch(10).take([4]))
+    hits = store.query("alpha", make_batch(10).vectors[[4]], 10)[0]
+    assert [rid for rid, _ in hits].count("r00004") == 1 and len(hits) == 10
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+def test_large_query_after_many_batches_matches_brute_force(store, metric):
+    store.create_collection("alpha", 32, metric)
+    batches = [make_batch(400, dim=32, start=400 * i, seed=i) for i in range(5)]
+    for i, batch in enumerate(batches):
+        store.upsert("alpha", batch)
+        if i == 2:
+            store.query("alpha", batch.vectors[:1], 1)  # an index saved mid-way, then patched
+    vectors = np.concatenate([b.vectors for b in batches])
+    queries = np.random.default_rng(42).standard_normal((25, 32)).astype(np.float32)
+    hits = store.query("alpha", queries, 5)
+    expected = top1_brute_force(vectors, queries, metric)
+    assert [row[0][0] for row in hits] == [f"r{i:05d}" for i in expected]
+
+
+def test_hnsw_finds_stored_vectors_in_a_larger_collection(store):
+    store.create_collection("alpha", 32, "cosine", index_type="hnsw")
+    batches = [make_batch(500, dim=32, start=500 * i, seed=i) for i in range(4)]
+    for batch in batches:
+        store.upsert("alpha", batch)
+    probes = np.concatenate([b.vectors[::50] for b in batches])
+    expected = [rid for b in batches for rid in b.ids[::50]]
+    found = [row[0][0] for row in store.query("alpha", probes, 3)]
+    assert np.mean([f == e for f, e in zip(found, expected, strict=True)]) >= 0.95
+
+
+def test_scores_follow_the_metric(store):
+    vectors = np.array([[1, 0], [0, 2], [3, 4]], np.float32)
+    batch = Batch(["x", "y", "z"], vectors, [None] * 3, [{}] * 3)
+    for metric in ("l2", "ip", "cosine"):
+        store.create_collection(metric, 2, metric)
+        store.upsert(metric, batch)
+    query = np.array([[1, 0]], np.float32)
+    assert store.query("l2", query, 3)[0] == [("x", 0.0), ("y", 5.0), ("z", 20.0)]
+    assert store.query("ip", query, 3)[0] == [("z", 3.0), ("x", 1.0), ("y", 0.0)]
+    cosine = store.query("cosine", query, 3)[0]
+    assert [rid for rid, _ in cosine] == ["x", "z", "y"]
+    assert np.allclose([s for _, s in cosine], [0.0, 0.4, 1.0], atol=1e-6)
+    # the sidecar keeps the raw vectors of a cosine collection, not the normalised ones
+    assert store.get("cosine", ["z"]).vectors.tobytes() == vectors[[2]].tobytes()
+
+
+def test_query_asks_for_more_than_there_is(store):
+    store.create_collection("alpha", DIM, "l2")
+    store.upsert("alpha", make_batch(3))
+    assert len(store.query("alpha", make_batch(1).vectors, 10)[0]) == 3
+    with pytest.raises(DimensionMismatchError):
+        store.query("alpha", np.zeros((1, DIM + 1), np.float32), 1)
+
+
+def test_scan_cursor_is_rejected_when_it_is_not_ours(store):
+    store.create_collection("alpha", DIM, "l2")
+    with pytest.raises(BackendError, match="cursor"):
+        store.scan("alpha", 10, "r00005")
+
+
+def test_metadata_that_is_not_json_is_refused_before_writing(store):
+    store.create_collection("alpha", 2, "l2")
+    batch = Batch(
+        ["a", "b"],
+        np.zeros((2, 2), np.float32),
+        [None, None],
+        [{"n": np.int64(3)}, {"bad": object()}],
+    )
+    with pytest.raises(InvalidDataError, match="'b'"):
+        store.upsert("alpha", batch)
+    assert store.count("alpha") == 0

@@ -1,0 +1,108 @@
+"""A throwaway vecflow project for tests: vecflow.ini, versions/, and helpers to run commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vecflow import command
+from vecflow.config import Config, load_config
+from vecflow.runtime.digest import collection_digest
+from vecflow.runtime.stores import Stores
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Project:
+    def __init__(self, root: Path, store_options: dict[str, str], backend: str = "chroma",
+                 batch_size: int = 100) -> None:
+        self.root = root
+        self.versions = root / "versions"
+        self.versions.mkdir(parents=True, exist_ok=True)
+        options = "\n".join(f"{k} = {v}" for k, v in store_options.items())
+        (root / "vecflow.ini").write_text(textwrap.dedent(f"""\
+            [vecflow]
+            script_location = %(here)s/versions
+            ledger = %(here)s/.vecflow/ledger.db
+            batch_size = {batch_size}
+
+            [store:main]
+            backend = {backend}
+            """) + options + "\n", encoding="utf-8")
+        self.output: list[str] = []
+
+    @property
+    def config(self) -> Config:
+        return load_config(self.root / "vecflow.ini")
+
+    def run(self, name: str, *args: Any, **kwargs: Any) -> list[str]:
+        """Run a command function in-process; return what it printed."""
+        self.output = []
+        getattr(command, name)(self.config, *args, out=self.output.append, **kwargs)
+        return self.output
+
+    def cli(self, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+        """Run the real `python -m vecflow` in a subprocess."""
+        result = subprocess.run([sys.executable, "-m", "vecflow", *args], cwd=self.root, capture_output=True,
+                                text=True, env={**os.environ, **(env or {})}, timeout=600)
+        if check and result.returncode != 0:
+            raise AssertionError(f"vecflow {' '.join(args)} failed ({result.returncode}):\n"
+                                 f"{result.stdout}\n{result.stderr}")
+        return result
+
+    def write_python(self, rev: str, down: str | tuple | None, body: str, downgrade: str | None = None,
+                     extra: str = "") -> Path:
+        text = (f'"""revision {rev}"""\n\nrevision = {rev!r}\ndown_revision = {down!r}\n{extra}\n\n'
+                f"def upgrade(op):\n{textwrap.indent(textwrap.dedent(body), '    ')}\n")
+        if downgrade is not None:
+            text += f"\n\ndef downgrade(op):\n{textwrap.indent(textwrap.dedent(downgrade), '    ')}\n"
+        path = self.versions / f"{rev}_test.py"
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    def write_yaml(self, rev: str, text: str) -> Path:
+        path = self.versions / f"{rev}_test.yaml"
+        path.write_text(textwrap.dedent(text), encoding="utf-8")
+        return path
+
+    def write_records(self, name: str, n: int, dim: int = 8, seed: int = 0) -> Path:
+        """A JSONL data file under versions/data for create_collection(data=...)."""
+        rng = np.random.default_rng(seed)
+        path = self.versions / "data" / name
+        path.parent.mkdir(exist_ok=True)
+        with path.open("w", encoding="utf-8") as handle:
+            for i in range(n):
+                handle.write(json.dumps({
+                    "id": f"id-{i:06d}", "vector": rng.standard_normal(dim).astype(np.float32).tolist(),
+                    "document": f"text {i} ünïcødé", "metadata": {
+                        "author": ["ada", "grace", "linus"][i % 3], "rank": i % 5, "score": i / 9,
+                        "draft": i % 2 == 0, "tags": ["a", "b"] if i % 4 == 0 else []}}) + "\n")
+        return path
+
+    def digest(self, collection: str) -> str:
+        stores = Stores(self.config)
+        try:
+            backend, name = stores.resolve(collection)
+            return collection_digest(backend, name).to_text()
+        finally:
+            stores.close()
+
+    def records(self, collection: str):
+        stores = Stores(self.config)
+        try:
+            backend, name = stores.resolve(collection)
+            out, cursor = {}, None
+            while True:
+                page, cursor = backend.scan(name, 1000, cursor)
+                out.update({r.id: r for r in page.records()})
+                if cursor is None:
+                    return out
+        finally:
+            stores.close()
