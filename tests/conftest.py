@@ -90,3 +90,16 @@ def chroma_url(tmp_path_factory):
         yield f"http://127.0.0.1:{port}"
     finally:
         stop(process)
+
+
+BACKENDS = ["chroma", "faiss", "redis", "qdrant"]
+
+
+@pytest.fixture
+def store_options(request, tmp_path):
+    """Options of a fresh, empty store of the backend named by the test's `backend` parameter."""
+    backend = request.getfixturevalue("backend")
+    if backend == "redis":
+        url = request.getfixturevalue("redis_url")
+        return {"url": url, "key_prefix": f"t{abs(hash(str(tmp_path))) % 10**9}:"}
+    return {"path": str(tmp_path / backend)}
