@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -90,6 +91,21 @@ def chroma_url(tmp_path_factory):
         yield f"http://127.0.0.1:{port}"
     finally:
         stop(process)
+
+
+@pytest.fixture
+def fast_tmp_path(tmp_path):
+    """A scratch folder on tmpfs when the machine has one: fsync is free there, which spares the
+    heavy tests Qdrant local mode's commit per point. Durability is not what those tests check."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or not os.access(shm, os.W_OK):
+        yield tmp_path
+        return
+    folder = Path(tempfile.mkdtemp(prefix="vecflow-test-", dir=shm))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 BACKENDS = ["chroma", "faiss", "redis", "qdrant"]

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 class Project:
     def __init__(self, root: Path, store_options: dict[str, str], backend: str = "chroma",
-                 batch_size: int = 100) -> None:
+                 batch_size: int = 100, extra_stores: dict[str, tuple[str, dict[str, str]]] | None = None) -> None:
         self.root = root
         self.versions = root / "versions"
         self.versions.mkdir(parents=True, exist_ok=True)
@@ -35,7 +35,9 @@ class Project:
 
             [store:main]
             backend = {backend}
-            """) + options + "\n", encoding="utf-8")
+            """) + options + "\n" + "".join(
+                f"\n[store:{name}]\nbackend = {kind}\n" + "".join(f"{k} = {v}\n" for k, v in opts.items())
+                for name, (kind, opts) in (extra_stores or {}).items()), encoding="utf-8")
         self.output: list[str] = []
 
     @property

@@ -35,7 +35,7 @@ PARAMETERS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "revision": ((), {"help": "revision identifier (id, prefix, label, head, base, +N, -N, label@head, ...)"}),
     "dry_run": (("--dry-run",), {"action": "store_true", "help": "print the plan and record counts; change nothing"}),
     "verify": (("--no-verify",), {"action": "store_false", "dest": "verify",
-                                  "help": "skip the digest check after a downgrade"}),
+                                  "help": "skip verification (copy/move checks, downgrade digests)"}),
     "verbose": (("-v", "--verbose"), {"action": "store_true", "help": "more detail"}),
     "rev_range": (("-r", "--rev-range"), {"help": "range a:b (base, head, current allowed)"}),
     "purge": (("--purge",), {"action": "store_true", "help": "empty the applied set before stamping"}),

@@ -103,13 +103,13 @@ def _migrate(config: Config, direction: str, target: str, dry_run: bool, verify:
             runner.run(plan, owner, verify=verify)
 
 
-def upgrade(config: Config, revision: str, dry_run: bool = False, out: Out = print) -> None:
-    """Upgrade to a later revision (head, heads, +N, <rev>, <branch>@head)."""
-    _migrate(config, UPGRADE, revision, dry_run, True, out)
+def upgrade(config: Config, revision: str, dry_run: bool = False, verify: bool = True, out: Out = print) -> None:
+    """Upgrade to a later revision (head, heads, +N, <rev>, <branch>@head); copies and moves are verified."""
+    _migrate(config, UPGRADE, revision, dry_run, verify, out)
 
 
 def downgrade(config: Config, revision: str, dry_run: bool = False, verify: bool = True, out: Out = print) -> None:
-    """Revert to an earlier revision (-N, <rev>, base); the data digest is verified after each revision."""
+    """Revert to an earlier revision (-N, <rev>, base); digests (and moves back) are verified."""
     _migrate(config, DOWNGRADE, revision, dry_run, verify, out)
 
 

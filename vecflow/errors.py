@@ -63,3 +63,7 @@ class LockError(LedgerError):
 
 class DigestMismatchError(VecflowError):
     """A downgrade did not restore the data exactly: the digests differ."""
+
+
+class VerificationError(VecflowError):
+    """A copy or move did not verify (counts, ids, digests or search parity); the source is untouched."""

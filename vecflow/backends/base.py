@@ -114,6 +114,15 @@ class Backend(ABC):
     def query(self, name: str, vectors: np.ndarray, k: int) -> list[list[Hit]]:
         """The k nearest records of each query vector, best first."""
 
+    def search_is_exact(self, name: str) -> bool:
+        """True when query() is exact (brute force) for this collection, False for ANN indexes."""
+        return False
+
+    def encoded_fields(self, metadatas: list[dict[str, Any]]) -> dict[str, str]:
+        """Metadata fields this store cannot hold natively and stores in a reversible encoding,
+        with how (for the --dry-run coercion report). Empty when everything is stored as is."""
+        return {}
+
     def close(self) -> None:
         """Release connections and files; the instance is unusable afterwards. Safe to call twice."""
 

@@ -226,6 +226,9 @@ class FaissBackend(Backend):
         return self._collection(name).conn.execute("SELECT count(*) FROM records").fetchone()[0]
 
     @_sqlite_errors
+    def search_is_exact(self, name: str) -> bool:
+        return self.describe(name).params.get("index_type") == "flat"
+
     def describe(self, name: str) -> CollectionInfo:
         state = self._collection(name)
         return CollectionInfo(name, state.dim, state.metric, dict(state.params))

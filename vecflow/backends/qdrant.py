@@ -351,6 +351,10 @@ class QdrantBackend(Backend):
     def count(self, name: str) -> int:
         return self._call("count", name, self.client.count, name, exact=True).count
 
+    def search_is_exact(self, name: str) -> bool:
+        # Local mode searches by brute force; a server uses its HNSW index.
+        return self._local_key is not None
+
     def describe(self, name: str) -> CollectionInfo:
         info = self._call("describe", name, self.client.get_collection, name)
         vectors = self._single_vector(name, info)

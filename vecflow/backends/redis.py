@@ -258,6 +258,9 @@ class RedisBackend(Backend):
                 return True
         return False
 
+    def search_is_exact(self, name: str) -> bool:
+        return not self._native_search
+
     @property
     def _native_search(self) -> bool:
         return self._search != "exact" and self._has_search_module

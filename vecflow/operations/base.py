@@ -4,13 +4,15 @@ Calling `op.rename_field(...)` inside `upgrade(op)` builds a RenameFieldOp and a
 plan; nothing touches a store until the runner executes the plan. The same op classes back the
 YAML form (`- rename_field: {...}`), so both forms validate identically.
 
-An op knows its inverse: `reverse(snapshot)` returns the op that undoes it (given the name of the
-snapshot the op captured while it ran, when it captures one), or None when it cannot be undone.
+An op knows its inverse: `reverse(record)` returns the op that undoes it, given what the op left
+in the ledger when it ran (the name of the snapshot it captured, and its final step state), or
+None when it cannot be undone.
 """
 
 from __future__ import annotations
 
 import difflib
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -19,8 +21,22 @@ from vecflow.errors import OperationError
 
 if TYPE_CHECKING:
     from vecflow.runtime.context import StepContext
+    from vecflow.runtime.stores import Stores
 
 OP_REGISTRY: dict[str, type["Op"]] = {}
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What a finished step left in the ledger, from which its inverse is built."""
+
+    snapshot: str | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def hypothetical(cls) -> "StepRecord":
+        """Stands in for a run that has not happened yet (to ask whether an op is reversible)."""
+        return cls(snapshot="(snapshot)")
 
 
 class Op(BaseModel):
@@ -42,13 +58,17 @@ class Op(BaseModel):
         args = ", ".join(f"{k}={v!r}" for k, v in self.model_dump(exclude_defaults=True).items())
         return f"{self.op_name}({args})"
 
-    def reverse(self, snapshot: str | None) -> "Op | None":
+    def reverse(self, record: StepRecord) -> "Op | None":
         """The op undoing this one, or None when it cannot be undone."""
         return None
 
     @property
     def reversible(self) -> bool:
-        return self.reverse("snapshot") is not None
+        return self.reverse(StepRecord.hypothetical()) is not None
+
+    def preview(self, stores: "Stores") -> list[str]:
+        """Extra --dry-run lines about what this step would do (read-only)."""
+        return []
 
     def run(self, ctx: "StepContext") -> None:
         raise NotImplementedError
@@ -103,7 +123,7 @@ def public_ops() -> dict[str, type[Op]]:
 
 
 def _load_builtin_ops() -> None:
-    from vecflow.operations import collections, fields  # noqa: F401  (registers the ops)
+    from vecflow.operations import collections, fields, moves  # noqa: F401  (registers the ops)
 
 
 class Operations:

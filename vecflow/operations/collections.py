@@ -13,7 +13,7 @@ from pydantic import Field, field_validator
 from vecflow.backends.base import METRICS
 from vecflow.batch import Batch
 from vecflow.errors import CollectionExistsError, InvalidDataError, OperationError
-from vecflow.operations.base import Op, register_op
+from vecflow.operations.base import Op, StepRecord, register_op
 from vecflow.runtime.context import StepContext
 from vecflow.runtime.stores import sibling_ref
 
@@ -81,7 +81,7 @@ class CreateCollectionOp(Op):
         dim = self.dim if self.dim else "?"
         return f"create_collection {self.collection} (dim {dim}, {self.metric}){source}"
 
-    def reverse(self, snapshot: str | None) -> Op | None:
+    def reverse(self, record: StepRecord) -> Op | None:
         return DropCollectionOp(collection=self.collection, snapshot=False)
 
     def run(self, ctx: StepContext) -> None:
@@ -131,10 +131,10 @@ class DropCollectionOp(Op):
     def describe(self) -> str:
         return f"drop_collection {self.collection}" + ("" if self.snapshot else " (no snapshot)")
 
-    def reverse(self, snapshot: str | None) -> Op | None:
-        if not self.snapshot or snapshot is None:
+    def reverse(self, record: StepRecord) -> Op | None:
+        if not self.snapshot or record.snapshot is None:
             return None
-        return RestoreCollectionOp(collection=self.collection, snapshot=snapshot)
+        return RestoreCollectionOp(collection=self.collection, snapshot=record.snapshot)
 
     def run(self, ctx: StepContext) -> None:
         backend, name = ctx.resolve(self.collection)
@@ -162,7 +162,7 @@ class RenameCollectionOp(Op):
     def describe(self) -> str:
         return f"rename_collection {self.collection} -> {self.new_name}"
 
-    def reverse(self, snapshot: str | None) -> Op | None:
+    def reverse(self, record: StepRecord) -> Op | None:
         return RenameCollectionOp(collection=sibling_ref(self.collection, self.new_name),
                                   new_name=self.collection.rpartition(":")[2])
 

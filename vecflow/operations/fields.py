@@ -14,7 +14,7 @@ from pydantic import Field, field_validator
 
 from vecflow.batch import Batch
 from vecflow.errors import InvalidDataError, OperationError
-from vecflow.operations.base import Op, register_op
+from vecflow.operations.base import Op, StepRecord, register_op
 from vecflow.runtime.context import StepContext
 from vecflow.runtime.snapshots import ABSENT
 
@@ -30,10 +30,10 @@ class FieldOp(Op):
     def collections(self) -> list[str]:
         return [self.collection]
 
-    def reverse(self, snapshot: str | None) -> Op | None:
-        if snapshot is None:
+    def reverse(self, record: StepRecord) -> Op | None:
+        if record.snapshot is None:
             return None
-        return RestoreFieldOp(collection=self.collection, field=self.field, snapshot=snapshot)
+        return RestoreFieldOp(collection=self.collection, field=self.field, snapshot=record.snapshot)
 
     def rewrite_with_snapshot(self, ctx: StepContext, new_value: Any) -> None:
         """Give the field new_value(id, metadata, document) on every record where that differs,
@@ -172,7 +172,7 @@ class RenameFieldOp(Op):
     def describe(self) -> str:
         return f"rename_field {self.collection}: {self.old} -> {self.new}"
 
-    def reverse(self, snapshot: str | None) -> Op | None:
+    def reverse(self, record: StepRecord) -> Op | None:
         return RenameFieldOp(collection=self.collection, old=self.new, new=self.old)
 
     def run(self, ctx: StepContext) -> None:
@@ -206,7 +206,7 @@ class RestoreFieldOp(FieldOp):
     def describe(self) -> str:
         return f"restore_field {self.collection}: {self.field} from snapshot {self.snapshot}"
 
-    def reverse(self, snapshot: str | None) -> Op | None:
+    def reverse(self, record: StepRecord) -> Op | None:
         return None
 
     def run(self, ctx: StepContext) -> None:

@@ -36,6 +36,8 @@ class StepContext:
         rows_done: int,
         resumed: bool,
         script_dir: Path,
+        verify: bool = True,
+        note: Callable[[str], None] = lambda line: None,
         progress: Callable[[int], None] = lambda rows: None,
     ) -> None:
         self.stores = stores
@@ -51,6 +53,10 @@ class StepContext:
         self.rows_done = rows_done
         self.resumed = resumed
         self.script_dir = script_dir
+        self.verify = verify
+        self.note = note
+        # Final digests an op already computed (canonical ref -> text); the runner skips rescanning.
+        self.known_digests: dict[str, str] = {}
         self._progress = progress
 
     def resolve(self, ref: str) -> tuple[Backend, str]:
@@ -61,6 +67,10 @@ class StepContext:
         if not backend.has_collection(name):
             raise CollectionNotFoundError(f"collection {ref!r} does not exist")
         return backend, name
+
+    def know_digest(self, ref: str, digest: str) -> None:
+        """Tell the runner a collection's digest after this step, computed while verifying."""
+        self.known_digests[self.stores.canonical(ref)] = digest
 
     def save(self, rows: int = 0, **changes: Any) -> None:
         """Record progress after a durable write; also renews the runner's lease."""

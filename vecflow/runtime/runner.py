@@ -20,7 +20,7 @@ from vecflow.config import Config
 from vecflow.errors import (
     DigestMismatchError, IrreversibleError, LedgerError, VecflowError,
 )
-from vecflow.operations.base import Op
+from vecflow.operations.base import Op, StepRecord
 from vecflow.runtime.context import StepContext
 from vecflow.runtime.digest import collection_digest
 from vecflow.runtime.ledger import DONE, FAILED, Ledger, Owner
@@ -87,10 +87,10 @@ class Runner:
         script = rev.script
         up_attempt = self.ledger.last_completed_attempt(rev.revision, UPGRADE)
         expected: dict[str, str] = {}
-        snapshots: dict[int, str | None] = {}
+        records: dict[int, StepRecord] = {}
         if up_attempt is not None:
             for row in self.ledger.steps(up_attempt["id"]):
-                snapshots[row["step_index"]] = row["snapshot"]
+                records[row["step_index"]] = StepRecord(row["snapshot"], json.loads(row["cursor"] or "{}"))
                 for ref, digest in json.loads(row["digest_before"] or "{}").items():
                     expected.setdefault(ref, digest)
         explicit = script.downgrade_ops()
@@ -100,13 +100,13 @@ class Runner:
             raise IrreversibleError(f"revision {rev.revision} ({rev.path}) is marked irreversible and has no downgrade")
         steps = []
         for index, up_step in reversed(list(enumerate(script.upgrade_ops()))):
-            snapshot = snapshots.get(index)
-            if up_step.captures_snapshot and snapshot is None:
+            record = records.get(index, StepRecord())
+            if up_step.captures_snapshot and record.snapshot is None:
                 raise IrreversibleError(
                     f"revision {rev.revision}: step {index + 1} ({up_step.describe()}) is undone from the snapshot "
                     "it took while running, but the ledger has none (was the revision stamped?); "
                     f"write an explicit downgrade() in {rev.path}")
-            inverse = up_step.reverse(snapshot)
+            inverse = up_step.reverse(record)
             if inverse is None:
                 raise IrreversibleError(
                     f"revision {rev.revision}: step {index + 1} ({up_step.describe()}) cannot be reversed; "
@@ -124,6 +124,7 @@ class Runner:
             lines.append(f"{item.direction} {item.label}")
             for number, step in enumerate(item.steps, start=1):
                 lines.append(f"  {number}. {step.describe()}")
+                lines += [f"     {line}" for line in step.preview(self.stores)]
                 touched += [self.stores.canonical(r) for r in step.collections() if self.stores.canonical(r) not in touched]
             if not item.steps:
                 lines.append("  (no steps)")
@@ -173,7 +174,7 @@ class Runner:
             self.out(f"Resuming {item.direction} {item.label}")
         try:
             for index, step in enumerate(item.steps):
-                self._run_step(step, index, len(item.steps), attempt_id, owner, rev)
+                self._run_step(step, index, len(item.steps), attempt_id, owner, rev, verify)
             if item.direction == UPGRADE:
                 self.ledger.mark_applied(rev.revision, checksum, rev.path or "")
             else:
@@ -187,7 +188,8 @@ class Runner:
             self.ledger.finish_attempt(attempt_id, FAILED, str(exc))
             raise
 
-    def _run_step(self, step: Op, index: int, total: int, attempt_id: int, owner: Owner, rev: Revision) -> None:
+    def _run_step(self, step: Op, index: int, total: int, attempt_id: int, owner: Owner, rev: Revision,
+                  verify: bool) -> None:
         row = self.ledger.step(attempt_id, index)
         if row is not None and row["status"] == DONE:
             self.out(f"  [{index + 1}/{total}] {step.describe()}: already done")
@@ -208,9 +210,11 @@ class Runner:
             lease_seconds=self.config.lock_lease_seconds, attempt_id=attempt_id, step_index=index,
             batch_size=self.config.batch_size, snapshot=snapshot, state=state, rows_done=rows_done,
             resumed=resumed, script_dir=Path(rev.path).parent if rev.path else self.scripts.location,
+            verify=verify, note=lambda line: self.out(f"      {line}"),
         )
         step.run(ctx)
-        after = {ref: self._digest(ref, fresh=True) for ref in refs}
+        self._digests.update(ctx.known_digests)
+        after = {ref: ctx.known_digests.get(ref) or self._digest(ref, fresh=True) for ref in refs}
         self.ledger.finish_step(attempt_id, index, after)
         self.out(f"  [{index + 1}/{total}] {step.describe()}: {ctx.rows_done} rows, "
                  f"{time.monotonic() - started:.2f} s")

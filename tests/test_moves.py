@@ -1,0 +1,186 @@
+"""copy_collection and move_collection between real stores: verified, resumable, reversible."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vecflow.batch import Batch
+from vecflow.errors import OperationError, VerificationError
+from vecflow.runtime.stores import Stores
+from tests.project import Project
+
+
+def clustered_batch(n: int, dim: int, seed: int = 0, prefix: str = "chunk") -> Batch:
+    """Embedding-like data: points around 40 centres, with rich metadata and text."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((40, dim)).astype(np.float32)
+    labels = rng.integers(0, 40, n)
+    vectors = centres[labels] + 0.35 * rng.standard_normal((n, dim)).astype(np.float32)
+    metadatas = [{"source": f"file-{i % 97}.pdf", "page": int(i % 31), "score": float(i % 13) / 13,
+                  "lang": ["en", "de", "日本語"][i % 3], "reviewed": i % 5 == 0,
+                  "tags": ["a", f"t{i % 7}"] if i % 4 == 0 else [],
+                  "extra": {"nested": {"k": i % 3}} if i % 6 == 0 else None} for i in range(n)]
+    documents = [f"chunk {i} of the corpus — text ✓" if i % 50 else None for i in range(n)]
+    return Batch([f"{prefix}-{i:06d}" for i in range(n)], vectors, documents, metadatas)
+
+
+def seed(project: Project, ref: str, batch: Batch, metric: str = "cosine") -> str:
+    stores = Stores(project.config)
+    try:
+        backend, name = stores.resolve(ref)
+        backend.create_collection(name, batch.dim, metric)
+        for start in range(0, len(batch), 2000):
+            backend.upsert(name, batch.take(list(range(start, min(start + 2000, len(batch))))))
+    finally:
+        stores.close()
+    return project.digest(ref)
+
+
+@pytest.fixture
+def four_stores(fast_tmp_path, redis_url):
+    tmp_path = fast_tmp_path
+
+    def make(batch_size: int = 500) -> Project:
+        return Project(tmp_path / "project", {"path": str(tmp_path / "chroma")}, batch_size=batch_size,
+                       extra_stores={"faiss": ("faiss", {"path": str(tmp_path / "faiss")}),
+                                     "redis": ("redis", {"url": redis_url, "key_prefix": f"{tmp_path.name}:"}),
+                                     "qdrant": ("qdrant", {"path": str(tmp_path / "qdrant")})})
+    return make
+
+
+def test_cycle_through_every_backend_and_back(four_stores):
+    """Chroma -> FAISS -> Redis -> Qdrant -> Chroma, 20k x 384, then downgrade all the way back."""
+    project = four_stores(batch_size=1000)
+    original = seed(project, "main:corpus", clustered_batch(20_000, 384))
+    hops = [("main:corpus", "faiss:corpus"), ("faiss:corpus", "redis:corpus"),
+            ("redis:corpus", "qdrant:corpus"), ("qdrant:corpus", "main:corpus_final")]
+    previous = None
+    for number, (source, target) in enumerate(hops, start=1):
+        project.write_python(f"hop{number}", previous, f"op.move_collection({source!r}, {target!r})")
+        previous = f"hop{number}"
+
+    dry = "\n".join(project.run("upgrade", "head", dry_run=True))
+    assert "main:corpus: 20000 records" in dry and "qdrant:corpus: does not exist yet" in dry
+
+    lines = project.run("upgrade", "head")
+    assert sum("verified" in line for line in lines) == 4, lines
+    assert all("parity" in line for line in lines if "verified" in line)
+    assert project.digest("main:corpus_final") == original
+    for ref in ("main:corpus", "faiss:corpus", "redis:corpus", "qdrant:corpus"):
+        assert project.digest(ref) == "absent"
+    final = project.records("main:corpus_final")
+    assert final["chunk-000006"].metadata["extra"] == {"nested": {"k": 0}}
+    assert final["chunk-000050"].document is None and final["chunk-000001"].document.endswith("✓")
+
+    lines = project.run("downgrade", "base")
+    assert sum("verified corpus" in line or "verified main:corpus" in line or "verified" in line
+               for line in lines) >= 8
+    assert project.digest("main:corpus") == original
+    assert project.digest("main:corpus_final") == "absent"
+
+
+def test_dry_run_reports_metadata_a_target_stores_encoded(four_stores):
+    project = four_stores()
+    seed(project, "redis:docs", clustered_batch(300, 16))
+    project.write_python("m1", None, 'op.move_collection("redis:docs", "main:docs")')
+    lines = project.run("upgrade", "head", dry_run=True)
+    coercions = [line.strip() for line in lines if "coercion" in line]
+    assert any(line.startswith("coercion: metadata field 'extra'") for line in coercions), lines
+    assert any(line.startswith("coercion: metadata field 'tags'") for line in coercions), lines
+    assert project.digest("main:docs") == "absent"
+    project.run("upgrade", "head")
+    assert project.records("main:docs")["chunk-000006"].metadata["extra"] == {"nested": {"k": 0}}
+
+
+def test_copy_keeps_the_source_and_its_downgrade_drops_the_copy(four_stores):
+    project = four_stores()
+    original = seed(project, "main:docs", clustered_batch(1500, 32), metric="l2")
+    project.write_python("c1", None, 'op.copy_collection("main:docs", "faiss:docs_copy")')
+    lines = project.run("upgrade", "head")
+    assert any("verified faiss:docs_copy: 1500 records" in line for line in lines)
+    assert project.digest("faiss:docs_copy") == original == project.digest("main:docs")
+    project.run("downgrade", "base")
+    assert project.digest("faiss:docs_copy") == "absent" and project.digest("main:docs") == original
+
+
+def test_target_with_another_dimension_or_metric_is_refused_before_writing(four_stores):
+    project = four_stores()
+    seed(project, "main:docs", clustered_batch(300, 16))
+    seed(project, "redis:docs", clustered_batch(5, 8))
+    project.write_python("m1", None, 'op.move_collection("main:docs", "redis:docs")')
+    assert "refused: move_collection: target redis:docs exists with dim 8" in "\n".join(
+        project.run("upgrade", "head", dry_run=True))
+    with pytest.raises(OperationError, match="target redis:docs exists with dim 8, metric cosine"):
+        project.run("upgrade", "head")
+    assert project.digest("main:docs").startswith("300:")
+    assert project.digest("redis:docs").startswith("5:")
+
+
+def test_non_empty_target_is_refused(four_stores):
+    project = four_stores()
+    seed(project, "main:docs", clustered_batch(300, 16))
+    seed(project, "faiss:docs", clustered_batch(5, 16))
+    project.write_python("m1", None, 'op.copy_collection("main:docs", "faiss:docs")')
+    with pytest.raises(OperationError, match="already holds 5 records"):
+        project.run("upgrade", "head")
+
+
+def test_existing_empty_target_is_filled_and_emptied_again_on_downgrade(four_stores):
+    project = four_stores()
+    original = seed(project, "main:docs", clustered_batch(400, 16))
+    seed(project, "qdrant:docs", clustered_batch(0, 16))
+    project.write_python("c1", None, 'op.copy_collection("main:docs", "qdrant:docs")')
+    project.run("upgrade", "head")
+    assert project.digest("qdrant:docs") == original
+    project.run("downgrade", "base")
+    assert project.digest("qdrant:docs") == "0:" + "0" * 32
+
+
+def test_a_lossy_target_fails_verification_and_the_source_is_untouched(four_stores, monkeypatch):
+    from vecflow.backends.faiss import FaissBackend
+
+    project = four_stores(batch_size=100)
+    original = seed(project, "main:docs", clustered_batch(400, 16))
+    real_upsert = FaissBackend.upsert
+
+    def lossy_upsert(self, name, batch):  # fault injection: a store that silently loses a record
+        real_upsert(self, name, batch.take(list(range(len(batch) - 1))))
+
+    monkeypatch.setattr(FaissBackend, "upsert", lossy_upsert)
+    project.write_python("m1", None, 'op.move_collection("main:docs", "faiss:docs")')
+    with pytest.raises(VerificationError, match=r"counts differ: source 400, target 396; 4 ids missing"):
+        project.run("upgrade", "head")
+    assert project.digest("main:docs") == original
+    assert project.run("current") == ["<base> (nothing applied)"]
+
+
+def test_verify_copy_reports_every_kind_of_difference(four_stores):
+    from vecflow.runtime.verify import verify_copy
+
+    project = four_stores()
+    batch = clustered_batch(300, 16)
+    seed(project, "main:docs", batch, metric="l2")
+    changed = batch.take(list(range(1, 300)))
+    changed.vectors = np.ascontiguousarray(changed.vectors[::-1])
+    seed(project, "faiss:docs", changed, metric="l2")
+    stores = Stores(project.config)
+    try:
+        (source, _), (target, _) = stores.resolve("main:docs"), stores.resolve("faiss:docs")
+        report = verify_copy(source, "docs", target, "docs", batch_size=64, queries=30)
+    finally:
+        stores.close()
+    problems = "; ".join(report.problems)
+    assert "counts differ: source 300, target 299" in problems
+    assert "1 ids missing from the target (e.g. ['chunk-000000'])" in problems
+    assert "digests differ" in problems and "search parity" in problems
+    assert report.parity < 0.5 and report.parity_threshold == 0.9
+
+
+def test_no_verify_skips_the_checks(four_stores):
+    project = four_stores()
+    seed(project, "main:docs", clustered_batch(200, 16))
+    project.write_python("m1", None, 'op.move_collection("main:docs", "redis:docs")')
+    lines = project.run("upgrade", "head", verify=False)
+    assert not any("verified" in line for line in lines)
+    assert project.digest("redis:docs").startswith("200:")

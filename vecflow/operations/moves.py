@@ -1,0 +1,196 @@
+"""Copy and move collections between any two stores, streamed in checkpointed batches.
+
+A copy writes into a new collection (or an existing empty one with the same dimension and
+metric), then verifies it: counts, id sets, digests and search parity. A move is a verified copy
+followed by dropping the source; the source is only read until the copy is verified. The inverse
+of a move is the move back (recreating the source with its original parameters); the inverse of a
+copy removes what it wrote.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import Field, model_validator
+
+from vecflow.backends import Backend
+from vecflow.errors import CollectionNotFoundError, OperationError, VecflowError, VerificationError
+from vecflow.operations.base import Op, StepRecord, register_op
+from vecflow.operations.collections import DropCollectionOp
+from vecflow.runtime.context import StepContext
+from vecflow.runtime.stores import Stores
+from vecflow.runtime.verify import SideDigest, copy_normalises, verify_copy
+
+COERCION_SAMPLE = 1000
+
+
+class CopyCollectionOp(Op):
+    """Copy every record of `source` into `target` (both `store:collection` or a bare name)."""
+
+    op_name: ClassVar[str] = "copy_collection"
+    source: str
+    target: str
+    verify: bool = True
+    parity_queries: int = Field(20, ge=0)
+    parity_threshold: float | None = Field(None, ge=0, le=1)
+    # Index parameters for a newly created target; by default the source's when both stores use
+    # the same backend, none otherwise.
+    target_params: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "CopyCollectionOp":
+        if self.source == self.target:
+            raise ValueError("source and target are the same collection")
+        return self
+
+    def collections(self) -> list[str]:
+        return [self.source, self.target]
+
+    def describe(self) -> str:
+        return f"{self.op_name} {self.source} -> {self.target}"
+
+    def reverse(self, record: StepRecord) -> Op | None:
+        return UncopyCollectionOp(collection=self.target, drop=record.state.get("created_target", True))
+
+    def preview(self, stores: Stores) -> list[str]:
+        source, source_name = stores.resolve(self.source)
+        target, target_name = stores.resolve(self.target)
+        if not source.has_collection(source_name):
+            return [f"source {self.source} does not exist now (an earlier step may create it); "
+                    "no coercion report"]
+        lines = []
+        try:
+            self._preflight(source, source_name, target, target_name)
+        except VecflowError as exc:
+            lines.append(f"refused: {exc}")
+        sample, _ = source.scan(source_name, COERCION_SAMPLE)
+        for field, how in sorted(target.encoded_fields(sample.metadatas).items()):
+            lines.append(f"coercion: metadata field {field!r} {how} (reversible)")
+        if not any(line.startswith("coercion") for line in lines):
+            lines.append(f"coercion: none needed (sampled {len(sample)} records)")
+        return lines
+
+    def _preflight(self, source: Backend, source_name: str, target: Backend, target_name: str) -> bool:
+        """Refuse an incompatible or non-empty existing target; True when the target exists."""
+        info = source.describe(source_name)
+        if not target.has_collection(target_name):
+            return False
+        existing = target.describe(target_name)
+        if (existing.dim, existing.metric) != (info.dim, info.metric):
+            raise OperationError(
+                f"{self.op_name}: target {self.target} exists with dim {existing.dim}, metric {existing.metric}; "
+                f"the source has dim {info.dim}, metric {info.metric}")
+        count = target.count(target_name)
+        if count:
+            raise OperationError(f"{self.op_name}: target {self.target} already holds {count} records; "
+                                 "copy into a new or empty collection")
+        return True
+
+    def run(self, ctx: StepContext) -> None:
+        self.copy(ctx)
+        if self.verify and ctx.verify:
+            self.check(ctx)
+
+    def copy(self, ctx: StepContext) -> None:
+        source, source_name = ctx.resolve(self.source)
+        target, target_name = ctx.resolve(self.target)
+        if not ctx.state.get("prepared"):
+            if not source.has_collection(source_name):
+                raise CollectionNotFoundError(f"{self.op_name}: source {self.source} does not exist")
+            existed = self._preflight(source, source_name, target, target_name) and not ctx.resumed
+            info = source.describe(source_name)
+            if not target.has_collection(target_name):
+                params = self.target_params
+                if params is None:
+                    params = info.params if type(source) is type(target) else {}
+                target.create_collection(target_name, info.dim, info.metric, **params)
+            ctx.save(prepared=True, created_target=not existed,
+                     source_info={"dim": info.dim, "metric": info.metric, "params": info.params,
+                                  "backend": type(source).name})
+        if ctx.state.get("copied"):
+            return
+        normalise = copy_normalises(source, source_name, target)
+        cursor = ctx.state.get("copy_cursor")
+        side = SideDigest.from_dict(ctx.state["source_side"]) if "source_side" in ctx.state else SideDigest.empty()
+        while True:
+            page, cursor = source.scan(source_name, ctx.batch_size, cursor)
+            if len(page):
+                page.check_finite(f"{self.op_name} {self.source}")
+                target.upsert(target_name, page)
+                side = side.add(page, normalise)
+            ctx.save(len(page), copy_cursor=cursor, copied=cursor is None, source_side=side.to_dict())
+            if cursor is None:
+                return
+
+    def check(self, ctx: StepContext) -> None:
+        source, source_name = ctx.resolve(self.source)
+        target, target_name = ctx.resolve(self.target)
+        side = ctx.state.get("source_side")
+        report = verify_copy(source, source_name, target, target_name, batch_size=ctx.batch_size,
+                             queries=self.parity_queries, threshold=self.parity_threshold,
+                             source_side=SideDigest.from_dict(side) if side else None)
+        ctx.save(verification=report.to_dict())
+        if report.problems:
+            raise VerificationError(f"{self.describe()} did not verify (the source is untouched): "
+                                    + "; ".join(report.problems))
+        ctx.note(f"verified {self.target}: {report.summary()}")
+        if not report.normalised:
+            ctx.know_digest(self.target, report.target_digest)
+
+
+register_op(CopyCollectionOp)
+
+
+@register_op
+class MoveCollectionOp(CopyCollectionOp):
+    """Copy, verify, then drop the source (unless keep_source). Inverse: the move back."""
+
+    op_name: ClassVar[str] = "move_collection"
+    keep_source: bool = False
+
+    def reverse(self, record: StepRecord) -> Op | None:
+        if self.keep_source:
+            return super().reverse(record)
+        info = record.state.get("source_info", {})
+        return MoveCollectionOp(source=self.target, target=self.source, verify=self.verify,
+                                parity_queries=self.parity_queries, parity_threshold=self.parity_threshold,
+                                target_params=info.get("params"))
+
+    def run(self, ctx: StepContext) -> None:
+        source, source_name = ctx.resolve(self.source)
+        if ctx.state.get("source_dropped"):
+            return
+        super().run(ctx)
+        if not self.keep_source:
+            if source.has_collection(source_name):
+                source.drop_collection(source_name)
+            ctx.save(source_dropped=True)
+            ctx.know_digest(self.source, "absent")
+
+
+@register_op
+class UncopyCollectionOp(Op):
+    """Internal inverse of copy_collection: drop the target it created, or empty the one it filled."""
+
+    op_name: ClassVar[str] = "uncopy_collection"
+    internal: ClassVar[bool] = True
+    collection: str
+    drop: bool = True
+
+    def collections(self) -> list[str]:
+        return [self.collection]
+
+    def describe(self) -> str:
+        return f"{'drop' if self.drop else 'empty'} the copy {self.collection}"
+
+    def run(self, ctx: StepContext) -> None:
+        if self.drop:
+            DropCollectionOp(collection=self.collection, snapshot=False).run(ctx)
+            return
+        backend, name = ctx.require(self.collection)
+        while True:
+            page, _ = backend.scan(name, ctx.batch_size)
+            if not len(page):
+                return
+            backend.delete(name, page.ids)
+            ctx.save(len(page))
