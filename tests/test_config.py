@@ -39,9 +39,18 @@ def test_environment_overrides_then_x_overrides(tmp_path):
     env = {"VECFLOW_BATCH_SIZE": "20", "VECFLOW_STORE__MAIN__PATH": "/b"}
     config = load_config(path, environ=env)
     assert (config.batch_size, config.stores["main"].options["path"]) == (20, "/b")
-    config = load_config(path, ["batch_size=30", "store.main.path=/c", "tenant_hint=blue"], environ=env)
+    config = load_config(path, ["batch_size=30", "store.main.path=/c"], environ=env)
     assert (config.batch_size, config.stores["main"].options["path"]) == (30, "/c")
-    assert config.x_args == {"tenant_hint": "blue"}
+
+
+def test_bad_override_names_where_it_came_from(tmp_path):
+    path = write(tmp_path, "[vecflow]\nbatch_size = 10\n")
+    with pytest.raises(ConfigError, match=r"^environment VECFLOW_BATCH_SIZE: .*integer"):
+        load_config(path, environ={"VECFLOW_BATCH_SIZE": "lots"})
+    with pytest.raises(ConfigError, match=r"^-x batch_size: .*greater than or equal to 1"):
+        load_config(path, ["batch_size=0"], environ={})
+    with pytest.raises(ConfigError, match=r"^-x tenant_hint: unknown setting; use one of batch_size"):
+        load_config(path, ["tenant_hint=blue"], environ={})
 
 
 def test_x_can_declare_a_whole_store(tmp_path):

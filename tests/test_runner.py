@@ -76,6 +76,21 @@ def test_stamped_revision_has_no_snapshot_to_restore(project):
     assert project.run("current") == ["<base> (nothing applied)"]
 
 
+def test_stamp_after_a_real_upgrade_invalidates_its_snapshots(project):
+    project.run("upgrade", "head")
+    project.run("stamp", "r1")
+    project.run("stamp", "r2")
+    with pytest.raises(IrreversibleError, match="was the revision stamped"):
+        project.run("downgrade", "r1")
+
+
+def test_history_and_current_survive_a_deleted_applied_script(project):
+    project.run("upgrade", "r1")
+    Ledger(project.config.ledger).mark_applied("gone", "x", "gone.py")
+    assert any(line.endswith("revision r1") for line in project.run("history"))
+    assert any("revision gone is applied but no script" in line for line in project.run("current"))
+
+
 def test_stamp_purge_forgets_unknown_revisions(project):
     project.run("upgrade", "r1")
     Ledger(project.config.ledger).mark_applied("gone", "x", "gone.py")

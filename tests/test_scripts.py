@@ -60,6 +60,18 @@ def test_yaml_structure_errors(project):
         ScriptDirectory(project.versions).revision_map
 
 
+def test_yaml_ids_read_as_numbers_are_refused_with_a_hint(project):
+    project.write_yaml("b2", "revision: 0012\ndown_revision: null\nupgrade: []\n")
+    with pytest.raises(ScriptError, match=r"read as a number; quote revision ids"):
+        ScriptDirectory(project.versions).revision_map
+
+
+def test_generated_yaml_quotes_all_digit_parent_ids(project):
+    project.run("revision", "first", rev_id="0012")
+    project.run("revision", "second", rev_id="0013", use_yaml=True)
+    assert ScriptDirectory(project.versions).revision_map.get("0013").down_revision == ("0012",)
+
+
 def test_python_syntax_error_names_file_and_line(project):
     path = project.versions / "zz_broken.py"
     path.write_text("revision = 'zz'\ndown_revision = None\ndef upgrade(op)\n    pass\n")

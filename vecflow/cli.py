@@ -88,6 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"vecflow: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # e.g. `vecflow history | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("vecflow: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

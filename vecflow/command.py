@@ -157,8 +157,8 @@ def history(config: Config, rev_range: str | None = None, verbose: bool = False,
     """List revisions newest first; -r a:b limits the range (base, head, current allowed)."""
     with open_runner(config, out) as runner:
         graph = runner.scripts.revision_map
-        applied = set(runner.ledger.applied())
-        for rev in graph.history(rev_range, applied & {r.revision for r in graph}):
+        applied = {r for r in runner.ledger.applied() if r in graph}
+        for rev in graph.history(rev_range, applied):
             out(_line(rev, verbose, _tags(graph, rev, applied)))
 
 
@@ -212,7 +212,7 @@ def show(config: Config, revision: str, out: Out = print) -> None:
 
 def stamp(config: Config, revision: str, purge: bool = False, out: Out = print) -> None:
     """Set the ledger to a revision without running any step (--purge empties it first)."""
-    with open_runner(config, out) as runner, _holding_lease(runner):
+    with open_runner(config, out) as runner, _holding_lease(runner) as owner:
         graph = runner.scripts.revision_map
         for attempt in runner.ledger.abandon_unfinished():
             out(f"Abandoned the unfinished {attempt['direction']} of {attempt['revision']}")
@@ -228,9 +228,11 @@ def stamp(config: Config, revision: str, purge: bool = False, out: Out = print) 
             to_remove = [r for r in graph.plan_downgrade(applied, "base") if r.revision not in keep]
         for rev in to_remove:
             runner.ledger.mark_unapplied(rev.revision)
+            runner.ledger.record_stamp(rev.revision, DOWNGRADE, owner, rev.script.checksum)
             out(f"Stamped down: {rev.revision}")
         for rev in to_add:
             runner.ledger.mark_applied(rev.revision, rev.script.checksum, rev.path or "")
+            runner.ledger.record_stamp(rev.revision, UPGRADE, owner, rev.script.checksum)
             out(f"Stamped up: {rev.revision}")
 
 
@@ -242,10 +244,11 @@ def check(config: Config, repair: bool = False, out: Out = print) -> None:
         graph = runner.scripts.revision_map
         problems = runner.check_applied_scripts()
         if repair and problems:
-            for rev_id, row in runner.ledger.applied().items():
-                if rev_id in graph and graph.get(rev_id).script.checksum != row["checksum"]:
-                    runner.ledger.mark_applied(rev_id, graph.get(rev_id).script.checksum, row["path"])
-                    out(f"Accepted the edit of {graph.get(rev_id).path}")
+            with _holding_lease(runner):
+                for rev_id, row in runner.ledger.applied().items():
+                    if rev_id in graph and graph.get(rev_id).script.checksum != row["checksum"]:
+                        runner.ledger.accept_checksum(rev_id, graph.get(rev_id).script.checksum)
+                        out(f"Accepted the edit of {graph.get(rev_id).path}")
             problems = runner.check_applied_scripts()
         if len(graph.heads) > 1:
             problems.append(f"multiple heads are present ({', '.join(graph.heads)}); run 'vecflow merge'")

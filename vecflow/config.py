@@ -20,7 +20,7 @@ import configparser
 import os
 import re
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -55,7 +55,6 @@ class Config(BaseModel):
     default_store: str = "main"
     lock_lease_seconds: float = Field(60.0, gt=0)
     stores: dict[str, StoreConfig] = Field(default_factory=dict)
-    x_args: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("script_location", "ledger", mode="before")
     @classmethod
@@ -132,9 +131,11 @@ def load_config(
         if section != MAIN_SECTION and not section.startswith(STORE_PREFIX):
             raise ConfigError(f"{path.name}: unknown section [{section}]; expected [vecflow] or [store:NAME]")
 
-    _apply_overrides(main, stores, _env_overrides(environ), "environment")
+    origins = {key: f"{path.name} [{MAIN_SECTION}] {key}" for key in main}
+    env = _env_overrides(environ)
+    _apply_overrides(main, stores, env, origins, lambda key: f"environment VECFLOW_{key.upper()}")
     x = dict(x_args) if isinstance(x_args, Mapping) else parse_x_args(x_args)
-    leftover = _apply_overrides(main, stores, x, "-x")
+    _apply_overrides(main, stores, x, origins, lambda key: f"-x {key}")
 
     main.setdefault("script_location", str(here / "versions"))
     main.setdefault("ledger", str(here / ".vecflow" / "ledger.db"))
@@ -145,11 +146,11 @@ def load_config(
         backend = values.pop("backend")
         store_models[name] = StoreConfig(name=name, backend=backend, options=values)
     try:
-        config = Config(config_file=path, here=here, stores=store_models, x_args=leftover, **main)
+        config = Config(config_file=path, here=here, stores=store_models, **main)
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{path.name} [{MAIN_SECTION}] {key}: {err['msg']}") from exc
+        raise ConfigError(f"{origins.get(key, f'{path.name} [{MAIN_SECTION}] {key}')}: {err['msg']}") from exc
     for option, folder in (("script_location", config.script_location), ("ledger", config.ledger)):
         if not folder.is_absolute():
             setattr(config, option, (here / folder).resolve())
@@ -182,18 +183,19 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, str]:
     return result
 
 
-def _apply_overrides(main: dict, stores: dict, overrides: Mapping[str, str], origin: str) -> dict[str, str]:
-    """Apply known keys in place; return the others (user arguments for scripts)."""
-    leftover = {}
+def _apply_overrides(main: dict, stores: dict, overrides: Mapping[str, str], origins: dict[str, str],
+                     origin: Callable[[str], str]) -> None:
+    """Apply overrides in place, remembering where each [vecflow] value came from."""
     for key, value in overrides.items():
         if key in _MAIN_KEYS:
             main[key] = value
+            origins[key] = origin(key)
         elif key.startswith("store."):
             _, _, rest = key.partition(".")
             name, dot, option = rest.rpartition(".")
             if not dot or not name:
-                raise ConfigError(f"{origin} override {key!r}: expected store.NAME.OPTION")
+                raise ConfigError(f"{origin(key)}: expected store.NAME.OPTION")
             stores.setdefault(name, {})[option] = value
         else:
-            leftover[key] = value
-    return leftover
+            raise ConfigError(f"{origin(key)}: unknown setting; use one of {', '.join(sorted(_MAIN_KEYS))} "
+                              "or store.NAME.OPTION")

@@ -71,6 +71,20 @@ def test_rename_field_and_back(project):
     round_trip(project, 'op.rename_field("docs", "author", "writer")', check)
 
 
+def test_rename_field_leaves_records_that_already_had_the_new_name(project):
+    from vecflow.runtime.stores import Stores
+
+    stores = Stores(project.config)
+    backend, name = stores.resolve("docs")
+    page = backend.get(name, ["id-000010"])
+    backend.update_metadata(name, page.ids, [{"writer": "already migrated"}])
+    stores.close()
+
+    def check(p):
+        assert p.records("docs")["id-000010"].metadata == {"writer": "already migrated"}
+    round_trip(project, 'op.rename_field("docs", "author", "writer")', check)
+
+
 def test_drop_field_restores_every_value_with_its_type(project):
     def check(p):
         assert not any("score" in r.metadata or "draft" in r.metadata for r in p.records("docs").values())

@@ -58,9 +58,16 @@ class Backend(ABC):
         """Delete a collection and its records; CollectionNotFoundError when it is absent."""
 
     def rename_collection(self, old: str, new: str, batch_size: int = 1000) -> None:
-        """Rename by copy then drop; adapters with a native rename override this."""
+        """Rename by copy, verify, then drop; adapters with a native rename override this.
+
+        When `new` already exists it is taken for a partial copy left by an interrupted rename
+        (callers check for a genuine name clash first), and the copy continues into it."""
+        from vecflow.errors import VerificationError
+        from vecflow.runtime.digest import collection_digest
+
         info = self.describe(old)
-        self.create_collection(new, info.dim, info.metric, **info.params)
+        if not self.has_collection(new):
+            self.create_collection(new, info.dim, info.metric, **info.params)
         cursor = None
         while True:
             batch, cursor = self.scan(old, batch_size, cursor)
@@ -68,6 +75,10 @@ class Backend(ABC):
                 self.upsert(new, batch)
             if cursor is None:
                 break
+        before, after = collection_digest(self, old, batch_size), collection_digest(self, new, batch_size)
+        if before != after:
+            raise VerificationError(f"renaming {old!r} to {new!r}: the copy's digest {after} differs from "
+                                    f"{before}; {old!r} is kept")
         self.drop_collection(old)
 
     @abstractmethod

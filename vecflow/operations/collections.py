@@ -59,7 +59,7 @@ class CreateCollectionOp(Op):
     """Create a collection, optionally filled from a JSONL file shipped beside the revision.
 
     `data` is relative to the revision script's folder; `dim` may be omitted when `data` is given.
-    Inverse: drop the collection."""
+    Inverse: drop the collection, snapshotting it first (records added since are not lost)."""
 
     op_name: ClassVar[str] = "create_collection"
     collection: str
@@ -82,7 +82,7 @@ class CreateCollectionOp(Op):
         return f"create_collection {self.collection} (dim {dim}, {self.metric}){source}"
 
     def reverse(self, record: StepRecord) -> Op | None:
-        return DropCollectionOp(collection=self.collection, snapshot=False)
+        return DropCollectionOp(collection=self.collection)
 
     def run(self, ctx: StepContext) -> None:
         backend, name = ctx.resolve(self.collection)
@@ -171,8 +171,10 @@ class RenameCollectionOp(Op):
         if ctx.resumed and not backend.has_collection(name) and backend.has_collection(self.new_name):
             return
         ctx.require(self.collection)
-        if backend.has_collection(self.new_name):
+        if backend.has_collection(self.new_name) and not ctx.state.get("started"):
             raise CollectionExistsError(f"rename_collection: target {self.new_name!r} already exists")
+        # From here on a `new_name` collection is our own partial rename; adapters continue it.
+        ctx.save(started=True)
         backend.rename_collection(name, self.new_name, ctx.batch_size)
         ctx.save(renamed=True)
 

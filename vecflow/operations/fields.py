@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 from jinja2 import TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from vecflow.batch import Batch
 from vecflow.errors import InvalidDataError, OperationError
@@ -157,14 +157,22 @@ class SetFieldOp(FieldOp):
 
 @register_op
 class RenameFieldOp(Op):
-    """Rename a metadata field on every record. Inverse: rename it back.
-
-    A record holding both names is refused (InvalidDataError naming it) before its page is written."""
+    """Rename a metadata field on every record that has it. Inverse: rename it back on exactly
+    the records this step renamed (their ids are snapshotted), so records that already had only
+    the new name are left alone. A record holding both names is refused (InvalidDataError naming
+    it) before its page is written."""
 
     op_name: ClassVar[str] = "rename_field"
+    captures_snapshot: ClassVar[bool] = True
     collection: str
     old: str
     new: str
+
+    @model_validator(mode="after")
+    def _different_names(self) -> "RenameFieldOp":
+        if self.old == self.new:
+            raise ValueError(f"old and new names are both {self.old!r}")
+        return self
 
     def collections(self) -> list[str]:
         return [self.collection]
@@ -173,11 +181,12 @@ class RenameFieldOp(Op):
         return f"rename_field {self.collection}: {self.old} -> {self.new}"
 
     def reverse(self, record: StepRecord) -> Op | None:
-        return RenameFieldOp(collection=self.collection, old=self.new, new=self.old)
+        if record.snapshot is None:
+            return None
+        return UnrenameFieldOp(collection=self.collection, old=self.old, new=self.new, snapshot=record.snapshot)
 
     def run(self, ctx: StepContext) -> None:
-        if self.old == self.new:
-            raise OperationError(f"rename_field {self.collection}: old and new names are both {self.old!r}")
+        ctx.snapshots.begin_values(ctx.snapshot, self.old)
 
         def transform(page: Batch) -> Batch | None:
             positions, metadatas = [], []
@@ -190,9 +199,41 @@ class RenameFieldOp(Op):
                         f"and {self.new!r}; resolve the collision first (e.g. drop_field)")
                 positions.append(i)
                 metadatas.append({(self.new if k == self.old else k): v for k, v in meta.items()})
-            return page.take(positions).with_metadatas(metadatas) if positions else None
+            if not positions:
+                return None
+            ctx.snapshots.add_values(ctx.snapshot, [(page.ids[i], page.metadatas[i][self.old]) for i in positions])
+            return page.take(positions).with_metadatas(metadatas)
 
         ctx.rewrite_records(self.collection, transform, metadata_only=True)
+
+
+@register_op
+class UnrenameFieldOp(Op):
+    """Internal inverse of rename_field: on the renamed records, move `new` back to `old`."""
+
+    op_name: ClassVar[str] = "unrename_field"
+    internal: ClassVar[bool] = True
+    collection: str
+    old: str
+    new: str
+    snapshot: str
+
+    def collections(self) -> list[str]:
+        return [self.collection]
+
+    def describe(self) -> str:
+        return f"rename_field {self.collection}: {self.new} -> {self.old} (records renamed by {self.snapshot})"
+
+    def run(self, ctx: StepContext) -> None:
+        backend, name = ctx.require(self.collection)
+        after = ctx.state.get("after", 0)
+        while after is not None:
+            renamed, after = ctx.snapshots.read_values(self.snapshot, after, ctx.batch_size)
+            page = backend.get(name, [rid for rid, _ in renamed])
+            metadatas = [{(self.old if k == self.new else k): v for k, v in meta.items()} for meta in page.metadatas]
+            if len(page):
+                backend.update_metadata(name, page.ids, metadatas)
+            ctx.save(len(page), after=after)
 
 
 @register_op

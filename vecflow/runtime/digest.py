@@ -17,7 +17,7 @@ import hashlib
 import json
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -109,8 +109,10 @@ def batch_digest(batch: Batch, normalise: bool = False) -> Digest:
     return Digest(len(batch), total % _MOD)
 
 
-def collection_digest(backend: Any, name: str, batch_size: int = 1000, normalise: bool = False) -> Digest:
-    """Stream a whole collection through batch_digest; Digest.absent() when it does not exist."""
+def collection_digest(backend: Any, name: str, batch_size: int = 1000, normalise: bool = False,
+                      on_page: Callable[[], None] | None = None) -> Digest:
+    """Stream a whole collection through batch_digest; Digest.absent() when it does not exist.
+    on_page is called after every page (the runner renews its lease there)."""
     if not backend.has_collection(name):
         return Digest.absent()
     total = Digest.empty()
@@ -118,5 +120,7 @@ def collection_digest(backend: Any, name: str, batch_size: int = 1000, normalise
     while True:
         batch, cursor = backend.scan(name, batch_size, cursor)
         total = total + batch_digest(batch, normalise)
+        if on_page is not None:
+            on_page()
         if cursor is None:
             return total

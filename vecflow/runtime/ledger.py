@@ -27,7 +27,7 @@ import sqlite_utils
 
 from vecflow.errors import LedgerError, LockError
 
-RUNNING, DONE, FAILED, ABANDONED = "running", "done", "failed", "abandoned"
+RUNNING, DONE, FAILED, ABANDONED, STAMPED = "running", "done", "failed", "abandoned", "stamped"
 
 
 def _now() -> str:
@@ -113,6 +113,10 @@ class Ledger:
     def mark_unapplied(self, revision: str) -> None:
         self.db.execute("DELETE FROM applied WHERE revision = ?", [revision])
 
+    def accept_checksum(self, revision: str, checksum: str) -> None:
+        """Record an applied script's new checksum (check --repair), keeping when it was applied."""
+        self.db.execute("UPDATE applied SET checksum = ? WHERE revision = ?", [checksum, revision])
+
     def clear_applied(self) -> None:
         self.db.execute("DELETE FROM applied")
 
@@ -154,11 +158,17 @@ class Ledger:
         where, args = ("revision = ?", [revision]) if revision else (None, [])
         return list(self.db["attempts"].rows_where(where, args, order_by="id"))
 
+    def record_stamp(self, revision: str, direction: str, owner: Owner, checksum: str) -> None:
+        """A stamp is an attempt that ran no step."""
+        attempt_id = self.begin_attempt(revision, direction, owner, checksum)
+        self.finish_attempt(attempt_id, STAMPED)
+
     def last_completed_attempt(self, revision: str, direction: str) -> dict[str, Any] | None:
+        """The latest attempt that ran (not stamped) in that direction, unless a stamp came later."""
         rows = list(self.db["attempts"].rows_where(
-            "revision = ? AND direction = ? AND outcome = ?", [revision, direction, DONE],
+            "revision = ? AND direction = ? AND outcome IN (?, ?)", [revision, direction, DONE, STAMPED],
             order_by="id desc", limit=1))
-        return rows[0] if rows else None
+        return rows[0] if rows and rows[0]["outcome"] == DONE else None
 
     def steps(self, attempt_id: int) -> list[dict[str, Any]]:
         return list(self.db["steps"].rows_where("attempt_id = ?", [attempt_id], order_by="step_index"))

@@ -57,6 +57,7 @@ class Runner:
         self.stores = stores
         self.out = out
         self._digests: dict[str, str] = {}
+        self._owner: Owner | None = None
 
     # planning ------------------------------------------------------------------------------------
 
@@ -139,6 +140,7 @@ class Runner:
 
     def run(self, plan: list[PlannedRevision], owner: Owner, verify: bool = True) -> None:
         """Execute a plan. The caller holds the lease and built the plan after taking it."""
+        self._owner = owner
         resume = self._resumable_attempt(plan)
         for position, item in enumerate(plan):
             self._run_revision(item, owner, resume if position == 0 else None, verify)
@@ -222,8 +224,13 @@ class Runner:
     def _digest(self, ref: str, fresh: bool = False) -> str:
         if fresh or ref not in self._digests:
             backend, name = self.stores.resolve(ref)
-            self._digests[ref] = collection_digest(backend, name, self.config.batch_size).to_text()
+            self._digests[ref] = collection_digest(backend, name, self.config.batch_size,
+                                                   on_page=self._heartbeat).to_text()
         return self._digests[ref]
+
+    def _heartbeat(self) -> None:
+        if self._owner is not None:
+            self.ledger.heartbeat(self._owner, self.config.lock_lease_seconds)
 
     def _verify_restored(self, item: PlannedRevision, attempt_id: int) -> None:
         if not item.expected_digests:

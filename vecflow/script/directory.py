@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from datetime import datetime, timezone
@@ -101,6 +102,7 @@ class ScriptDirectory:
             branch_labels=_literal((branch_label,) if branch_label else (), use_yaml),
             depends_on=_literal(resolved_deps, use_yaml),
             message=message,
+            revises=", ".join(down_revisions) or "<base>",
             create_date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
         path.write_text(text, encoding="utf-8")
@@ -112,6 +114,7 @@ def _literal(ids: tuple[str, ...], use_yaml: bool) -> str:
     """None / 'a' / ('a', 'b') in Python; null / a / [a, b] in YAML."""
     if not ids:
         return "null" if use_yaml else "None"
-    if use_yaml:
-        return ids[0] if len(ids) == 1 else "[" + ", ".join(ids) + "]"
+    if use_yaml:  # quoted, so an all-digit id stays a string
+        quoted = [json.dumps(i) for i in ids]
+        return quoted[0] if len(ids) == 1 else "[" + ", ".join(quoted) + "]"
     return repr(ids[0]) if len(ids) == 1 else repr(ids)

@@ -161,10 +161,13 @@ class YamlRevision(BaseModel):
     upgrade: list[dict[str, Any]]
     downgrade: list[dict[str, Any]] | None = None
 
-    @field_validator("revision", mode="before")
+    @field_validator("revision", "down_revision", "branch_labels", "depends_on", mode="before")
     @classmethod
-    def _as_text(cls, value: Any) -> Any:
-        return str(value) if isinstance(value, int) else value
+    def _quoted(cls, value: Any) -> Any:
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise ValueError(f"{value!r} was read as a number; quote revision ids in YAML (e.g. \"0012\")")
+        return value
 
 
 def load_yaml_script(path: Path) -> RevisionScript:
