@@ -108,3 +108,43 @@ class Project:
                     return out
         finally:
             stores.close()
+
+
+def step_progress(ledger: Path, revision: str, step_index: int = 0) -> tuple[int, str] | None:
+    """(rows_done, status) of one step, read from the ledger while a runner writes it."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=1) as conn:
+            return conn.execute("SELECT s.rows_done, s.status FROM steps s JOIN attempts a ON a.id = s.attempt_id "
+                                "WHERE a.revision = ? AND s.step_index = ? ORDER BY a.id DESC",
+                                [revision, step_index]).fetchone()
+    except sqlite3.Error:
+        return None
+
+
+def kill_upgrade_at(project: Project, revision: str, rows: int, timeout: float = 300) -> int:
+    """Start `vecflow upgrade head`, SIGKILL it once `revision`'s first step has done >= rows rows;
+    return the rows done when it was killed."""
+    import signal
+    import time
+
+    ledger = project.root / ".vecflow" / "ledger.db"
+    process = subprocess.Popen([sys.executable, "-m", "vecflow", "upgrade", "head"], cwd=project.root,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            progress = step_progress(ledger, revision)
+            if progress and progress[0] >= rows:
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait()
+                return progress[0]
+            if process.poll() is not None:
+                raise AssertionError(f"upgrade ended before it could be killed: {process.stderr.read().decode()}")
+            time.sleep(0.005)
+        raise AssertionError(f"step of {revision} never reached {rows} rows")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

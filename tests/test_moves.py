@@ -184,3 +184,25 @@ def test_no_verify_skips_the_checks(four_stores):
     lines = project.run("upgrade", "head", verify=False)
     assert not any("verified" in line for line in lines)
     assert project.digest("redis:docs").startswith("200:")
+
+
+def test_killed_redis_to_chroma_move_resumes_without_loss_or_duplicates(four_stores):
+    """SIGKILL a 50k-record Redis -> Chroma move at a random batch, then rerun the upgrade."""
+    import random
+
+    from tests.project import kill_upgrade_at, step_progress
+
+    project = four_stores(batch_size=500)
+    original = seed(project, "redis:docs", clustered_batch(50_000, 64))
+    project.write_python("m1", None, 'op.move_collection("redis:docs", "main:docs")')
+    kill_batch = random.Random().randint(5, 90)
+    print(f"killing at batch {kill_batch} of 100")
+    killed_at = kill_upgrade_at(project, "m1", kill_batch * 500)
+    rows, status = step_progress(project.root / ".vecflow" / "ledger.db", "m1")
+    assert status == "running" and killed_at <= rows < 50_000
+    assert project.digest("redis:docs") == original, "the source must be untouched"
+
+    lines = project.cli("upgrade", "head").stdout
+    assert f"resuming at {rows} rows" in lines and "verified main:docs: 50000 records" in lines
+    assert project.digest("main:docs") == original
+    assert project.digest("redis:docs") == "absent"

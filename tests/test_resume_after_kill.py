@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import sqlite3
-import subprocess
-import sys
-import time
-
 import pytest
 
-from tests.project import Project
+from tests.project import Project, kill_upgrade_at, step_progress
 
 N_RECORDS, BATCH = 10_000, 500
 
@@ -32,38 +25,6 @@ def make_project(root, step: str) -> Project:
     return project
 
 
-def step_progress(ledger) -> tuple[int, str] | None:
-    """rows_done and status of revision r2's step, read from the ledger while the runner writes."""
-    try:
-        with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=1) as conn:
-            row = conn.execute("SELECT s.rows_done, s.status FROM steps s JOIN attempts a ON a.id = s.attempt_id "
-                               "WHERE a.revision = 'r2' AND s.step_index = 0").fetchone()
-    except sqlite3.Error:
-        return None
-    return row
-
-
-def kill_mid_step(project: Project) -> int:
-    ledger = project.root / ".vecflow" / "ledger.db"
-    process = subprocess.Popen([sys.executable, "-m", "vecflow", "upgrade", "head"], cwd=project.root,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline:
-            progress = step_progress(ledger)
-            if progress and progress[0] >= 2 * BATCH:
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait()
-                return progress[0]
-            if process.poll() is not None:
-                pytest.fail(f"upgrade finished before it could be killed: {process.stderr.read().decode()}")
-            time.sleep(0.005)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    pytest.fail("the step never reached 2 batches")
-
-
 @pytest.mark.parametrize("step", sorted(STEPS))
 def test_killed_upgrade_resumes_to_the_same_digest(tmp_path, step):
     reference = make_project(tmp_path / "reference", step)
@@ -75,8 +36,8 @@ def test_killed_upgrade_resumes_to_the_same_digest(tmp_path, step):
     project = make_project(tmp_path / "killed", step)
     project.cli("upgrade", "r1")
     assert project.digest("docs") == initial
-    rows_at_kill = kill_mid_step(project)
-    rows, status = step_progress(project.root / ".vecflow" / "ledger.db")
+    rows_at_kill = kill_upgrade_at(project, "r2", 2 * BATCH)
+    rows, status = step_progress(project.root / ".vecflow" / "ledger.db", "r2")
     assert status == "running" and BATCH <= rows < N_RECORDS, (rows, status, rows_at_kill)
 
     resumed = project.cli("upgrade", "head").stdout
