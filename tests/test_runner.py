@@ -58,13 +58,13 @@ def test_irreversible_revision_refuses_downgrade_before_anything_runs(project):
     assert project.run("current")[0].startswith("r3")
 
 
-def test_unmarked_irreversible_step_is_refused_at_planning(project):
+def test_unmarked_irreversible_chain_is_refused_before_anything_runs(project):
     project.write_python("r3", "r2", 'op.add_field("docs", "x", 1)\nop.drop_collection("docs", snapshot=False)')
-    project.run("upgrade", "head")
-    before = project.run("current")
-    with pytest.raises(IrreversibleError, match=r"r3: step 2 \(drop_collection docs \(no snapshot\)\) cannot be reversed"):
-        project.run("downgrade", "r1")
-    assert project.run("current") == before
+    with pytest.raises(IrreversibleError, match=r"revision r3 .*drop_collection docs \(no snapshot\) cannot be reversed.*"
+                                                r"Nothing was run"):
+        project.run("upgrade", "head")
+    assert project.run("current") == ["<base> (nothing applied)"]
+    assert project.digest("docs") == "absent"
 
 
 def test_stamped_revision_has_no_snapshot_to_restore(project):

@@ -122,8 +122,15 @@ def public_ops() -> dict[str, type[Op]]:
     return {n: c for n, c in sorted(OP_REGISTRY.items()) if not c.internal}
 
 
+BUILTIN_OP_MODULES = ("fields", "collections", "moves", "records", "schema", "splits", "vectors")
+
+
 def _load_builtin_ops() -> None:
-    from vecflow.operations import collections, fields, moves  # noqa: F401  (registers the ops)
+    """Import the built-in op modules once; importing a module registers its ops."""
+    import importlib
+
+    for module in BUILTIN_OP_MODULES:
+        importlib.import_module(f"vecflow.operations.{module}")
 
 
 class Operations:

@@ -81,8 +81,23 @@ class Runner:
         graph = self.scripts.revision_map
         applied = self.applied()
         if direction == UPGRADE:
-            return [PlannedRevision(r, UPGRADE, r.script.upgrade_ops()) for r in graph.plan_upgrade(applied, target)]
+            plan = [PlannedRevision(r, UPGRADE, r.script.upgrade_ops()) for r in graph.plan_upgrade(applied, target)]
+            for item in plan:
+                self._refuse_unmarked_irreversible(item)
+            return plan
         return [self._plan_downgrade(r) for r in graph.plan_downgrade(applied, target)]
+
+    @staticmethod
+    def _refuse_unmarked_irreversible(item: PlannedRevision) -> None:
+        """An upgrade that could not be undone must say so in its script, before anything runs."""
+        script = item.revision.script
+        if script.has_downgrade or script.irreversible:
+            return
+        blocking = [step.describe() for step in item.steps if not step.reversible]
+        if blocking:
+            raise IrreversibleError(
+                f"revision {item.revision.revision} ({item.revision.path}): step(s) {'; '.join(blocking)} cannot "
+                "be reversed; write a downgrade() or mark the revision irreversible = True. Nothing was run")
 
     def _plan_downgrade(self, rev: Revision) -> PlannedRevision:
         script = rev.script

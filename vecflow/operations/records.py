@@ -1,0 +1,1 @@
+"""Record operations: cast_field, map_records, delete_records."""

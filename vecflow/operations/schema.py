@@ -1,0 +1,1 @@
+"""Schema operations: apply_schema with quarantine."""

@@ -1,0 +1,1 @@
+"""Collection splits and merges: split_collection, merge_collections."""

@@ -1,0 +1,1 @@
+"""Vector operations: reembed, normalize_vectors."""
