@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from vecflow.backends.faiss import FaissBackend
 from vecflow.batch import Batch
 from vecflow.errors import OperationError, VerificationError
 from vecflow.runtime.stores import Stores
@@ -206,3 +207,47 @@ def test_killed_redis_to_chroma_move_resumes_without_loss_or_duplicates(four_sto
     assert f"resuming at {rows} rows" in lines and "verified main:docs: 50000 records" in lines
     assert project.digest("main:docs") == original
     assert project.digest("redis:docs") == "absent"
+
+
+class NormalisingFaissBackend(FaissBackend):
+    """Test double of a store that normalises cosine vectors on write (as Qdrant does natively)."""
+
+    name = "faiss_normalising"
+    normalises_cosine = True
+    nudge: str | None = None  # an id whose stored vector is also perturbed (a lossy store)
+
+    def upsert(self, collection, batch):
+        if self.describe(collection).metric == "cosine" and len(batch):
+            vectors = batch.vectors / np.linalg.norm(batch.vectors, axis=1, keepdims=True)
+            if self.nudge in batch.ids:
+                vectors[batch.ids.index(self.nudge), 0] += 1e-3
+            batch = Batch(batch.ids, vectors.astype(np.float32), batch.documents, batch.metadatas)
+        super().upsert(collection, batch)
+
+
+@pytest.fixture
+def normalising_store(tmp_path, monkeypatch):
+    from vecflow import backends
+
+    monkeypatch.setitem(backends._REGISTRY, "faiss_normalising", ("tests.test_moves:NormalisingFaissBackend", ""))
+    monkeypatch.setattr(NormalisingFaissBackend, "nudge", None)
+    project = Project(tmp_path / "project", {"path": str(tmp_path / "chroma")}, batch_size=100,
+                      extra_stores={"norm": ("faiss_normalising", {"path": str(tmp_path / "norm")})})
+    return project, NormalisingFaissBackend
+
+
+def test_a_normalising_target_is_verified_within_the_documented_tolerance(normalising_store):
+    project, _ = normalising_store
+    seed(project, "main:docs", clustered_batch(300, 16))
+    project.write_python("c1", None, 'op.copy_collection("main:docs", "norm:docs")')
+    lines = project.run("upgrade", "head")
+    assert any("vectors within 1e-06 after normalising" in line for line in lines), lines
+
+
+def test_a_normalising_target_that_alters_a_vector_fails_verification(normalising_store):
+    project, cls = normalising_store
+    seed(project, "main:docs", clustered_batch(300, 16))
+    cls.nudge = "chunk-000042"  # reset by the fixture's monkeypatch
+    project.write_python("c1", None, 'op.copy_collection("main:docs", "norm:docs")')
+    with pytest.raises(VerificationError, match=r"1 vectors differ beyond 1e-06 after normalising \(e.g. \['chunk-000042'\]\)"):
+        project.run("upgrade", "head")

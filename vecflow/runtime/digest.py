@@ -94,22 +94,18 @@ def record_hash(record_id: str, vector_bytes: bytes, document: str | None, metad
     return int.from_bytes(h.digest(), "little")
 
 
-def batch_digest(batch: Batch, normalise: bool = False) -> Digest:
-    """Digest of one batch. normalise=True hashes unit-length vectors (for cosine stores that
-    normalise on write), so a raw and a normalised copy of the same data compare equal."""
+def batch_digest(batch: Batch, include_vectors: bool = True) -> Digest:
+    """Digest of one batch. include_vectors=False leaves vectors out (used when a store normalises
+    them and verification compares vectors separately, with a tolerance)."""
     vectors = np.asarray(batch.vectors, dtype="<f4")
-    if normalise and len(batch):
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        vectors = np.where(norms > 0, vectors / np.where(norms > 0, norms, 1), vectors).astype("<f4")
-        # Normalising twice is not bit-stable; round away the last bits so both sides agree.
-        vectors = np.round(vectors, 6).astype("<f4")
     total = 0
     for i, rid in enumerate(batch.ids):
-        total += record_hash(rid, vectors[i].tobytes(), batch.documents[i], batch.metadatas[i])
+        vector = vectors[i].tobytes() if include_vectors else b""
+        total += record_hash(rid, vector, batch.documents[i], batch.metadatas[i])
     return Digest(len(batch), total % _MOD)
 
 
-def collection_digest(backend: Any, name: str, batch_size: int = 1000, normalise: bool = False,
+def collection_digest(backend: Any, name: str, batch_size: int = 1000,
                       on_page: Callable[[], None] | None = None) -> Digest:
     """Stream a whole collection through batch_digest; Digest.absent() when it does not exist.
     on_page is called after every page (the runner renews its lease there)."""
@@ -119,7 +115,7 @@ def collection_digest(backend: Any, name: str, batch_size: int = 1000, normalise
     cursor = None
     while True:
         batch, cursor = backend.scan(name, batch_size, cursor)
-        total = total + batch_digest(batch, normalise)
+        total = total + batch_digest(batch)
         if on_page is not None:
             on_page()
         if cursor is None:

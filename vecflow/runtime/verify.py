@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -12,6 +12,7 @@ from vecflow.backends import Backend
 from vecflow.batch import Batch
 from vecflow.runtime.digest import Digest, batch_digest
 
+NORMALISED_TOLERANCE = 1e-6
 EXACT_THRESHOLD = 0.99
 APPROXIMATE_THRESHOLD = 0.90
 PARITY_K = 10
@@ -32,8 +33,9 @@ class SideDigest:
         return cls(Digest.empty())
 
     def add(self, page: Batch, normalise: bool) -> "SideDigest":
+        """normalise: leave vectors out of the record digest (they are compared with a tolerance)."""
         ids = sum(int.from_bytes(hashlib.blake2b(i.encode(), digest_size=16).digest(), "little") for i in page.ids)
-        return SideDigest(self.records + batch_digest(page, normalise), (self.ids + ids) % (1 << 128))
+        return SideDigest(self.records + batch_digest(page, include_vectors=not normalise), (self.ids + ids) % (1 << 128))
 
     def to_dict(self) -> dict:
         return {"records": self.records.to_text(), "ids": f"{self.ids:032x}"}
@@ -56,6 +58,7 @@ class VerificationReport:
     parity: float | None
     parity_threshold: float
     queries: int
+    vectors_off: list[str] = field(default_factory=list)
 
     @property
     def problems(self) -> list[str]:
@@ -71,19 +74,23 @@ class VerificationReport:
             found.append(f"{len(self.extra_ids)} unexpected ids in the target (e.g. {self.extra_ids[:5]})")
         if self.source_digest != self.target_digest:
             found.append(f"digests differ: source {self.source_digest}, target {self.target_digest}")
+        if self.vectors_off:
+            found.append(f"{len(self.vectors_off)} vectors differ beyond {NORMALISED_TOLERANCE} after normalising "
+                         f"(e.g. {self.vectors_off[:5]})")
         if self.parity is not None and self.parity < self.parity_threshold:
             found.append(f"search parity {self.parity:.3f} is below the threshold {self.parity_threshold}")
         return found
 
     def summary(self) -> str:
         parity = "n/a" if self.parity is None else f"{self.parity:.3f} over {self.queries} queries"
-        how = "normalised vectors" if self.normalised else "exact"
+        how = f"vectors within {NORMALISED_TOLERANCE} after normalising" if self.normalised else "exact"
         return (f"{self.target_count} records, ids equal, digest equal ({how}), "
                 f"top-{PARITY_K} parity {parity} (threshold {self.parity_threshold})")
 
     def to_dict(self) -> dict:
         data = asdict(self)
-        data["missing_ids"], data["extra_ids"] = data["missing_ids"][:20], data["extra_ids"][:20]
+        for key in ("missing_ids", "extra_ids", "vectors_off"):
+            data[key] = data[key][:20]
         return data
 
 
@@ -105,6 +112,29 @@ def read_ids(backend: Backend, name: str, batch_size: int) -> set[str]:
         ids.update(page.ids)
         if cursor is None:
             return ids
+
+
+def normalised_vectors_off(source: Backend, source_name: str, target: Backend, target_name: str,
+                           batch_size: int) -> list[str]:
+    """Ids whose unit-length vectors differ by more than the tolerance between the two sides."""
+    off: list[str] = []
+    cursor = None
+    while True:
+        page, cursor = target.scan(target_name, batch_size, cursor)
+        if len(page):
+            original = source.get(source_name, page.ids)
+            position = {rid: i for i, rid in enumerate(original.ids)}
+            for i, rid in enumerate(page.ids):
+                if rid in position and not np.allclose(_unit(page.vectors[i]), _unit(original.vectors[position[rid]]),
+                                                       rtol=0, atol=NORMALISED_TOLERANCE):
+                    off.append(rid)
+        if cursor is None:
+            return off
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    norm = float(np.linalg.norm(vector))
+    return vector / norm if norm > 0 else vector
 
 
 def copy_normalises(source: Backend, source_name: str, target: Backend) -> bool:
@@ -149,6 +179,7 @@ def verify_copy(source: Backend, source_name: str, target: Backend, target_name:
         source_digest=src.records.to_text(), target_digest=dst.records.to_text(), normalised=normalise,
         parity=search_parity(source, source_name, target, target_name, sample),
         parity_threshold=threshold, queries=len(sample),
+        vectors_off=normalised_vectors_off(source, source_name, target, target_name, batch_size) if normalise else [],
     )
 
 
