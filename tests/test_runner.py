@@ -35,6 +35,18 @@ def test_dry_run_prints_the_plan_and_changes_nothing(project):
     assert project.run("current") == ["r2 (head)"]
 
 
+def test_dry_run_counts_affected_records_and_estimates_time_from_history(project):
+    project.run("upgrade", "r1")
+    text = "\n".join(project.run("upgrade", "head", dry_run=True))
+    assert "fields renamed: author -> writer; records affected: 120 of 120 records" in text
+    assert "fields dropped: rank; records affected: 120 of 120 records" in text
+    assert "rows/s measured on the sample; writes not measured yet" in text
+    project.run("upgrade", "head")
+    project.run("downgrade", "r1")
+    text = "\n".join(project.run("upgrade", "head", dry_run=True))
+    assert "rows/s in earlier rename_field runs" in text and "rows/s in earlier drop_field runs" in text
+
+
 def test_already_at_target_is_a_no_op(project):
     project.run("upgrade", "head")
     assert project.run("upgrade", "head") == ["Nothing to do: already at the target."]

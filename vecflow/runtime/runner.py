@@ -23,6 +23,7 @@ from vecflow.errors import (
 from vecflow.operations.base import Op, StepRecord
 from vecflow.runtime.context import StepContext
 from vecflow.runtime.digest import collection_digest
+from vecflow.runtime.estimate import estimate_line, sample
 from vecflow.runtime.ledger import DONE, FAILED, Ledger, Owner
 from vecflow.runtime.snapshots import SnapshotStore, snapshot_name
 from vecflow.runtime.stores import Stores
@@ -141,6 +142,7 @@ class Runner:
             for number, step in enumerate(item.steps, start=1):
                 lines.append(f"  {number}. {step.describe()}")
                 lines += [f"     {line}" for line in step.preview(self.stores)]
+                lines.append(f"     {self._estimate(step)}")
                 touched += [self.stores.canonical(r) for r in step.collections() if self.stores.canonical(r) not in touched]
             if not item.steps:
                 lines.append("  (no steps)")
@@ -150,6 +152,14 @@ class Runner:
             state = f"{backend.count(name)} records" if backend.has_collection(name) else "does not exist yet"
             lines.append(f"  {ref}: {state}")
         return lines
+
+    def _estimate(self, step: Op) -> str:
+        refs = step.collections()
+        if not refs:
+            return estimate_line(self.ledger, step.op_name, 0, None)
+        backend, name = self.stores.resolve(refs[0])
+        sampled = sample(backend, name)
+        return estimate_line(self.ledger, step.op_name, sampled.total if sampled else 0, sampled)
 
     # execution -----------------------------------------------------------------------------------
 

@@ -1,0 +1,73 @@
+"""Dry-run estimates: how many records a step touches, and how long it may take.
+
+Counts come from a sample (the first pages of a collection, read-only) extrapolated to its size.
+Time comes from the ledger: the rows per second that earlier runs of the same op achieved on
+this project. Without history, only the measured read rate of the sample is reported, labelled
+as such.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Callable
+
+from vecflow.backends import Backend
+from vecflow.batch import Batch
+from vecflow.runtime.ledger import DONE, Ledger
+
+SAMPLE_SIZE = 1000
+
+
+@dataclass
+class Sample:
+    page: Batch
+    total: int
+    read_seconds: float
+
+    def extrapolate(self, matching: int) -> str:
+        """'N of M records' (exact when the sample is the whole collection, else ~N)."""
+        if not len(self.page):
+            return f"0 of {self.total} records"
+        if len(self.page) >= self.total:
+            return f"{matching} of {self.total} records"
+        return f"~{round(matching * self.total / len(self.page))} of {self.total} records (sampled {len(self.page)})"
+
+
+def sample(backend: Backend, name: str, size: int = SAMPLE_SIZE) -> Sample | None:
+    """The first `size` records of a collection, or None when it does not exist."""
+    if not backend.has_collection(name):
+        return None
+    started = time.monotonic()
+    page, _ = backend.scan(name, size)
+    return Sample(page, backend.count(name), time.monotonic() - started)
+
+
+def count_matching(sampled: Sample, predicate: Callable[[str, dict, str | None], bool]) -> int:
+    page = sampled.page
+    return sum(1 for i, rid in enumerate(page.ids) if predicate(rid, page.metadatas[i], page.documents[i]))
+
+
+def rows_per_second(ledger: Ledger, op_name: str) -> float | None:
+    """Mean throughput of the op's finished steps in this ledger (None without history)."""
+    rows, seconds = 0, 0.0
+    for step in ledger.db["steps"].rows_where("op = ? AND status = ? AND rows_done > 0", [op_name, DONE]):
+        try:
+            took = (datetime.fromisoformat(step["finished_at"]) - datetime.fromisoformat(step["started_at"]))
+        except (TypeError, ValueError):
+            continue
+        rows += step["rows_done"]
+        seconds += took.total_seconds()
+    return rows / seconds if rows and seconds > 0 else None
+
+
+def estimate_line(ledger: Ledger, op_name: str, records: int, sampled: Sample | None) -> str:
+    rate = rows_per_second(ledger, op_name)
+    if rate:
+        return f"estimated time: ~{records / rate:.1f} s for {records} records ({rate:.0f} rows/s in earlier {op_name} runs)"
+    if sampled is not None and len(sampled.page) and sampled.read_seconds > 0:
+        read_rate = len(sampled.page) / sampled.read_seconds
+        return (f"estimated time: at least ~{records / read_rate:.1f} s to read {records} records "
+                f"({read_rate:.0f} rows/s measured on the sample; writes not measured yet)")
+    return "estimated time: unknown (no history, nothing to sample)"
