@@ -11,6 +11,11 @@ from vecflow.script.directory import ScriptDirectory
 from tests.project import Project
 
 
+def load_graph(project: Project):
+    """Load every revision script of the project (errors surface here)."""
+    return ScriptDirectory(project.versions).revision_map
+
+
 @pytest.fixture
 def project(tmp_path):
     return Project(tmp_path, {"path": str(tmp_path / "chroma")})
@@ -25,7 +30,7 @@ def test_python_and_yaml_revisions_form_one_graph(project):
         upgrade:
           - rename_field: {collection: docs, old: author, new: writer}
         """)
-    graph = ScriptDirectory(project.versions).revision_map
+    graph = load_graph(project)
     assert graph.heads == ("b2",)
     steps = graph.get("b2").script.upgrade_ops()
     assert steps == [RenameFieldOp(collection="docs", old="author", new="writer")]
@@ -42,28 +47,28 @@ def test_yaml_op_errors_name_file_and_line(project):
           - rename_field: {collection: docs, old: author}
         """)
     with pytest.raises(ScriptError, match=rf"{path}:5: rename_field: new: Field required"):
-        ScriptDirectory(project.versions).revision_map
+        load_graph(project)
 
 
 def test_yaml_unknown_op_suggests_the_close_name(project):
     project.write_yaml("b2", "revision: b2\ndown_revision: null\nupgrade:\n  - rename_feld: {}\n")
     with pytest.raises(ScriptError, match=r"b2_test.yaml:4: unknown op 'rename_feld'; did you mean 'rename_field'"):
-        ScriptDirectory(project.versions).revision_map
+        load_graph(project)
 
 
 def test_yaml_structure_errors(project):
     project.write_yaml("b2", "revision: b2\nupgrade: []\n")
     with pytest.raises(ScriptError, match=r"b2_test.yaml:1: down_revision: Field required"):
-        ScriptDirectory(project.versions).revision_map
+        load_graph(project)
     project.write_yaml("b2", "revision: b2\ndown_revision: null\nupgrade: [\n")
     with pytest.raises(ScriptError, match=r"b2_test.yaml:\d+: invalid YAML"):
-        ScriptDirectory(project.versions).revision_map
+        load_graph(project)
 
 
 def test_yaml_ids_read_as_numbers_are_refused_with_a_hint(project):
     project.write_yaml("b2", "revision: 0012\ndown_revision: null\nupgrade: []\n")
     with pytest.raises(ScriptError, match=r"read as a number; quote revision ids"):
-        ScriptDirectory(project.versions).revision_map
+        load_graph(project)
 
 
 def test_generated_yaml_quotes_all_digit_parent_ids(project):
@@ -76,13 +81,13 @@ def test_python_syntax_error_names_file_and_line(project):
     path = project.versions / "zz_broken.py"
     path.write_text("revision = 'zz'\ndown_revision = None\ndef upgrade(op)\n    pass\n")
     with pytest.raises(ScriptError, match=rf"{path}:3: syntax error"):
-        ScriptDirectory(project.versions).revision_map
+        load_graph(project)
 
 
 def test_python_script_missing_upgrade(project):
     (project.versions / "zz_x.py").write_text("revision = 'zz'\ndown_revision = None\n")
     with pytest.raises(ScriptError, match=r"zz_x.py: missing 'upgrade'"):
-        ScriptDirectory(project.versions).revision_map
+        load_graph(project)
 
 
 def test_bad_op_arguments_in_python_name_the_line(project):
@@ -108,21 +113,21 @@ def test_duplicate_revision_ids_name_both_files(project):
     project.write_python("a1", None, "pass")
     (project.versions / "other.py").write_text("revision = 'a1'\ndown_revision = None\ndef upgrade(op):\n    pass\n")
     with pytest.raises(RevisionError, match=r"a1.*twice.*(a1_test.py.*other.py|other.py.*a1_test.py)"):
-        ScriptDirectory(project.versions).revision_map
+        load_graph(project)
 
 
 def test_revision_command_renders_python_and_yaml_templates(project):
     first = project.run("revision", "create docs", rev_id="r1")
     second = project.run("revision", "rename author", use_yaml=True, rev_id="r2", branch_label="content")
     assert first == [f"Generated {project.versions / 'r1_create_docs.py'}"]
-    graph = ScriptDirectory(project.versions).revision_map
+    graph = load_graph(project)
     assert graph.get("r2").down_revision == ("r1",)
     assert graph.get("r2").branch_labels == ("content",)
     assert graph.get("r1").message == "create docs" and graph.get("r2").message == "rename author"
     assert second[0].endswith("r2_rename_author.yaml")
     project.run("revision", "on top", rev_id="r3", head="content@head", depends_on=["r1"])
     assert graph.get("r1").script.upgrade_ops() == []
-    graph = ScriptDirectory(project.versions).revision_map
+    graph = load_graph(project)
     assert graph.get("r3").down_revision == ("r2",) and graph.get("r3").depends_on == ("r1",)
 
 
@@ -140,7 +145,7 @@ def test_revision_with_two_heads_asks_which(project):
     with pytest.raises(RevisionError, match=r"multiple heads are present \(r1, r2\).*--head"):
         project.run("revision", "three")
     path = project.run("merge", message="join")[0]
-    graph = ScriptDirectory(project.versions).revision_map
+    graph = load_graph(project)
     assert len(graph.heads) == 1 and graph.get(graph.heads[0]).down_revision == ("r1", "r2")
     assert "join" in path
 

@@ -213,16 +213,18 @@ class TestChromaEmbedded(BackendContract, ChromaSpecifics):
             backend.list_collections()
 
 
-class TestChromaServer(BackendContract, ChromaSpecifics):
-    @pytest.fixture(scope="class")
-    def admin(self, chroma_url):
-        port = urlparse(chroma_url).port
-        return chromadb.AdminClient(Settings(
-            chroma_api_impl="chromadb.api.fastapi.FastAPI",
-            chroma_server_host=chroma_url, chroma_server_http_port=port))
+@pytest.fixture(scope="session")
+def chroma_admin(chroma_url):
+    port = urlparse(chroma_url).port
+    return chromadb.AdminClient(Settings(
+        chroma_api_impl="chromadb.api.fastapi.FastAPI",
+        chroma_server_host=chroma_url, chroma_server_http_port=port))
 
+
+class TestChromaServer(BackendContract, ChromaSpecifics):
     @pytest.fixture
-    def open_store(self, chroma_url, admin):
+    def open_store(self, chroma_url, chroma_admin):
+        admin = chroma_admin
         # The server is shared by the session: each test gets a database of its own.
         database = f"test-{uuid.uuid4().hex}"
         admin.create_database(database)

@@ -134,7 +134,7 @@ class Backend(ABC):
         with how (for the --dry-run coercion report). Empty when everything is stored as is."""
         return {}
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional hook: most adapters need no cleanup)
         """Release connections and files; the instance is unusable afterwards. Safe to call twice."""
 
     # helpers shared by adapters -------------------------------------------------------------

@@ -2,10 +2,20 @@
 
 Ops that destroy or overwrite values (add_field, drop_field, set_field) first record each touched
 record's prior value in a snapshot; their inverse, restore_field, puts those values back exactly.
+
+Also the helpers shared with the record ops: jinja2 expressions over a record, and user functions
+given as a Python callable or a dotted path "package.module:function".
 """
 
 from __future__ import annotations
 
+import copy
+import importlib
+import json
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 from jinja2 import TemplateSyntaxError
@@ -16,11 +26,104 @@ from vecflow.batch import Batch
 from vecflow.errors import InvalidDataError, OperationError
 from vecflow.operations.base import Op, StepRecord, register_op
 from vecflow.runtime.context import StepContext
+from vecflow.runtime.estimate import count_matching, sample
 from vecflow.runtime.snapshots import ABSENT
+from vecflow.runtime.stores import Stores
 
 _JINJA = SandboxedEnvironment()
 # Returned by a value function to leave a record untouched.
 SKIP = object()
+# A user function: a Python callable, or a dotted path "package.module:function" resolved at run time.
+UserFunction = Callable[..., Any] | str
+CALLABLE_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+def check_expression(value: str | None) -> str | None:
+    """Validator: a jinja2 expression (no {{ }}) that compiles, or None."""
+    if value is not None:
+        try:
+            _JINJA.compile_expression(value)
+        except TemplateSyntaxError as exc:
+            raise ValueError(f"invalid jinja2 expression {value!r}: {exc.message}") from exc
+    return value
+
+
+def compile_expression(value: str) -> Callable[..., Any]:
+    return _JINJA.compile_expression(value)
+
+
+def record_scope(rid: str, meta: dict, document: str | None) -> dict[str, Any]:
+    """The names an expression sees: every metadata key, then id, document and metadata."""
+    return {**meta, "id": rid, "document": document, "metadata": meta}
+
+
+def check_function(value: UserFunction | None) -> UserFunction | None:
+    """Validator: a callable, or a string of the form "package.module:function"."""
+    if isinstance(value, str) and not CALLABLE_PATH.match(value):
+        raise ValueError(f"expected a callable or a dotted path 'package.module:function', got {value!r}")
+    return value
+
+
+def function_name(value: UserFunction) -> str:
+    """How a user function is shown in plans and errors."""
+    if isinstance(value, str):
+        return value
+    name = getattr(value, "__qualname__", None) or repr(value)
+    module = getattr(value, "__module__", None) or ""
+    # Functions defined in a revision script live in a throwaway module: the name is enough.
+    return f"{module}:{name}" if module and not module.startswith("vecflow_revision_") else name
+
+
+def project_folders(stores: Stores) -> list[Path]:
+    """Where dotted paths are also looked up: the project folder, then the script directory."""
+    return [stores.config.here, stores.config.script_location]
+
+
+def resolve_function(value: UserFunction, owner: str, search: Sequence[Path] = ()) -> Callable[..., Any]:
+    """The callable behind a user function. A dotted path is imported from sys.path, else from the
+    folders in `search`; errors name the path."""
+    if not isinstance(value, str):
+        return value
+    module_name, _, attribute = value.partition(":")
+    try:
+        module = _import(module_name, search)
+    except ModuleNotFoundError as exc:
+        raise OperationError(f"{owner}: cannot import {value!r}: {exc}") from exc
+    except Exception as exc:
+        raise OperationError(f"{owner}: importing {value!r} raised {type(exc).__name__}: {exc}") from exc
+    target: Any = module
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise OperationError(f"{owner}: cannot import {value!r}: {module_name} has no attribute {attribute!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise OperationError(f"{owner}: {value!r} is a {type(target).__name__}, not a function")
+    return target
+
+
+def _import(module_name: str, search: Sequence[Path]) -> Any:
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if not search or not (module_name == missing or module_name.startswith(missing + ".")):
+            raise
+    extra = [str(folder) for folder in search if str(folder) not in sys.path]
+    sys.path[:0] = extra
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        for folder in extra:
+            sys.path.remove(folder)
+
+
+def check_json_value(value: Any, where: str) -> Any:
+    """Refuse a computed value that is not a JSON value (metadata round-trips through JSON)."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidDataError(f"{where} {value!r}, not a JSON value ({exc})") from exc
+    return value
 
 
 class FieldOp(Op):
@@ -34,6 +137,19 @@ class FieldOp(Op):
         if record.snapshot is None:
             return None
         return RestoreFieldOp(collection=self.collection, field=self.field, snapshot=record.snapshot)
+
+    def preview_changes(self, stores: Stores, new_value: Any, what: str) -> list[str]:
+        """--dry-run: how many records new_value would change (on a sample), and the field change."""
+        backend, name = stores.resolve(self.collection)
+        sampled = sample(backend, name)
+        if sampled is None:
+            return [f"{what}; collection {self.collection} does not exist now"]
+
+        def changes(rid: str, meta: dict, document: str | None) -> bool:
+            value = new_value(rid, meta, document)
+            return value is not SKIP and not _same(value, meta.get(self.field, ABSENT))
+
+        return [f"{what}; records affected: {sampled.extrapolate(count_matching(sampled, changes))}"]
 
     def rewrite_with_snapshot(self, ctx: StepContext, new_value: Any) -> None:
         """Give the field new_value(id, metadata, document) on every record where that differs,
@@ -79,7 +195,8 @@ def _same(value: Any, current: Any) -> bool:
 
 @register_op
 class AddFieldOp(FieldOp):
-    """Add a metadata field with a constant default to every record that lacks it.
+    """Add a metadata field to every record that lacks it: a constant `default`, or a value computed
+    per record from a jinja2 `expression` or a Python `function(metadata) -> value`.
 
     Records that already have the field keep their value. Inverse: remove the field again from
     exactly the records that lacked it (restore_field)."""
@@ -87,12 +204,75 @@ class AddFieldOp(FieldOp):
     op_name: ClassVar[str] = "add_field"
     captures_snapshot: ClassVar[bool] = True
     default: Any = None
+    expression: str | None = None
+    function: UserFunction | None = None
+
+    @field_validator("expression")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        return check_expression(value)
+
+    @field_validator("function")
+    @classmethod
+    def _function_path(cls, value: UserFunction | None) -> UserFunction | None:
+        return check_function(value)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AddFieldOp:
+        given = ["default"] if "default" in self.model_fields_set else []
+        given += [name for name in ("expression", "function") if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of default, expression or function, not {' and '.join(given)}")
+        return self
 
     def describe(self) -> str:
-        return f"add_field {self.collection}: +{self.field} (default {self.default!r})"
+        if self.expression is not None:
+            source = f"= {{{{ {self.expression} }}}}"
+        elif self.function is not None:
+            source = f"= {function_name(self.function)}(metadata)"
+        else:
+            source = f"default {self.default!r}"
+        return f"add_field {self.collection}: +{self.field} ({source})"
+
+    def preview(self, stores: Stores) -> list[str]:
+        if self.function is not None:
+            try:
+                resolve_function(self.function, f"add_field {self.collection}", project_folders(stores))
+            except OperationError as exc:
+                return [f"refused: {exc}"]
+        # Every record lacking the field changes; computed values are not evaluated for the count.
+        return self.preview_changes(stores, lambda rid, meta, doc: SKIP if self.field in meta else self.default,
+                                    f"field added: {self.field}")
 
     def run(self, ctx: StepContext) -> None:
-        self.rewrite_with_snapshot(ctx, lambda rid, meta, doc: SKIP if self.field in meta else self.default)
+        value_of = self._value_function(ctx)
+        self.rewrite_with_snapshot(ctx, lambda rid, meta, doc: SKIP if self.field in meta else value_of(rid, meta, doc))
+
+    def _value_function(self, ctx: StepContext) -> Callable[[str, dict, str | None], Any]:
+        where = f"add_field {self.collection}.{self.field}"
+        if self.expression is not None:
+            expression = compile_expression(self.expression)
+
+            def evaluate(rid: str, meta: dict, document: str | None) -> Any:
+                try:
+                    value = expression(**record_scope(rid, meta, document))
+                except Exception as exc:
+                    raise InvalidDataError(f"{where}: expression failed on record {rid!r}: {exc}") from exc
+                return check_json_value(value, f"{where}: expression on record {rid!r} gave")
+            return evaluate
+        if self.function is not None:
+            function = resolve_function(self.function, where, project_folders(ctx.stores))
+            name = function_name(self.function)
+
+            def call(rid: str, meta: dict, document: str | None) -> Any:
+                try:
+                    value = function(copy.deepcopy(meta))
+                except Exception as exc:
+                    raise InvalidDataError(
+                        f"{where}: {name} raised {type(exc).__name__} on record {rid!r}: {exc}") from exc
+                return check_json_value(value, f"{where}: {name} on record {rid!r} returned")
+            return call
+        return lambda rid, meta, document: self.default
 
 
 @register_op
@@ -104,6 +284,10 @@ class DropFieldOp(FieldOp):
 
     def describe(self) -> str:
         return f"drop_field {self.collection}: -{self.field}"
+
+    def preview(self, stores: Stores) -> list[str]:
+        return self.preview_changes(stores, lambda rid, meta, doc: ABSENT if self.field in meta else SKIP,
+                                    f"fields dropped: {self.field}")
 
     def run(self, ctx: StepContext) -> None:
         self.rewrite_with_snapshot(ctx, lambda rid, meta, doc: ABSENT if self.field in meta else SKIP)
@@ -127,32 +311,37 @@ class SetFieldOp(FieldOp):
     @field_validator("expression", "where")
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                _JINJA.compile_expression(value)
-            except TemplateSyntaxError as exc:
-                raise ValueError(f"invalid jinja2 expression {value!r}: {exc.message}") from exc
-        return value
+        return check_expression(value)
 
     def describe(self) -> str:
         where = f" where {self.where}" if self.where else ""
         return f"set_field {self.collection}: {self.field} = {{{{ {self.expression} }}}}{where}"
 
-    def run(self, ctx: StepContext) -> None:
-        expression = _JINJA.compile_expression(self.expression)
-        condition = _JINJA.compile_expression(self.where) if self.where else None
+    def value_function(self, strict: bool) -> Any:
+        """new_value(id, metadata, document) for rewrite_with_snapshot. strict: an expression that
+        fails raises InvalidDataError naming the record; otherwise (previews) it skips the record."""
+        expression = compile_expression(self.expression)
+        condition = compile_expression(self.where) if self.where else None
 
         def new_value(rid: str, meta: dict, document: str | None) -> Any:
-            scope = {**meta, "id": rid, "document": document, "metadata": meta}
+            scope = record_scope(rid, meta, document)
             try:
                 if condition is not None and not condition(**scope):
                     return SKIP
                 return expression(**scope)
             except Exception as exc:
+                if not strict:
+                    return SKIP
                 raise InvalidDataError(
                     f"set_field {self.field}: expression failed on record {rid!r}: {exc}") from exc
 
-        self.rewrite_with_snapshot(ctx, new_value)
+        return new_value
+
+    def preview(self, stores: Stores) -> list[str]:
+        return self.preview_changes(stores, self.value_function(strict=False), f"field set: {self.field}")
+
+    def run(self, ctx: StepContext) -> None:
+        self.rewrite_with_snapshot(ctx, self.value_function(strict=True))
 
 
 @register_op
@@ -169,7 +358,7 @@ class RenameFieldOp(Op):
     new: str
 
     @model_validator(mode="after")
-    def _different_names(self) -> "RenameFieldOp":
+    def _different_names(self) -> RenameFieldOp:
         if self.old == self.new:
             raise ValueError(f"old and new names are both {self.old!r}")
         return self
@@ -179,6 +368,16 @@ class RenameFieldOp(Op):
 
     def describe(self) -> str:
         return f"rename_field {self.collection}: {self.old} -> {self.new}"
+
+    def preview(self, stores: Stores) -> list[str]:
+        backend, name = stores.resolve(self.collection)
+        sampled = sample(backend, name)
+        if sampled is None:
+            return [f"fields renamed: {self.old} -> {self.new}; collection {self.collection} does not exist now"]
+        renamed = count_matching(sampled, lambda rid, meta, doc: self.old in meta)
+        clashes = count_matching(sampled, lambda rid, meta, doc: self.old in meta and self.new in meta)
+        line = f"fields renamed: {self.old} -> {self.new}; records affected: {sampled.extrapolate(renamed)}"
+        return [line] + ([f"refused: {sampled.extrapolate(clashes)} hold both names"] if clashes else [])
 
     def reverse(self, record: StepRecord) -> Op | None:
         if record.snapshot is None:
