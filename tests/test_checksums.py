@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from vecflow.errors import LedgerError, VecflowError
 from tests.project import Project
+from vecflow.errors import LedgerError, VecflowError
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ import re
 import numpy as np
 import pytest
 
+from tests.project import Project
 from vecflow.backends.chroma import ChromaBackend
 from vecflow.batch import Batch
-from tests.project import Project
 
 
 def seed_existing_collections(path: str) -> None:

@@ -11,9 +11,9 @@ from dataclasses import replace
 
 import pytest
 
+from tests.project import Project
 from vecflow.errors import LockError
 from vecflow.runtime.ledger import Ledger, Owner
-from tests.project import Project
 
 
 def test_second_runner_is_refused_while_the_first_holds_the_lock(tmp_path):

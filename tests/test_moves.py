@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.project import Project
 from vecflow.backends.faiss import FaissBackend
 from vecflow.batch import Batch
 from vecflow.errors import OperationError, VerificationError
 from vecflow.runtime.stores import Stores
-from tests.project import Project
 
 
 def clustered_batch(n: int, dim: int, seed: int = 0, prefix: str = "chunk") -> Batch:
@@ -249,5 +249,6 @@ def test_a_normalising_target_that_alters_a_vector_fails_verification(normalisin
     seed(project, "main:docs", clustered_batch(300, 16))
     cls.nudge = "chunk-000042"  # reset by the fixture's monkeypatch
     project.write_python("c1", None, 'op.copy_collection("main:docs", "norm:docs")')
-    with pytest.raises(VerificationError, match=r"1 vectors differ beyond 1e-06 after normalising \(e.g. \['chunk-000042'\]\)"):
+    expected = r"1 vectors differ beyond 1e-06 after normalising \(e.g. \['chunk-000042'\]\)"
+    with pytest.raises(VerificationError, match=expected):
         project.run("upgrade", "head")

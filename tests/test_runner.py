@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from tests.project import Project
 from vecflow.errors import DigestMismatchError, InvalidDataError, IrreversibleError, LedgerError
 from vecflow.runtime.ledger import Ledger
-from tests.project import Project
 
 
 @pytest.fixture
@@ -20,7 +20,8 @@ def project(tmp_path):
 
 def test_dry_run_prints_the_plan_and_changes_nothing(project):
     lines = project.run("upgrade", "head", dry_run=True)
-    assert lines[0].startswith("upgrade r1") and "create_collection docs (dim ?, cosine) from data/docs.jsonl" in lines[1]
+    assert lines[0].startswith("upgrade r1")
+    assert "create_collection docs (dim ?, cosine) from data/docs.jsonl" in lines[1]
     assert "rename_field docs: author -> writer" in "\n".join(lines)
     assert lines[-1] == "  main:docs: does not exist yet"
     assert project.digest("docs") == "absent"
@@ -72,7 +73,7 @@ def test_irreversible_revision_refuses_downgrade_before_anything_runs(project):
 
 def test_unmarked_irreversible_chain_is_refused_before_anything_runs(project):
     project.write_python("r3", "r2", 'op.add_field("docs", "x", 1)\nop.drop_collection("docs", snapshot=False)')
-    with pytest.raises(IrreversibleError, match=r"revision r3 .*drop_collection docs \(no snapshot\) cannot be reversed.*"
+    with pytest.raises(IrreversibleError, match=r"revision r3 .*drop_collection docs \(no snapshot\) cannot be reversed.*"  # noqa: E501
                                                 r"Nothing was run"):
         project.run("upgrade", "head")
     assert project.run("current") == ["<base> (nothing applied)"]

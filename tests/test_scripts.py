@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from tests.project import Project
 from vecflow import command
 from vecflow.errors import RevisionError, ScriptError
 from vecflow.operations.fields import RenameFieldOp
 from vecflow.script.directory import ScriptDirectory
-from tests.project import Project
 
 
 def load_graph(project: Project):

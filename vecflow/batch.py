@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -57,11 +58,11 @@ class Batch:
         return int(self.vectors.shape[1]) if self.vectors.ndim == 2 else 0
 
     @classmethod
-    def empty(cls, dim: int = 0) -> "Batch":
+    def empty(cls, dim: int = 0) -> Batch:
         return cls([], np.zeros((0, dim), dtype=np.float32), [], [])
 
     @classmethod
-    def from_records(cls, records: list[Record], dim: int = 0) -> "Batch":
+    def from_records(cls, records: list[Record], dim: int = 0) -> Batch:
         if not records:
             return cls.empty(dim)
         return cls(
@@ -75,7 +76,7 @@ class Batch:
         for i, rid in enumerate(self.ids):
             yield Record(rid, self.vectors[i], self.documents[i], self.metadatas[i])
 
-    def take(self, positions: list[int]) -> "Batch":
+    def take(self, positions: list[int]) -> Batch:
         """The records at the given positions, in that order."""
         return Batch(
             [self.ids[i] for i in positions],
@@ -84,7 +85,7 @@ class Batch:
             [self.metadatas[i] for i in positions],
         )
 
-    def with_metadatas(self, metadatas: list[Metadata]) -> "Batch":
+    def with_metadatas(self, metadatas: list[Metadata]) -> Batch:
         return Batch(self.ids, self.vectors, self.documents, metadatas)
 
     def check_finite(self, where: str) -> None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import inspect
 import sys
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from vecflow import __version__, command
 from vecflow.config import load_config

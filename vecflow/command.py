@@ -7,8 +7,8 @@ command line from these functions and their docstrings, so the two cannot drift 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 from vecflow.config import DEFAULT_CONFIG_NAME, Config
 from vecflow.errors import LedgerError, MultipleHeadsError, RevisionError, VecflowError

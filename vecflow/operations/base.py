@@ -12,8 +12,9 @@ None when it cannot be undone.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from vecflow.runtime.context import StepContext
     from vecflow.runtime.stores import Stores
 
-OP_REGISTRY: dict[str, type["Op"]] = {}
+OP_REGISTRY: dict[str, type[Op]] = {}
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class StepRecord:
     state: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def hypothetical(cls) -> "StepRecord":
+    def hypothetical(cls) -> StepRecord:
         """Stands in for a run that has not happened yet (to ask whether an op is reversible)."""
         return cls(snapshot="(snapshot)")
 
@@ -58,7 +59,7 @@ class Op(BaseModel):
         args = ", ".join(f"{k}={v!r}" for k, v in self.model_dump(exclude_defaults=True).items())
         return f"{self.op_name}({args})"
 
-    def reverse(self, record: StepRecord) -> "Op | None":
+    def reverse(self, record: StepRecord) -> Op | None:
         """The op undoing this one, or None when it cannot be undone."""
         return None
 
@@ -66,15 +67,15 @@ class Op(BaseModel):
     def reversible(self) -> bool:
         return self.reverse(StepRecord.hypothetical()) is not None
 
-    def preview(self, stores: "Stores") -> list[str]:
+    def preview(self, stores: Stores) -> list[str]:
         """Extra --dry-run lines about what this step would do (read-only)."""
         return []
 
-    def run(self, ctx: "StepContext") -> None:
+    def run(self, ctx: StepContext) -> None:
         raise NotImplementedError
 
     @classmethod
-    def build(cls, *args: Any, **kwargs: Any) -> "Op":
+    def build(cls, *args: Any, **kwargs: Any) -> Op:
         """Validate positional and keyword arguments (positionals follow the field order)."""
         names = list(cls.model_fields)
         if len(args) > len(names):

@@ -38,7 +38,7 @@ class CopyCollectionOp(Op):
     target_params: dict[str, Any] | None = None
 
     @model_validator(mode="after")
-    def _distinct(self) -> "CopyCollectionOp":
+    def _distinct(self) -> CopyCollectionOp:
         if self.source == self.target:
             raise ValueError("source and target are the same collection")
         return self

@@ -8,8 +8,9 @@ loop here must be idempotent for the batch that was written but not yet checkpoi
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from vecflow.backends import Backend
 from vecflow.batch import Batch

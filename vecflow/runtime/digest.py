@@ -16,8 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -35,14 +36,14 @@ class Digest:
     value: int
 
     @classmethod
-    def absent(cls) -> "Digest":
+    def absent(cls) -> Digest:
         return cls(None, 0)
 
     @classmethod
-    def empty(cls) -> "Digest":
+    def empty(cls) -> Digest:
         return cls(0, 0)
 
-    def __add__(self, other: "Digest") -> "Digest":
+    def __add__(self, other: Digest) -> Digest:
         return Digest((self.count or 0) + (other.count or 0), (self.value + other.value) % _MOD)
 
     def to_text(self) -> str:
@@ -51,7 +52,7 @@ class Digest:
         return f"{self.count}:{self.value:032x}"
 
     @classmethod
-    def from_text(cls, text: str) -> "Digest":
+    def from_text(cls, text: str) -> Digest:
         if text == "absent":
             return cls.absent()
         count, _, value = text.partition(":")

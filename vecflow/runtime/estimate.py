@@ -9,9 +9,9 @@ as such.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable
 
 from vecflow.backends import Backend
 from vecflow.batch import Batch
@@ -65,7 +65,8 @@ def rows_per_second(ledger: Ledger, op_name: str) -> float | None:
 def estimate_line(ledger: Ledger, op_name: str, records: int, sampled: Sample | None) -> str:
     rate = rows_per_second(ledger, op_name)
     if rate:
-        return f"estimated time: ~{records / rate:.1f} s for {records} records ({rate:.0f} rows/s in earlier {op_name} runs)"
+        return (f"estimated time: ~{records / rate:.1f} s for {records} records "
+                f"({rate:.0f} rows/s in earlier {op_name} runs)")
     if sampled is not None and len(sampled.page) and sampled.read_seconds > 0:
         read_rate = len(sampled.page) / sampled.read_seconds
         return (f"estimated time: at least ~{records / read_rate:.1f} s to read {records} records "

@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import sqlite_utils
 
@@ -51,7 +51,7 @@ class Owner:
     token: str
 
     @classmethod
-    def current(cls) -> "Owner":
+    def current(cls) -> Owner:
         return cls(_user(), socket.gethostname(), os.getpid(), uuid.uuid4().hex)
 
     def __str__(self) -> str:

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from vecflow.config import Config
 from vecflow.errors import (
-    DigestMismatchError, IrreversibleError, LedgerError, VecflowError,
+    DigestMismatchError,
+    IrreversibleError,
+    LedgerError,
+    VecflowError,
 )
 from vecflow.operations.base import Op, StepRecord
 from vecflow.runtime.context import StepContext
@@ -143,7 +146,8 @@ class Runner:
                 lines.append(f"  {number}. {step.describe()}")
                 lines += [f"     {line}" for line in step.preview(self.stores)]
                 lines.append(f"     {self._estimate(step)}")
-                touched += [self.stores.canonical(r) for r in step.collections() if self.stores.canonical(r) not in touched]
+                refs = [self.stores.canonical(r) for r in step.collections()]
+                touched += [ref for ref in refs if ref not in touched]
             if not item.steps:
                 lines.append("  (no steps)")
         lines.append("collections:")

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-
-import hashlib
 
 from vecflow.backends import Backend
 from vecflow.batch import Batch
@@ -29,19 +28,20 @@ class SideDigest:
     ids: int = 0
 
     @classmethod
-    def empty(cls) -> "SideDigest":
+    def empty(cls) -> SideDigest:
         return cls(Digest.empty())
 
-    def add(self, page: Batch, normalise: bool) -> "SideDigest":
+    def add(self, page: Batch, normalise: bool) -> SideDigest:
         """normalise: leave vectors out of the record digest (they are compared with a tolerance)."""
         ids = sum(int.from_bytes(hashlib.blake2b(i.encode(), digest_size=16).digest(), "little") for i in page.ids)
-        return SideDigest(self.records + batch_digest(page, include_vectors=not normalise), (self.ids + ids) % (1 << 128))
+        records = self.records + batch_digest(page, include_vectors=not normalise)
+        return SideDigest(records, (self.ids + ids) % (1 << 128))
 
     def to_dict(self) -> dict:
         return {"records": self.records.to_text(), "ids": f"{self.ids:032x}"}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SideDigest":
+    def from_dict(cls, data: dict) -> SideDigest:
         return cls(Digest.from_text(data["records"]), int(data["ids"], 16))
 
 

@@ -11,15 +11,17 @@ import hashlib
 import importlib.util
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from vecflow.errors import OperationError, ScriptError, VecflowError
 from vecflow.operations.base import Op, Operations, describe_validation_error, get_op
+
 
 def file_checksum(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
