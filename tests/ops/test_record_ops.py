@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import BACKENDS
 from tests.project import Project
 from vecflow.errors import InvalidDataError, OperationError, ScriptError
 from vecflow.operations import get_op
@@ -31,11 +30,6 @@ def metadata(i: int) -> dict:
     if i % 6 == 5:
         del meta["year"]
     return meta
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    return request.param
 
 
 @pytest.fixture

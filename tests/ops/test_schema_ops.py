@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from tests.conftest import BACKENDS
 from tests.project import Project, kill_upgrade_at
 from vecflow.batch import Batch
 from vecflow.errors import InvalidDataError, OperationError
@@ -43,20 +42,6 @@ VIOLATIONS = {
     "id-000011": ({"rank": "high"}, "rank: Input should be a valid integer"),
 }
 ZERO_VECTOR = "id-000013"
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    return request.param
-
-
-@pytest.fixture
-def project(tmp_path, backend, store_options):
-    project = Project(tmp_path / "project", store_options, backend=backend, batch_size=40)
-    project.write_records("docs.jsonl", 150, dim=8)
-    project.write_python("base0", None, 'op.create_collection("docs", data="data/docs.jsonl")')
-    project.run("upgrade", "base0")
-    return project
 
 
 @contextlib.contextmanager

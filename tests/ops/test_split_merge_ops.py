@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import BACKENDS
 from tests.project import Project
 from vecflow.errors import InvalidDataError, OperationError
 from vecflow.operations import Operations
@@ -15,11 +14,6 @@ from vecflow.runtime.stores import Stores
 
 N = 150
 CATEGORIES = ["faq", "manual", "howto", "blog", None]  # None: the record has no category
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    return request.param
 
 
 def write_data(project: Project, name: str, n: int = N, seed: int = 0, prefix: str = "id") -> None:

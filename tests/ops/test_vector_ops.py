@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import BACKENDS, unavailable
+from tests.conftest import unavailable
 from tests.ops import sample_embedders
 from tests.ops.sample_embedders import hash_vector
 from tests.project import Project, kill_upgrade_at, step_progress
@@ -22,20 +22,6 @@ from vecflow.errors import InvalidDataError, OperationError
 from vecflow.runtime.stores import Stores
 
 EMBEDDERS = "tests.ops.sample_embedders"
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    return request.param
-
-
-@pytest.fixture
-def project(tmp_path, backend, store_options):
-    project = Project(tmp_path / "project", store_options, backend=backend, batch_size=40)
-    project.write_records("docs.jsonl", 150, dim=8)
-    project.write_python("base0", None, 'op.create_collection("docs", data="data/docs.jsonl")')
-    project.run("upgrade", "base0")
-    return project
 
 
 def describe(project: Project, collection: str = "docs"):

@@ -90,6 +90,15 @@ class Op(BaseModel):
             raise OperationError(f"{cls.op_name}: {describe_validation_error(exc)}") from exc
 
 
+class CollectionOp(Op):
+    """An op on one collection (`store:collection` or a bare name in the default store)."""
+
+    collection: str
+
+    def collections(self) -> list[str]:
+        return [self.collection]
+
+
 def describe_validation_error(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():

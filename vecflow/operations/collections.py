@@ -14,7 +14,7 @@ from pydantic import Field, field_validator
 from vecflow.backends.base import METRICS
 from vecflow.batch import Batch
 from vecflow.errors import CollectionExistsError, InvalidDataError, OperationError
-from vecflow.operations.base import Op, StepRecord, register_op
+from vecflow.operations.base import CollectionOp, Op, StepRecord, register_op
 from vecflow.runtime.context import StepContext
 from vecflow.runtime.stores import sibling_ref
 
@@ -56,14 +56,13 @@ def read_jsonl_records(path: Path, start: int, batch_size: int) -> Iterator[tupl
 
 
 @register_op
-class CreateCollectionOp(Op):
+class CreateCollectionOp(CollectionOp):
     """Create a collection, optionally filled from a JSONL file shipped beside the revision.
 
     `data` is relative to the revision script's folder; `dim` may be omitted when `data` is given.
     Inverse: drop the collection, snapshotting it first (records added since are not lost)."""
 
     op_name: ClassVar[str] = "create_collection"
-    collection: str
     dim: int | None = Field(None, gt=0)
     metric: str = "cosine"
     data: str | None = None
@@ -73,9 +72,6 @@ class CreateCollectionOp(Op):
     @classmethod
     def _known_metric(cls, value: str) -> str:
         return _check_metric(value)
-
-    def collections(self) -> list[str]:
-        return [self.collection]
 
     def describe(self) -> str:
         source = f" from {self.data}" if self.data else ""
@@ -114,20 +110,16 @@ def _first_dim(path: Path) -> int:
 
 
 @register_op
-class DropCollectionOp(Op):
+class DropCollectionOp(CollectionOp):
     """Drop a collection. By default every record is snapshotted first, so the inverse
     (restore_collection) recreates it exactly; with snapshot=False the drop is irreversible."""
 
     op_name: ClassVar[str] = "drop_collection"
-    collection: str
     snapshot: bool = True
 
     @property
     def captures_snapshot(self) -> bool:  # type: ignore[override]
         return self.snapshot
-
-    def collections(self) -> list[str]:
-        return [self.collection]
 
     def describe(self) -> str:
         return f"drop_collection {self.collection}" + ("" if self.snapshot else " (no snapshot)")
@@ -181,16 +173,12 @@ class RenameCollectionOp(Op):
 
 
 @register_op
-class RestoreCollectionOp(Op):
+class RestoreCollectionOp(CollectionOp):
     """Internal inverse of drop_collection: recreate the collection from its snapshot."""
 
     op_name: ClassVar[str] = "restore_collection"
     internal: ClassVar[bool] = True
-    collection: str
     snapshot: str
-
-    def collections(self) -> list[str]:
-        return [self.collection]
 
     def describe(self) -> str:
         return f"restore_collection {self.collection} from snapshot {self.snapshot}"

@@ -24,7 +24,7 @@ from pydantic import Field, field_validator, model_validator
 
 from vecflow.batch import Batch
 from vecflow.errors import InvalidDataError, OperationError
-from vecflow.operations.base import Op, StepRecord, register_op
+from vecflow.operations.base import CollectionOp, Op, StepRecord, register_op
 from vecflow.runtime.context import StepContext
 from vecflow.runtime.estimate import count_matching, sample
 from vecflow.runtime.snapshots import ABSENT
@@ -126,12 +126,8 @@ def check_json_value(value: Any, where: str) -> Any:
     return value
 
 
-class FieldOp(Op):
-    collection: str
+class FieldOp(CollectionOp):
     field: str
-
-    def collections(self) -> list[str]:
-        return [self.collection]
 
     def reverse(self, record: StepRecord) -> Op | None:
         if record.snapshot is None:
@@ -345,7 +341,7 @@ class SetFieldOp(FieldOp):
 
 
 @register_op
-class RenameFieldOp(Op):
+class RenameFieldOp(CollectionOp):
     """Rename a metadata field on every record that has it. Inverse: rename it back on exactly
     the records this step renamed (their ids are snapshotted), so records that already had only
     the new name are left alone. A record holding both names is refused (InvalidDataError naming
@@ -353,7 +349,6 @@ class RenameFieldOp(Op):
 
     op_name: ClassVar[str] = "rename_field"
     captures_snapshot: ClassVar[bool] = True
-    collection: str
     old: str
     new: str
 
@@ -362,9 +357,6 @@ class RenameFieldOp(Op):
         if self.old == self.new:
             raise ValueError(f"old and new names are both {self.old!r}")
         return self
-
-    def collections(self) -> list[str]:
-        return [self.collection]
 
     def describe(self) -> str:
         return f"rename_field {self.collection}: {self.old} -> {self.new}"
@@ -407,18 +399,14 @@ class RenameFieldOp(Op):
 
 
 @register_op
-class UnrenameFieldOp(Op):
+class UnrenameFieldOp(CollectionOp):
     """Internal inverse of rename_field: on the renamed records, move `new` back to `old`."""
 
     op_name: ClassVar[str] = "unrename_field"
     internal: ClassVar[bool] = True
-    collection: str
     old: str
     new: str
     snapshot: str
-
-    def collections(self) -> list[str]:
-        return [self.collection]
 
     def describe(self) -> str:
         return f"rename_field {self.collection}: {self.new} -> {self.old} (records renamed by {self.snapshot})"

@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 
 from vecflow.backends import Backend
 from vecflow.errors import CollectionNotFoundError, OperationError, VecflowError, VerificationError
-from vecflow.operations.base import Op, StepRecord, register_op
+from vecflow.operations.base import CollectionOp, Op, StepRecord, register_op
 from vecflow.operations.collections import DropCollectionOp
 from vecflow.runtime.context import StepContext
 from vecflow.runtime.stores import Stores
@@ -169,16 +169,12 @@ class MoveCollectionOp(CopyCollectionOp):
 
 
 @register_op
-class UncopyCollectionOp(Op):
+class UncopyCollectionOp(CollectionOp):
     """Internal inverse of copy_collection: drop the target it created, or empty the one it filled."""
 
     op_name: ClassVar[str] = "uncopy_collection"
     internal: ClassVar[bool] = True
-    collection: str
     drop: bool = True
-
-    def collections(self) -> list[str]:
-        return [self.collection]
 
     def describe(self) -> str:
         return f"{'drop' if self.drop else 'empty'} the copy {self.collection}"

@@ -21,7 +21,7 @@ from pydantic import field_validator
 from vecflow.backends import Backend
 from vecflow.batch import Batch
 from vecflow.errors import InvalidDataError, OperationError, VecflowError
-from vecflow.operations.base import Op, StepRecord, register_op
+from vecflow.operations.base import CollectionOp, Op, StepRecord, register_op
 from vecflow.operations.fields import (
     SKIP,
     FieldOp,
@@ -241,7 +241,7 @@ def snapshotted_records(snapshots: SnapshotStore, name: str, ids: list[str]) -> 
 
 
 @register_op
-class RestoreRecordsOp(Op):
+class RestoreRecordsOp(CollectionOp):
     """Internal inverse of map_records and delete_records: put the snapshotted records back whole.
 
     A record that is gone is re-inserted (id, vector bits, document, metadata); one that exists
@@ -249,11 +249,7 @@ class RestoreRecordsOp(Op):
 
     op_name: ClassVar[str] = "restore_records"
     internal: ClassVar[bool] = True
-    collection: str
     snapshot: str
-
-    def collections(self) -> list[str]:
-        return [self.collection]
 
     def describe(self) -> str:
         return f"restore_records {self.collection} from snapshot {self.snapshot}"
@@ -293,7 +289,7 @@ def _put_back(backend: Backend, name: str, prior: Batch) -> None:
 
 
 @register_op
-class MapRecordsOp(Op):
+class MapRecordsOp(CollectionOp):
     """Change records with a Python function `function(batch) -> Batch` of the changed records.
 
     The function may change metadata and documents, never ids or vectors. Inverse: `inverse` (a
@@ -302,7 +298,6 @@ class MapRecordsOp(Op):
     op_name: ClassVar[str] = "map_records"
     # The snapshot also makes replays exact: a replayed page is mapped from its snapshotted state.
     captures_snapshot: ClassVar[bool] = True
-    collection: str
     function: UserFunction
     inverse: UserFunction | None = None
 
@@ -310,9 +305,6 @@ class MapRecordsOp(Op):
     @classmethod
     def _function_path(cls, value: UserFunction | None) -> UserFunction | None:
         return check_function(value)
-
-    def collections(self) -> list[str]:
-        return [self.collection]
 
     def describe(self) -> str:
         inverse = f" (inverse {function_name(self.inverse)})" if self.inverse is not None else ""
@@ -430,7 +422,7 @@ class MapRecordsOp(Op):
 
 
 @register_op
-class DeleteRecordsOp(Op):
+class DeleteRecordsOp(CollectionOp):
     """Delete the records matching a jinja2 condition over their metadata, id and document.
 
     Each page's matching records are snapshotted whole before they are deleted. Inverse:
@@ -438,16 +430,12 @@ class DeleteRecordsOp(Op):
 
     op_name: ClassVar[str] = "delete_records"
     captures_snapshot: ClassVar[bool] = True
-    collection: str
     where: str
 
     @field_validator("where")
     @classmethod
     def _compiles(cls, value: str) -> str:
         return check_expression(value)
-
-    def collections(self) -> list[str]:
-        return [self.collection]
 
     def describe(self) -> str:
         return f"delete_records {self.collection} where {self.where}"

@@ -32,7 +32,7 @@ from pydantic import Field, field_validator
 from vecflow.backends import Backend
 from vecflow.batch import Batch
 from vecflow.errors import InvalidDataError, OperationError, VecflowError, VerificationError
-from vecflow.operations.base import Op, StepRecord, register_op
+from vecflow.operations.base import CollectionOp, Op, StepRecord, register_op
 from vecflow.runtime.context import StepContext
 from vecflow.runtime.digest import Digest, batch_digest, collection_digest
 from vecflow.runtime.estimate import sample
@@ -244,7 +244,7 @@ def _rebuild(backend: Backend, name: str, dim: int, metric: str, params: dict[st
 
 
 @register_op
-class ReembedOp(Op):
+class ReembedOp(CollectionOp):
     """Recompute every record's vector from its text with an embedding model.
 
     Every record is first copied into a records snapshot. The new vectors are computed from the
@@ -255,7 +255,6 @@ class ReembedOp(Op):
 
     op_name: ClassVar[str] = "reembed"
     captures_snapshot: ClassVar[bool] = True
-    collection: str
     embedder: Any
     text_field: str = "document"
     batch_size: int | None = Field(None, gt=0)
@@ -264,9 +263,6 @@ class ReembedOp(Op):
     @classmethod
     def _known_syntax(cls, value: Any) -> Any:
         return check_embedder_spec(value)
-
-    def collections(self) -> list[str]:
-        return [self.collection]
 
     def describe(self) -> str:
         return f"reembed {self.collection}: vectors from {self.text_field} by {embedder_label(self.embedder)}"
@@ -392,16 +388,12 @@ class ReembedOp(Op):
 
 
 @register_op
-class NormalizeVectorsOp(Op):
+class NormalizeVectorsOp(CollectionOp):
     """Scale every vector to unit length (zero vectors are left as they are). The records whose
     vector changes are snapshotted first. Inverse: restore_vectors."""
 
     op_name: ClassVar[str] = "normalize_vectors"
     captures_snapshot: ClassVar[bool] = True
-    collection: str
-
-    def collections(self) -> list[str]:
-        return [self.collection]
 
     def describe(self) -> str:
         return f"normalize_vectors {self.collection}"
@@ -445,17 +437,13 @@ def _to_scale(norms: np.ndarray) -> np.ndarray:
 
 
 @register_op
-class RestoreVectorsOp(Op):
+class RestoreVectorsOp(CollectionOp):
     """Internal inverse of reembed and normalize_vectors: upsert the snapshotted records, after
     recreating the collection with the snapshot's dimension if the step changed it."""
 
     op_name: ClassVar[str] = "restore_vectors"
     internal: ClassVar[bool] = True
-    collection: str
     snapshot: str
-
-    def collections(self) -> list[str]:
-        return [self.collection]
 
     def describe(self) -> str:
         return f"restore_vectors {self.collection} from snapshot {self.snapshot}"
