@@ -111,6 +111,23 @@ class BackendContract:
         finally:
             other.close()
 
+    def test_collection_metadata_merges_persists_and_follows_a_rename(self, backend, open_store):
+        backend.create_collection("alpha", DIM, "cosine")
+        assert backend.collection_metadata("alpha") == {}
+        backend.update_collection_metadata("alpha", {"embedding": {"model": "m1", "dim": DIM}, "owner": "search"})
+        backend.update_collection_metadata("alpha", {"owner": None, "note": "ünïcode"})
+        expected = {"embedding": {"model": "m1", "dim": DIM}, "note": "ünïcode"}
+        assert backend.collection_metadata("alpha") == expected
+        assert backend.describe("alpha").metric == "cosine" and backend.describe("alpha").dim == DIM
+        backend.upsert("alpha", make_batch(5))
+        backend.rename_collection("alpha", "beta")
+        backend.close()
+        other = open_store()
+        try:
+            assert other.collection_metadata("beta") == expected and other.count("beta") == 5
+        finally:
+            other.close()
+
     # records -------------------------------------------------------------------------------
 
     def test_upsert_then_scan_returns_every_record_exactly(self, backend):

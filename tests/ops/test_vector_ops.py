@@ -81,17 +81,34 @@ def test_reembed_with_the_same_dimension_rewrites_vectors_in_place_and_downgrade
     assert any(f"fingerprint {state['fingerprint']}" in line for line in output), output
 
 
+def collection_metadata(project: Project) -> dict:
+    stores = Stores(project.config)
+    try:
+        backend, name = stores.resolve("docs")
+        return backend.collection_metadata(name)
+    finally:
+        stores.close()
+
+
 def test_reembed_to_a_new_dimension_rebuilds_the_collection_and_downgrade_restores_the_old_one(project):
     metric = describe(project).metric
+    stores = Stores(project.config)
+    backend, name = stores.resolve("docs")
+    backend.update_collection_metadata(name, {"team": "search"})
+    stores.close()
 
     def check(p, before):
         info = describe(p)
         assert (info.dim, info.metric) == (12, metric)
         assert_only_vectors_changed(p.records("docs"), before, lambda r: hash_vector(r.document, 12))
+        state = step_state(p, "step1")
+        assert collection_metadata(p) == {"team": "search", "embedding": {
+            "model": f"{EMBEDDERS}:hash12()", "dim": 12, "fingerprint": state["fingerprint"]}}
 
     upgrade_then_downgrade_exactly(project, f'op.reembed("docs", "{EMBEDDERS}:hash12()")', check)
     assert describe(project).dim == 8
     assert step_state(project, "step1")["dim"] == 12
+    assert collection_metadata(project) == {"team": "search"}
 
 
 def test_normalize_vectors_scales_to_unit_length_and_downgrade_restores_the_raw_vectors(project):

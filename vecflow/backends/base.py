@@ -79,6 +79,9 @@ class Backend(ABC):
         if before != after:
             raise VerificationError(f"renaming {old!r} to {new!r}: the copy's digest {after} differs from "
                                     f"{before}; {old!r} is kept")
+        metadata = self.collection_metadata(old)
+        if metadata:
+            self.update_collection_metadata(new, metadata)
         self.drop_collection(old)
 
     @abstractmethod
@@ -124,6 +127,15 @@ class Backend(ABC):
     @abstractmethod
     def query(self, name: str, vectors: np.ndarray, k: int) -> list[list[Hit]]:
         """The k nearest records of each query vector, best first."""
+
+    @abstractmethod
+    def collection_metadata(self, name: str) -> dict[str, Any]:
+        """Metadata about the collection itself (not its records): JSON values, e.g. the model
+        that produced its vectors. {} when none was set."""
+
+    @abstractmethod
+    def update_collection_metadata(self, name: str, values: dict[str, Any]) -> None:
+        """Merge values into the collection's metadata; a None value removes that key."""
 
     def search_is_exact(self, name: str) -> bool:
         """True when query() is exact (brute force) for this collection, False for ANN indexes."""

@@ -50,6 +50,7 @@ KEYS_KEY = "vecflow:keys"
 BITS_KEY = "vecflow:bits"
 # Collection metadata: the dimension, so describe() works on empty collections.
 DIM_KEY = "vecflow:dim"
+INFO_KEY = "vecflow:info"  # collection-level metadata (JSON)
 # Chroma's HNSW defaults (1.5.9); describe() reports only settings that differ from these.
 HNSW_DEFAULTS = {"ef_construction": 100, "ef_search": 100, "max_neighbors": 16,
                  "resize_factor": 1.2, "sync_threshold": 1000}
@@ -187,6 +188,20 @@ class ChromaBackend(Backend):
         if metadata:
             params["metadata"] = metadata
         return CollectionInfo(name, self._dim(collection), _metric(collection), params)
+
+    def collection_metadata(self, name: str) -> dict[str, Any]:
+        raw = (self._collection(name).metadata or {}).get(INFO_KEY)
+        return json.loads(raw) if raw else {}
+
+    def update_collection_metadata(self, name: str, values: dict[str, Any]) -> None:
+        collection = self._collection(name)
+        info = {**self.collection_metadata(name), **values}
+        info = {k: v for k, v in info.items() if v is not None}
+        # modify() replaces the whole map: resend every key but hnsw:*, which Chroma refuses to change.
+        metadata = {k: v for k, v in (collection.metadata or {}).items() if not k.startswith("hnsw:")}
+        metadata[INFO_KEY] = json.dumps(info, sort_keys=True)
+        with self._errors(f"updating the metadata of collection {name!r}"):
+            collection.modify(metadata=metadata)
 
     # records -------------------------------------------------------------------------------
 

@@ -233,6 +233,24 @@ class FaissBackend(Backend):
         state = self._collection(name)
         return CollectionInfo(name, state.dim, state.metric, dict(state.params))
 
+    @_sqlite_errors
+    def collection_metadata(self, name: str) -> dict[str, Any]:
+        conn = self._collection(name).conn
+        conn.execute("CREATE TABLE IF NOT EXISTS collection_info (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        return {key: json.loads(value) for key, value in conn.execute("SELECT key, value FROM collection_info")}
+
+    @_sqlite_errors
+    def update_collection_metadata(self, name: str, values: dict[str, Any]) -> None:
+        conn = self._collection(name).conn
+        conn.execute("CREATE TABLE IF NOT EXISTS collection_info (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        with conn:
+            conn.execute("BEGIN")
+            for key, value in values.items():
+                if value is None:
+                    conn.execute("DELETE FROM collection_info WHERE key = ?", (key,))
+                else:
+                    conn.execute("INSERT OR REPLACE INTO collection_info VALUES (?, ?)", (key, json.dumps(value)))
+
     # records -------------------------------------------------------------------------------
 
     @_sqlite_errors

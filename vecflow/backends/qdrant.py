@@ -62,6 +62,7 @@ _DISTANCES = {
 }
 _METRICS = {distance: metric for metric, distance in _DISTANCES.items()}
 _PARAMS = ("hnsw_m", "hnsw_ef_construct")
+INFO_KEY = "vecflow"  # collection metadata key holding vecflow's collection-level metadata
 
 # A server refuses requests over 32 MB and REST spends ~20 bytes of JSON per float; aim at ~8 MB.
 _REQUEST_BYTES = 8_000_000
@@ -368,6 +369,17 @@ class QdrantBackend(Backend):
             if value is not None:
                 params[key] = value
         return CollectionInfo(name, vectors.size, metric, params)
+
+    def collection_metadata(self, name: str) -> dict[str, Any]:
+        info = self._call("describe", name, self.client.get_collection, name)
+        return dict((info.config.metadata or {}).get(INFO_KEY) or {})
+
+    def update_collection_metadata(self, name: str, values: dict[str, Any]) -> None:
+        info = {**self.collection_metadata(name), **values}
+        info = {k: v for k, v in info.items() if v is not None}
+        # Qdrant merges top-level keys, so the whole map lives under one key that is replaced.
+        self._call("update the metadata of", name, self.client.update_collection, name,
+                   metadata={INFO_KEY: info})
 
     # records -------------------------------------------------------------------------------
 

@@ -371,6 +371,17 @@ class RedisBackend(Backend):
         entry = self._existing(name)
         return CollectionInfo(name, int(entry["dim"]), entry["metric"], dict(entry["params"]))
 
+    @_translated
+    def collection_metadata(self, name: str) -> dict[str, Any]:
+        return dict(self._existing(name).get("info") or {})
+
+    @_translated
+    def update_collection_metadata(self, name: str, values: dict[str, Any]) -> None:
+        entry = self._existing(name)
+        info = {**(entry.get("info") or {}), **values}
+        entry["info"] = {k: v for k, v in info.items() if v is not None}
+        self._client.hset(self._registry, name, json.dumps(entry))
+
     # records -------------------------------------------------------------------------------
 
     def _fetch(self, entry: dict, members: list[bytes], fields: tuple[str, ...]) -> list[list]:

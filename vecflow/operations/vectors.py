@@ -270,7 +270,8 @@ class ReembedOp(CollectionOp):
     def reverse(self, record: StepRecord) -> Op | None:
         if record.snapshot is None:
             return None
-        return RestoreVectorsOp(collection=self.collection, snapshot=record.snapshot)
+        return RestoreVectorsOp(collection=self.collection, snapshot=record.snapshot,
+                                collection_metadata=record.state.get("prior_collection_metadata"))
 
     def preview(self, stores: Stores) -> list[str]:
         backend, name = stores.resolve(self.collection)
@@ -300,6 +301,9 @@ class ReembedOp(CollectionOp):
         backend, name = ctx.resolve(self.collection)
         if not ctx.state.get("snapshot_done"):
             ctx.require(self.collection)
+        if "prior_collection_metadata" not in ctx.state:
+            # Kept for the inverse, and re-applied after a rebuild (dropping loses it).
+            ctx.save(prior_collection_metadata=backend.collection_metadata(name))
         embedder = load_embedder(self.embedder, ctx.script_dir)
         dim = self._identify(ctx, embedder)
         if not ctx.state.get("snapshot_done"):
@@ -323,6 +327,8 @@ class ReembedOp(CollectionOp):
                 page.check_finite(f"reembed {self.collection}")
                 backend.upsert(name, page)
             ctx.save(len(page), embed_after=after)
+        embedding = {"model": ctx.state["embedder"], "dim": ctx.state["dim"], "fingerprint": ctx.state["fingerprint"]}
+        backend.update_collection_metadata(name, {**ctx.state["prior_collection_metadata"], "embedding": embedding})
 
     def _identify(self, ctx: StepContext, embedder: Embedder) -> int:
         """Embed the probe text: record model, dimension and fingerprint in the step state (the
@@ -444,6 +450,8 @@ class RestoreVectorsOp(CollectionOp):
     op_name: ClassVar[str] = "restore_vectors"
     internal: ClassVar[bool] = True
     snapshot: str
+    # The collection metadata before a reembed (None: leave the collection metadata alone).
+    collection_metadata: dict[str, Any] | None = None
 
     def describe(self) -> str:
         return f"restore_vectors {self.collection} from snapshot {self.snapshot}"
@@ -457,3 +465,6 @@ class RestoreVectorsOp(CollectionOp):
             _rebuild(backend, name, info.dim, info.metric, info.params)
             ctx.save(rebuilt=True)
         ctx.restore_from_snapshot(self.collection, self.snapshot)
+        if self.collection_metadata is not None:
+            current = backend.collection_metadata(name)
+            backend.update_collection_metadata(name, {**dict.fromkeys(current), **self.collection_metadata})
