@@ -47,10 +47,6 @@ def _info_dict(info: CollectionInfo) -> dict[str, Any]:
     return {"dim": info.dim, "metric": info.metric, "params": info.params}
 
 
-def _combine(a: SideDigest, b: SideDigest) -> SideDigest:
-    return SideDigest(a.records + b.records, (a.ids + b.ids) % (1 << 128))
-
-
 @dataclass
 class Plan:
     """What the read-only pass found: canonical refs, per-target counts, and refusals."""
@@ -300,7 +296,7 @@ class Repartition(Op):
             backend, name = ctx.resolve(ref)
             expected = SideDigest.from_dict(ctx.state["sides"][ref])
             if ref in ctx.state.get("before", {}):
-                expected = _combine(SideDigest.from_dict(ctx.state["before"][ref]), expected)
+                expected = SideDigest.from_dict(ctx.state["before"][ref]) + expected
             want = expected.records.count or 0
             if not ctx.verify:
                 if (count := backend.count(name)) != want:

@@ -37,6 +37,9 @@ class SideDigest:
         records = self.records + batch_digest(page, include_vectors=not normalise)
         return SideDigest(records, (self.ids + ids) % (1 << 128))
 
+    def __add__(self, other: SideDigest) -> SideDigest:
+        return SideDigest(self.records + other.records, (self.ids + other.ids) % (1 << 128))
+
     def to_dict(self) -> dict:
         return {"records": self.records.to_text(), "ids": f"{self.ids:032x}"}
 
