@@ -37,7 +37,6 @@ from vecflow.operations.fields import (
 )
 from vecflow.runtime.context import StepContext
 from vecflow.runtime.estimate import sample
-from vecflow.runtime.snapshots import SnapshotStore
 from vecflow.runtime.stores import Stores
 
 
@@ -226,20 +225,6 @@ class CastFieldOp(FieldOp):
 # records snapshots -----------------------------------------------------------------------------
 
 
-def snapshotted_records(snapshots: SnapshotStore, name: str, ids: list[str]) -> dict[str, tuple[str | None, dict]]:
-    """(document, metadata) already recorded in a records snapshot for these ids: the records
-    counterpart of SnapshotStore.lookup_values, reading the table SnapshotStore.add_records writes."""
-    found: dict[str, tuple[str | None, dict]] = {}
-    for start in range(0, len(ids), 500):
-        chunk = ids[start:start + 500]
-        marks = ",".join("?" * len(chunk))
-        rows = snapshots.conn.execute(
-            f'SELECT id, has_document, document, metadata FROM "{name}" WHERE id IN ({marks})', chunk)
-        for rid, has_document, document, metadata in rows:
-            found[rid] = (document if has_document else None, json.loads(metadata))
-    return found
-
-
 @register_op
 class RestoreRecordsOp(CollectionOp):
     """Internal inverse of map_records and delete_records: put the snapshotted records back whole.
@@ -397,7 +382,7 @@ class MapRecordsOp(CollectionOp):
     def _map_page(self, ctx: StepContext, backend: Backend, name: str, function: Callable, page: Batch) -> None:
         # Records of this page already in the snapshot were written before a crash: map their
         # original state again, so a replayed page gives the same result as a single run.
-        originals = snapshotted_records(ctx.snapshots, ctx.snapshot, page.ids)
+        originals = ctx.snapshots.lookup_records(ctx.snapshot, page.ids)
         given = Batch(page.ids, page.vectors,
                       [originals[rid][0] if rid in originals else page.documents[i] for i, rid in enumerate(page.ids)],
                       [originals[rid][1] if rid in originals else page.metadatas[i] for i, rid in enumerate(page.ids)])

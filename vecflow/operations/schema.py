@@ -44,7 +44,6 @@ from vecflow.operations.base import Op, StepRecord, register_op
 from vecflow.operations.fields import CALLABLE_PATH, function_name, project_folders, resolve_function
 from vecflow.runtime.context import StepContext
 from vecflow.runtime.estimate import sample
-from vecflow.runtime.snapshots import SnapshotStore
 from vecflow.runtime.stores import Stores, sibling_ref
 
 # Reserved metadata keys of quarantined records.
@@ -294,19 +293,6 @@ def _canonical(metadata: dict[str, Any]) -> str:
     return json.dumps(metadata, sort_keys=True, ensure_ascii=False)
 
 
-def snapshotted_metadata(snapshots: SnapshotStore, name: str, ids: list[str]) -> dict[str, dict[str, Any]]:
-    """Original metadata of the records of a records snapshot with these ids: a page replayed
-    after a crash is validated from its original metadata, not from what the step wrote."""
-    found: dict[str, dict[str, Any]] = {}
-    for start in range(0, len(ids), 500):
-        chunk = ids[start:start + 500]
-        marks = ",".join("?" * len(chunk))
-        for rid, metadata in snapshots.conn.execute(
-                f'SELECT id, metadata FROM "{name}" WHERE id IN ({marks})', chunk):
-            found[rid] = json.loads(metadata)
-    return found
-
-
 with warnings.catch_warnings():
     # The argument is called `schema`, as users write it; it shadows pydantic's deprecated
     # BaseModel.schema(), which vecflow never calls.
@@ -493,8 +479,9 @@ with warnings.catch_warnings():
             Every write is idempotent, and a page replayed after a crash is validated from the
             snapshotted original metadata, so the result is the same as if it ran once."""
             current = {rid: _canonical(meta) for rid, meta in zip(page.ids, page.metadatas)}
-            originals = snapshotted_metadata(ctx.snapshots, ctx.snapshot, page.ids)
-            page = page.with_metadatas([originals.get(rid, meta) for rid, meta in zip(page.ids, page.metadatas)])
+            originals = ctx.snapshots.lookup_records(ctx.snapshot, page.ids)
+            page = page.with_metadatas([originals[rid][1] if rid in originals else meta
+                                        for rid, meta in zip(page.ids, page.metadatas)])
             touched, updates, moves, reasons = [], {}, [], []
             for i, verdict in enumerate(self.validator().check(page, dim)):
                 if verdict.metadata is None:

@@ -95,6 +95,19 @@ class SnapshotStore:
                       [json.loads(r[5]) for r in rows])
         return batch, (rows[-1][0] if len(rows) == limit else None)
 
+    def lookup_records(self, name: str, ids: list[str]) -> dict[str, tuple[str | None, dict[str, Any]]]:
+        """(document, metadata) already recorded in a records snapshot for these ids: a page
+        replayed after a crash is computed from its original records, not from what was written."""
+        found: dict[str, tuple[str | None, dict[str, Any]]] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.conn.execute(
+                f'SELECT id, has_document, document, metadata FROM "{name}" WHERE id IN ({marks})', chunk)
+            for rid, has_document, document, metadata in rows:
+                found[rid] = (document if has_document else None, json.loads(metadata))
+        return found
+
     # field values --------------------------------------------------------------------------------
 
     def begin_values(self, name: str, field: str) -> None:
