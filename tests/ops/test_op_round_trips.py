@@ -99,3 +99,19 @@ def test_yaml_revision_round_trip(project):
     assert meta["reviewed"] is False and "tags" not in meta and meta["writer"] == "ada"
     project.run("downgrade", "base0")
     assert project.digest("docs") == before
+
+
+def test_copy_collection_within_the_store_and_downgrade_drops_the_copy(project):
+    def check(p):
+        assert p.digest("docs_copy") == p.digest("docs")
+    round_trip(project, 'op.copy_collection("docs", "docs_copy")', check)
+    assert project.digest("docs_copy") == "absent"
+
+
+def test_move_collection_within_the_store_and_back(project):
+    original = project.digest("docs")
+
+    def check(p):
+        assert p.digest("docs") == "absent" and p.digest("docs_moved") == original
+    round_trip(project, 'op.move_collection("docs", "docs_moved")', check)
+    assert project.digest("docs_moved") == "absent"
