@@ -412,15 +412,8 @@ class UnrenameFieldOp(CollectionOp):
         return f"rename_field {self.collection}: {self.new} -> {self.old} (records renamed by {self.snapshot})"
 
     def run(self, ctx: StepContext) -> None:
-        backend, name = ctx.require(self.collection)
-        after = ctx.state.get("after", 0)
-        while after is not None:
-            renamed, after = ctx.snapshots.read_values(self.snapshot, after, ctx.batch_size)
-            page = backend.get(name, [rid for rid, _ in renamed])
-            metadatas = [{(self.old if k == self.new else k): v for k, v in meta.items()} for meta in page.metadatas]
-            if len(page):
-                backend.update_metadata(name, page.ids, metadatas)
-            ctx.save(len(page), after=after)
+        ctx.rewrite_from_values(self.collection, self.snapshot,
+                                lambda meta, _: {(self.old if k == self.new else k): v for k, v in meta.items()})
 
 
 @register_op
@@ -438,14 +431,5 @@ class RestoreFieldOp(FieldOp):
         return None
 
     def run(self, ctx: StepContext) -> None:
-        backend, name = ctx.require(self.collection)
-        after = ctx.state.get("after", 0)
-        while after is not None:
-            priors, after = ctx.snapshots.read_values(self.snapshot, after, ctx.batch_size)
-            page = backend.get(name, [rid for rid, _ in priors])
-            prior_of = dict(priors)
-            metadatas = [_with_field(meta, self.field, prior_of[rid])
-                         for rid, meta in zip(page.ids, page.metadatas)]
-            if len(page):
-                backend.update_metadata(name, page.ids, metadatas)
-            ctx.save(len(page), after=after)
+        ctx.rewrite_from_values(self.collection, self.snapshot,
+                                lambda meta, prior: _with_field(meta, self.field, prior))

@@ -122,6 +122,21 @@ class StepContext:
             if cursor is None:
                 return
 
+    def rewrite_from_values(self, ref: str, snapshot: str, rewrite: Callable[[dict, Any], dict],
+                            key: str = "after") -> None:
+        """For every record listed in a values snapshot, write rewrite(metadata, snapshotted value)
+        as its metadata (vectors untouched), checkpointing; records deleted since are skipped."""
+        backend, name = self.require(ref)
+        after = self.state.get(key, 0)
+        while after is not None:
+            values, after = self.snapshots.read_values(snapshot, after, self.batch_size)
+            value_of = dict(values)
+            page = backend.get(name, list(value_of))
+            if len(page):
+                backend.update_metadata(name, page.ids, [rewrite(meta, value_of[rid])
+                                                         for rid, meta in zip(page.ids, page.metadatas)])
+            self.save(len(page), **{key: after})
+
     def restore_from_snapshot(self, ref: str, snapshot: str, key: str = "restore_after") -> None:
         """Upsert every record of a records snapshot into a collection, checkpointing."""
         backend, name = self.resolve(ref)
