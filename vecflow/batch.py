@@ -28,23 +28,29 @@ class Batch:
     """Columnar records: ids[i], vectors[i], documents[i] and metadatas[i] describe record i.
 
     vectors is always a C-contiguous float32 array of shape (n, dim); metadatas are plain dicts
-    (never None; an empty dict means no metadata).
+    (never None; an empty dict means no metadata). extras[i] is what record i's framework layout
+    keeps beside its text and metadata (see vecflow/layouts/base.py); {} for most records. Extras
+    travel with a record between stores but are not part of its logical digest.
     """
 
     ids: list[str]
     vectors: np.ndarray
     documents: list[str | None]
     metadatas: list[Metadata]
+    extras: list[Metadata] | None = None
 
     def __post_init__(self) -> None:
         self.vectors = np.ascontiguousarray(self.vectors, dtype=np.float32)
         n = len(self.ids)
+        if self.extras is None:
+            self.extras = [{} for _ in range(n)]
         if self.vectors.ndim != 2:
             if n == 0:
                 self.vectors = self.vectors.reshape(0, 0)
             else:
                 raise InvalidDataError(f"vectors must be 2-D (n, dim), got shape {self.vectors.shape}")
-        if self.vectors.shape[0] != n or len(self.documents) != n or len(self.metadatas) != n:
+        if (self.vectors.shape[0] != n or len(self.documents) != n or len(self.metadatas) != n
+                or len(self.extras) != n):
             raise InvalidDataError(
                 f"batch columns disagree: {n} ids, {self.vectors.shape[0]} vectors, "
                 f"{len(self.documents)} documents, {len(self.metadatas)} metadatas"
@@ -83,10 +89,14 @@ class Batch:
             self.vectors[positions] if positions else np.zeros((0, self.dim), np.float32),
             [self.documents[i] for i in positions],
             [self.metadatas[i] for i in positions],
+            [self.extras[i] for i in positions],
         )
 
     def with_metadatas(self, metadatas: list[Metadata]) -> Batch:
-        return Batch(self.ids, self.vectors, self.documents, metadatas)
+        return Batch(self.ids, self.vectors, self.documents, metadatas, self.extras)
+
+    def without_extras(self) -> Batch:
+        return Batch(self.ids, self.vectors, self.documents, self.metadatas)
 
     def check_finite(self, where: str) -> None:
         """Refuse NaN or infinite vectors, naming the first bad record."""

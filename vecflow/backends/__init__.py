@@ -5,10 +5,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from vecflow.backends.base import Backend, CollectionInfo, Hit
-from vecflow.errors import BackendError, ConfigError
+from vecflow.backends.base import Backend, CollectionInfo, Hit, NativePage
+from vecflow.errors import BackendError, ConfigError, VecflowError
+from vecflow.state import VecflowState
 
-__all__ = ["Backend", "CollectionInfo", "Hit", "register_backend", "open_backend", "known_backends"]
+__all__ = ["Backend", "CollectionInfo", "Hit", "NativePage", "register_backend", "open_backend", "known_backends"]
 
 # name -> ("module.path:ClassName", install hint)
 _REGISTRY: dict[str, tuple[str, str]] = {
@@ -42,10 +43,22 @@ def backend_class(name: str) -> type[Backend]:
     return getattr(module, class_name)
 
 
-def open_backend(name: str, options: dict[str, Any]) -> Backend:
-    """Instantiate the adapter registered as name with the store's options."""
+def open_backend(name: str, options: dict[str, Any], state: VecflowState | None = None) -> Backend:
+    """Instantiate the adapter registered as name with the store's options. `layout` is an option
+    of every store (auto, raw, langchain, llamaindex); `state` is where vecflow keeps what it must
+    remember about the store (vecflow/state.py), in memory when None."""
     cls = backend_class(name)
+    options = dict(options)
+    layout = options.pop("layout", None)
     try:
-        return cls(**options)
+        backend = cls(**options)
     except TypeError as exc:
         raise ConfigError(f"backend {name!r}: {exc}") from exc
+    try:
+        backend.set_layout_option(layout)
+    except VecflowError as exc:
+        backend.close()
+        raise ConfigError(f"store option layout={layout!r}: {exc}") from exc
+    if state is not None:
+        backend.attach_state(state)
+    return backend

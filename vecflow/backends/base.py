@@ -1,8 +1,19 @@
-"""The Backend contract: the few primitives every store adapter implements.
+"""The Backend contract: public methods that validate once, protected primitives adapters implement.
 
-Operations are written once on top of these primitives (see DESIGN.md). An adapter only translates
-between Batch and its store; it never interprets migration semantics. Every adapter must pass the
-shared contract suite in tests/backends/contract.py.
+Operations are written once on top of the public methods (see DESIGN.md). Each public method checks
+its input (metric, dimension, finite vectors, repeated ids, k, batch_size, the collection's
+existence) and then calls a small protected primitive (`_scan`, `_upsert`, ...) that only translates
+between vecflow and the store. Adapters never interpret migration semantics, and every adapter
+passes the shared contract suite in tests/backends/contract.py.
+
+Two views of a record:
+- the *logical* record (a Batch row: id, vector, document, metadata, extras), what ops work on and
+  the logical digest hashes;
+- the *native* record (`NativePage`: the store's own id and field map, exactly as stored), what
+  the application reads and the native digest hashes. A layout (vecflow/layouts) maps one to the
+  other; adapters of stores with framework layouts (Chroma, Qdrant) implement `_scan_native`.
+
+What vecflow must remember to be exact lives in `self.state` (vecflow/state.py), never in the store.
 """
 
 from __future__ import annotations
@@ -14,9 +25,13 @@ from typing import Any, ClassVar
 import numpy as np
 
 from vecflow.batch import Batch
-from vecflow.errors import CollectionNotFoundError
+from vecflow.errors import CollectionExistsError, CollectionNotFoundError, InvalidDataError, OperationError
+from vecflow.layouts import AUTO, Detected, Layout, Native, check_layout_name, detect_layout, get_layout
+from vecflow.state import VecflowState
 
 METRICS = ("cosine", "l2", "ip")
+# How many records layout detection samples.
+DETECTION_SAMPLE = 20
 
 
 @dataclass(frozen=True)
@@ -29,6 +44,16 @@ class CollectionInfo:
     params: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class NativePage:
+    """A page of records as the store holds them: native ids (as text) and native parts, plus the
+    logical batch the layout reads from them (same order)."""
+
+    batch: Batch
+    native_ids: list[str]
+    natives: list[Native]
+
+
 # One query hit: (record id, score). Scores follow the metric: distance for l2 (squared
 # Euclidean) and cosine (1 - cosine similarity), smaller is closer; similarity (dot product) for
 # ip, larger is closer. Results are sorted best first.
@@ -39,42 +64,99 @@ class Backend(ABC):
     """A connection to one store. Constructed with the store's options from vecflow.ini."""
 
     name: ClassVar[str]
-    # True when the store normalises vectors of cosine collections on write (Qdrant does).
+    # True when the store normalises vectors of cosine collections on write and vecflow cannot
+    # give the written bits back (verification then compares vectors within a tolerance).
     normalises_cosine: ClassVar[bool] = False
+    # True when the store has a column for the text (Chroma's documents); False when the text
+    # lives in the field map (a Qdrant payload).
+    has_text_slot: ClassVar[bool] = True
+    # The layouts this adapter can read and write.
+    layouts: ClassVar[tuple[str, ...]] = ("raw",)
 
-    @abstractmethod
+    _state: VecflowState | None = None
+    _layout_option: str | None = None
+    _layout_cache: dict[str, Detected] | None = None
+
+    # configuration shared by every adapter ------------------------------------------------------
+
+    @property
+    def state(self) -> VecflowState:
+        """vecflow's state for this store (an in-memory one until the runner attaches the project's)."""
+        if self._state is None:
+            self._state = VecflowState.in_memory()
+        return self._state
+
+    def attach_state(self, state: VecflowState) -> None:
+        self._state = state
+
+    @property
+    def location(self) -> str:
+        """Where the store is (a path, or a URL without its password), for messages and state scopes."""
+        return str(getattr(self, "_where", ""))
+
+    def scope(self, name: str) -> str:
+        """The state scope of one collection of this store."""
+        return f"{self.name}|{self.location}|{name}"
+
+    def set_layout_option(self, layout: str | None) -> None:
+        """The store section's `layout =` (auto, raw, langchain, llamaindex)."""
+        check_layout_name(layout)
+        if layout not in (None, AUTO) and layout not in self.layouts:
+            raise OperationError(f"{self.name} store: layout {layout!r} is not supported here; "
+                                 f"{self.name} supports {', '.join(self.layouts)}")
+        self._layout_option = layout
+
+    # collections ---------------------------------------------------------------------------------
+
     def list_collections(self) -> list[str]:
         """Names of the collections in the store, sorted."""
+        return sorted(self._list_collections())
 
     def has_collection(self, name: str) -> bool:
-        return name in self.list_collections()
+        return self._has_collection(name)
 
-    @abstractmethod
-    def create_collection(self, name: str, dim: int, metric: str = "cosine", **params: Any) -> None:
-        """Create an empty collection; CollectionExistsError when it exists."""
+    def create_collection(self, name: str, dim: int, metric: str = "cosine", layout: str | None = None,
+                          **params: Any) -> None:
+        """Create an empty collection; CollectionExistsError when it exists. `layout` is the
+        framework layout its records will be written in (else the store's `layout`, else raw)."""
+        metric = check_metric(self.name, name, metric)
+        dim = check_dimension(self.name, name, dim)
+        chosen = self._layout_for_new(name, layout)
+        if self.has_collection(name):
+            raise CollectionExistsError(f"{self.name} store {self.location} already has a collection {name!r}")
+        self.state.drop_scope(self.scope(name))
+        self._create_collection(name, dim, metric, dict(params))
+        self.state.put_collection(self.scope(name), "layout", chosen)
+        self.state.put_collection(self.scope(name), "dim", dim)
+        self._forget_layout(name)
 
-    @abstractmethod
     def drop_collection(self, name: str) -> None:
         """Delete a collection and its records; CollectionNotFoundError when it is absent."""
+        self._require(name)
+        self._drop_collection(name)
+        self.state.drop_scope(self.scope(name))
+        self._forget_layout(name)
 
     def rename_collection(self, old: str, new: str, batch_size: int = 1000) -> None:
-        """Rename by copy, verify, then drop; adapters with a native rename override this.
+        """Rename natively where the store can, else by copy, verify, then drop.
 
-        When `new` already exists it is taken for a partial copy left by an interrupted rename
-        (callers check for a genuine name clash first), and the copy continues into it."""
+        When `new` already exists in the fallback it is taken for a partial copy left by an
+        interrupted rename (callers check for a genuine name clash first), and the copy continues."""
+        self._require(old)
+        if self._rename_collection(old, new):
+            self.state.rename_scope(self.scope(old), self.scope(new))
+            self._forget_layout(old)
+            self._forget_layout(new)
+            return
         from vecflow.errors import VerificationError
         from vecflow.runtime.digest import collection_digest
 
         info = self.describe(old)
         if not self.has_collection(new):
-            self.create_collection(new, info.dim, info.metric, **info.params)
-        cursor = None
-        while True:
-            batch, cursor = self.scan(old, batch_size, cursor)
-            if len(batch):
-                self.upsert(new, batch)
-            if cursor is None:
-                break
+            self.create_collection(new, info.dim, info.metric, layout=self.layout_of(old).layout.name,
+                                   **info.params)
+        for batch in self.pages(old, batch_size):
+            self.upsert(new, batch)
         before, after = collection_digest(self, old, batch_size), collection_digest(self, new, batch_size)
         if before != after:
             raise VerificationError(f"renaming {old!r} to {new!r}: the copy's digest {after} differs from "
@@ -84,15 +166,49 @@ class Backend(ABC):
             self.update_collection_metadata(new, metadata)
         self.drop_collection(old)
 
-    @abstractmethod
     def count(self, name: str) -> int:
         """Number of records in the collection."""
+        self._require(name)
+        return self._count(name)
 
-    @abstractmethod
     def describe(self, name: str) -> CollectionInfo:
         """Dimension, metric and index parameters of the collection."""
+        self._require(name)
+        return self._describe(name)
 
-    @abstractmethod
+    def collection_metadata(self, name: str) -> dict[str, Any]:
+        """Metadata vecflow keeps about the collection (e.g. the model behind its vectors), in its
+        own state, not in the store. {} when none was set."""
+        self._require(name)
+        return dict(self.state.get_collection(self.scope(name), "info") or {})
+
+    def update_collection_metadata(self, name: str, values: dict[str, Any]) -> None:
+        """Merge values into the collection's metadata; a None value removes that key."""
+        info = {**self.collection_metadata(name), **values}
+        self.state.put_collection(self.scope(name), "info",
+                                  {k: v for k, v in info.items() if v is not None} or None)
+
+    # layouts -------------------------------------------------------------------------------------
+
+    def layout_of(self, name: str) -> Detected:
+        """The layout a collection's records are in, and why: the store's `layout =` when set,
+        else the one it was created with, else detected from a sample of its records."""
+        cache = self._layout_cache if self._layout_cache is not None else {}
+        self._layout_cache = cache
+        if name not in cache:
+            cache[name] = self._resolve_layout(name)
+        return cache[name]
+
+    def use_layout(self, name: str, layout: str) -> None:
+        """Write a collection in this layout from now on (an op's `layout=` / `target_layout=`)."""
+        if layout not in self.layouts:
+            raise OperationError(f"{self.name} store: layout {layout!r} is not supported here; "
+                                 f"{self.name} supports {', '.join(self.layouts)}")
+        self.state.put_collection(self.scope(name), "layout", layout)
+        self._forget_layout(name)
+
+    # records -------------------------------------------------------------------------------------
+
     def scan(self, name: str, batch_size: int, cursor: str | None = None) -> tuple[Batch, str | None]:
         """One page of records in a stable order, and the cursor of the next page (None at the end).
 
@@ -100,57 +216,200 @@ class Backend(ABC):
         collection is only read or upserted in place, and fetching the page after a cursor costs
         O(batch_size), not O(offset). Pass None to start from the beginning.
         """
+        self._require(name)
+        return self._scan(name, check_batch_size(self.name, name, batch_size), cursor)
 
-    @abstractmethod
+    def scan_native(self, name: str, batch_size: int, cursor: str | None = None) -> tuple[NativePage, str | None]:
+        """Like scan, with each record's native parts (for native digests and inspect)."""
+        self._require(name)
+        return self._scan_native(name, check_batch_size(self.name, name, batch_size), cursor)
+
+    def pages(self, name: str, batch_size: int, cursor: str | None = None):
+        """Every page of a collection from cursor on: the one paging loop over scan."""
+        while True:
+            batch, cursor = self.scan(name, batch_size, cursor)
+            yield batch
+            if cursor is None:
+                return
+
     def upsert(self, name: str, batch: Batch) -> None:
-        """Insert or replace records by id (idempotent). Durable when it returns."""
+        """Insert or replace records by id (idempotent; for a repeated id the last one wins).
+        Durable when it returns."""
+        self._require(name)
+        if not len(batch):
+            return
+        batch.check_finite(f"upsert into {self.name} collection {name!r}")
+        self._upsert(name, last_of_each_id(batch))
 
     def update_metadata(self, name: str, ids: list[str], metadatas: list[dict[str, Any]]) -> None:
         """Replace the whole metadata of existing records, leaving vectors and documents untouched.
 
         Unknown ids are ignored. Field operations use this, so they never rewrite vectors (some
-        stores, e.g. Chroma cosine collections, change vector bits on every write). The default
-        reads and re-upserts the records; adapters with a metadata-only write override it."""
+        stores, e.g. Chroma cosine collections, change vector bits on every write)."""
+        self._require(name)
+        if len(ids) != len(metadatas):
+            raise InvalidDataError(f"update_metadata on {name!r}: {len(ids)} ids but {len(metadatas)} metadatas")
         wanted = dict(zip(ids, metadatas))
-        current = self.get(name, ids)
-        if len(current):
-            self.upsert(name, current.with_metadatas([wanted[rid] for rid in current.ids]))
+        if wanted:
+            self._update_metadata(name, list(wanted), list(wanted.values()))
 
-    @abstractmethod
     def delete(self, name: str, ids: list[str]) -> None:
         """Delete records by id; unknown ids are ignored."""
+        self._require(name)
+        unique = list(dict.fromkeys(ids))
+        if unique:
+            self._delete(name, unique)
+            self.state.forget_records(self.scope(name), unique)
 
-    @abstractmethod
     def get(self, name: str, ids: list[str]) -> Batch:
         """The records with these ids that exist, in the order asked."""
+        self._require(name)
+        return self._get(name, list(ids))
 
-    @abstractmethod
     def query(self, name: str, vectors: np.ndarray, k: int) -> list[list[Hit]]:
         """The k nearest records of each query vector, best first."""
-
-    @abstractmethod
-    def collection_metadata(self, name: str) -> dict[str, Any]:
-        """Metadata about the collection itself (not its records): JSON values, e.g. the model
-        that produced its vectors. {} when none was set."""
-
-    @abstractmethod
-    def update_collection_metadata(self, name: str, values: dict[str, Any]) -> None:
-        """Merge values into the collection's metadata; a None value removes that key."""
+        self._require(name)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise OperationError(f"query on {self.name} collection {name!r}: k must be a positive integer, got {k!r}")
+        queries = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        if queries.ndim != 2:
+            raise InvalidDataError(f"query on {name!r}: query vectors must be 2-D, got shape {queries.shape}")
+        if not len(queries):
+            return []
+        if not np.isfinite(queries).all():
+            raise InvalidDataError(f"query on {self.name} collection {name!r}: a query vector is NaN or infinite")
+        return self._query(name, queries, int(k))
 
     def search_is_exact(self, name: str) -> bool:
         """True when query() is exact (brute force) for this collection, False for ANN indexes."""
         return False
 
     def encoded_fields(self, metadatas: list[dict[str, Any]]) -> dict[str, str]:
-        """Metadata fields this store cannot hold natively and stores in a reversible encoding,
-        with how (for the --dry-run coercion report). Empty when everything is stored as is."""
+        """Metadata fields this store cannot hold natively and writes another way, with how (for
+        the --dry-run coercion report). Empty when everything is stored as is."""
         return {}
 
     def close(self) -> None:  # noqa: B027 (optional hook: most adapters need no cleanup)
         """Release connections and files; the instance is unusable afterwards. Safe to call twice."""
 
-    # helpers shared by adapters -------------------------------------------------------------
+    # primitives adapters implement ---------------------------------------------------------------
+
+    @abstractmethod
+    def _list_collections(self) -> list[str]: ...
+
+    def _has_collection(self, name: str) -> bool:
+        return name in self._list_collections()
+
+    @abstractmethod
+    def _create_collection(self, name: str, dim: int, metric: str, params: dict[str, Any]) -> None:
+        """metric and dim are valid and the name is free; refuse unknown params with OperationError."""
+
+    @abstractmethod
+    def _drop_collection(self, name: str) -> None: ...
+
+    def _rename_collection(self, old: str, new: str) -> bool:
+        """Rename natively and return True, or return False for the copy + drop fallback."""
+        return False
+
+    @abstractmethod
+    def _count(self, name: str) -> int: ...
+
+    @abstractmethod
+    def _describe(self, name: str) -> CollectionInfo: ...
+
+    @abstractmethod
+    def _scan(self, name: str, batch_size: int, cursor: str | None) -> tuple[Batch, str | None]: ...
+
+    def _scan_native(self, name: str, batch_size: int, cursor: str | None) -> tuple[NativePage, str | None]:
+        """Stores without framework layouts: the native record is the logical one."""
+        batch, cursor = self._scan(name, batch_size, cursor)
+        natives = [Native(doc, meta) for doc, meta in zip(batch.documents, batch.metadatas)]
+        return NativePage(batch, list(batch.ids), natives), cursor
+
+    def _sample_natives(self, name: str, limit: int) -> list[Native]:
+        """A few native records, for layout detection."""
+        page, _ = self._scan_native(name, limit, None)
+        return page.natives
+
+    @abstractmethod
+    def _upsert(self, name: str, batch: Batch) -> None:
+        """Non-empty, finite, unique ids; check the dimension against the collection's."""
+
+    def _update_metadata(self, name: str, ids: list[str], metadatas: list[dict[str, Any]]) -> None:
+        """Default: read and re-upsert (for stores whose upsert is bit-stable)."""
+        wanted = dict(zip(ids, metadatas))
+        current = self._get(name, ids)
+        if len(current):
+            self._upsert(name, current.with_metadatas([wanted[rid] for rid in current.ids]))
+
+    @abstractmethod
+    def _delete(self, name: str, ids: list[str]) -> None: ...
+
+    @abstractmethod
+    def _get(self, name: str, ids: list[str]) -> Batch: ...
+
+    @abstractmethod
+    def _query(self, name: str, vectors: np.ndarray, k: int) -> list[list[Hit]]:
+        """vectors: a finite (n >= 1, d) float32 array; k >= 1. Check d against the collection's."""
+
+    # helpers -------------------------------------------------------------------------------------
 
     def _require(self, name: str) -> None:
         if not self.has_collection(name):
-            raise CollectionNotFoundError(f"{self.name} store has no collection {name!r}")
+            raise CollectionNotFoundError(f"{self.name} store {self.location} has no collection {name!r}")
+
+    def _layout_for_new(self, name: str, layout: str | None) -> str:
+        check_layout_name(layout)
+        for choice in (layout, self._layout_option):
+            if choice not in (None, AUTO):
+                if choice not in self.layouts:
+                    raise OperationError(f"{self.name} collection {name!r}: layout {choice!r} is not supported "
+                                         f"here; {self.name} supports {', '.join(self.layouts)}")
+                return choice
+        return "raw"
+
+    def _resolve_layout(self, name: str) -> Detected:
+        if self._layout_option not in (None, AUTO):
+            return Detected(get_layout(self._layout_option), "set by the store's 'layout' option")
+        recorded = self.state.get_collection(self.scope(name), "layout")
+        if recorded:
+            return Detected(get_layout(recorded), "recorded when vecflow created or converted it")
+        if len(self.layouts) == 1:
+            return Detected(get_layout(self.layouts[0]), f"the only layout vecflow reads on {self.name}")
+        return detect_layout(self._sample_natives(name, DETECTION_SAMPLE), self.has_text_slot)
+
+    def _layout(self, name: str) -> Layout:
+        return self.layout_of(name).layout
+
+    def _forget_layout(self, name: str) -> None:
+        if self._layout_cache is not None:
+            self._layout_cache.pop(name, None)
+
+
+# validation shared by every adapter ------------------------------------------------------------
+
+def check_metric(backend: str, collection: str, metric: str) -> str:
+    if metric not in METRICS:
+        raise OperationError(f"{backend} collection {collection!r}: unknown metric {metric!r}; "
+                             f"use one of {', '.join(METRICS)}")
+    return metric
+
+
+def check_dimension(backend: str, collection: str, dim: Any) -> int:
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+        raise OperationError(f"{backend} collection {collection!r}: dimension must be a positive integer, got {dim!r}")
+    return int(dim)
+
+
+def check_batch_size(backend: str, collection: str, batch_size: Any) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise OperationError(f"scan of {backend} collection {collection!r}: batch_size must be a positive integer, "
+                             f"got {batch_size!r}")
+    return int(batch_size)
+
+
+def last_of_each_id(batch: Batch) -> Batch:
+    """A batch with one record per id; for a repeated id the last wins, as if written in turn."""
+    last = {rid: i for i, rid in enumerate(batch.ids)}
+    return batch if len(last) == len(batch) else batch.take(sorted(last.values()))
+

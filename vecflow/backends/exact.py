@@ -1,0 +1,63 @@
+"""Exact vector bits for stores that change them on write, kept in vecflow's state.
+
+Chroma and Qdrant keep the vectors of cosine collections normalised, so a vector read back differs
+from the one written by an ulp or more. After a write the adapter reads the vectors back and
+records, for each one the store changed, the correction in vecflow's state (kind `bits`): an 8-byte
+BLAKE2b of the vector as the store returns it, then the zlib-compressed per-component difference of
+the float32 bit patterns (written - returned, little-endian uint32 modulo 2**32). Reading applies
+the correction only while the hash still matches, so a vector the application rewrote since is read
+as the store has it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+
+import numpy as np
+
+from vecflow.state import VecflowState
+
+KIND = "bits"
+
+
+def record_bits(state: VecflowState, scope: str, ids: list[str], written: np.ndarray, returned: np.ndarray) -> None:
+    """Remember the written bits of every vector the store returned changed; clear the others."""
+    state.put_records(scope, KIND, {rid: bits_for(written[i], returned[i]) for i, rid in enumerate(ids)})
+
+
+def apply_bits(state: VecflowState, scope: str, ids: list[str], returned: np.ndarray) -> np.ndarray:
+    """The vectors as written, where vecflow knows them; the others as the store returned them."""
+    corrections = state.get_records(scope, KIND, ids) if len(ids) else {}
+    if not corrections:
+        return returned
+    out = np.array(returned, dtype=np.float32, copy=True)
+    for i, rid in enumerate(ids):
+        payload = corrections.get(rid)
+        if payload is not None:
+            out[i] = corrected(out[i], payload)
+    return out
+
+
+def bits_for(written: np.ndarray, returned: np.ndarray) -> bytes | None:
+    written_bits = np.ascontiguousarray(written, dtype="<f4").view("<u4")
+    returned_bits = np.ascontiguousarray(returned, dtype="<f4").view("<u4")
+    if np.array_equal(written_bits, returned_bits):
+        return None
+    delta = (written_bits - returned_bits).astype("<u4")
+    return _vector_hash(returned_bits) + zlib.compress(delta.tobytes(), 6)
+
+
+def corrected(returned: np.ndarray, payload: bytes) -> np.ndarray:
+    returned_bits = np.ascontiguousarray(returned, dtype="<f4").view("<u4")
+    try:
+        delta = np.frombuffer(zlib.decompress(payload[8:]), dtype="<u4")
+    except zlib.error:
+        return returned
+    if payload[:8] != _vector_hash(returned_bits) or delta.shape != returned_bits.shape:
+        return returned
+    return (returned_bits + delta).astype("<u4").view("<f4").astype(np.float32)
+
+
+def _vector_hash(bits: np.ndarray) -> bytes:
+    return hashlib.blake2b(bits.tobytes(), digest_size=8).digest()

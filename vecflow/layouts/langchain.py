@@ -1,0 +1,48 @@
+"""langchain: what LangChain's vector stores write.
+
+- Chroma (langchain-chroma 1.1): `documents` holds `page_content`, the metadata is the field map:
+  the same native shape as raw.
+- Qdrant (langchain-qdrant 1.1): payload `{"page_content": str, "metadata": {...}}`, an unnamed
+  vector, UUID point ids; other payload keys are kept as they are.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vecflow.layouts.base import Layout, Logical, Native
+
+CONTENT = "page_content"
+METADATA = "metadata"
+
+
+class LangChainLayout(Layout):
+    name = "langchain"
+    writer = "LangChain"
+
+    def read(self, native: Native, has_text_slot: bool) -> Logical:
+        if has_text_slot:
+            return Logical(native.text, dict(native.fields), {})
+        metadata = native.fields.get(METADATA)
+        return Logical(native.fields.get(CONTENT), dict(metadata) if isinstance(metadata, dict) else {}, {})
+
+    def write(self, record_id: str, logical: Logical, has_text_slot: bool) -> Native:
+        if has_text_slot:
+            return Native(logical.document, dict(logical.metadata))
+        return Native(None, {CONTENT: logical.document, METADATA: dict(logical.metadata)})
+
+    def with_metadata(self, native: Native, metadata: dict[str, Any], has_text_slot: bool) -> Native:
+        if has_text_slot:
+            return Native(native.text, dict(metadata))
+        return Native(None, {**native.fields, METADATA: dict(metadata)})
+
+    def owned_fields(self, native: Native, has_text_slot: bool) -> set[str]:
+        return set(native.fields) if has_text_slot else {CONTENT, METADATA}
+
+    def matches(self, native: Native, has_text_slot: bool) -> bool:
+        if has_text_slot:
+            return False  # on Chroma LangChain's records are the plain client's: detected as raw
+        return CONTENT in native.fields and isinstance(native.fields.get(METADATA, {}), dict)
+
+    def where_text_lives(self, has_text_slot: bool) -> str:
+        return "the text slot (documents)" if has_text_slot else f"payload {CONTENT!r}"

@@ -1,0 +1,149 @@
+"""VecflowState: what vecflow must remember to be exact, kept beside the ledger, never in the store.
+
+The application's records and collection metadata hold only what the application wrote. Whatever
+vecflow needs on top of that lives here, per collection (a *scope*):
+
+- record entries, by kind and record id: the exact float32 bits of vectors a store changes on
+  write (Chroma and Qdrant cosine collections), the original id behind a Qdrant point id, the
+  original values of metadata a store cannot hold (a None, a dict, a mixed list);
+- collection entries, by kind: the layout a collection was created in, its dimension while it is
+  empty, the collection-level metadata of `Backend.collection_metadata`.
+
+A scope is `backend|location|collection`, so two stores never share entries. Every entry is
+advisory: readers check that the stored data still matches what the entry was recorded for (a
+vector hash, the stored string), so an application that rewrote a record since simply wins.
+
+The file is SQLite (`state.db` next to the ledger); `VecflowState.in_memory()` is for adapters
+opened without a project (tests, one-off scripts): exact within the process only.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS record_state (
+    scope TEXT NOT NULL, kind TEXT NOT NULL, id TEXT NOT NULL, value BLOB NOT NULL,
+    PRIMARY KEY (scope, kind, id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS collection_state (
+    scope TEXT NOT NULL, kind TEXT NOT NULL, value TEXT NOT NULL,
+    PRIMARY KEY (scope, kind)) WITHOUT ROWID;
+"""
+_CHUNK = 500  # ids per IN (...) query, below SQLite's variable limit
+
+
+class VecflowState:
+    """Record and collection entries by scope; every write is durable when the call returns."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = None if path is None else Path(path)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(":memory:" if self.path is None else str(self.path),
+                                     isolation_level=None, check_same_thread=False, timeout=30)
+        self._lock = threading.Lock()
+        if self.path is not None:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.executescript(_SCHEMA)
+
+    @classmethod
+    def in_memory(cls) -> VecflowState:
+        return cls(None)
+
+    # record entries ----------------------------------------------------------------------------
+
+    def get_records(self, scope: str, kind: str, ids: Iterable[str]) -> dict[str, bytes]:
+        """The entries of this kind for those ids that have one."""
+        wanted = list(dict.fromkeys(ids))
+        found: dict[str, bytes] = {}
+        with self._lock:
+            for lo in range(0, len(wanted), _CHUNK):
+                chunk = wanted[lo:lo + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows = self._conn.execute(
+                    f"SELECT id, value FROM record_state WHERE scope=? AND kind=? AND id IN ({marks})",
+                    (scope, kind, *chunk))
+                found.update((rid, bytes(value)) for rid, value in rows)
+        return found
+
+    def put_records(self, scope: str, kind: str, values: dict[str, bytes | None]) -> None:
+        """Set entries; a None value removes that id's entry."""
+        if not values:
+            return
+        keep = [(scope, kind, rid, value) for rid, value in values.items() if value is not None]
+        drop = [(scope, kind, rid) for rid, value in values.items() if value is None]
+        with self._lock, self._transaction():
+            if drop:
+                self._conn.executemany("DELETE FROM record_state WHERE scope=? AND kind=? AND id=?", drop)
+            if keep:
+                self._conn.executemany("INSERT OR REPLACE INTO record_state VALUES (?, ?, ?, ?)", keep)
+
+    def forget_records(self, scope: str, ids: Iterable[str]) -> None:
+        """Remove every kind of entry for these ids (the records were deleted)."""
+        rows = [(scope, rid) for rid in dict.fromkeys(ids)]
+        if rows:
+            with self._lock, self._transaction():
+                self._conn.executemany("DELETE FROM record_state WHERE scope=? AND id=?", rows)
+
+    def has_records(self, scope: str, kind: str) -> bool:
+        with self._lock:
+            row = self._conn.execute("SELECT 1 FROM record_state WHERE scope=? AND kind=? LIMIT 1",
+                                     (scope, kind)).fetchone()
+        return row is not None
+
+    # collection entries ------------------------------------------------------------------------
+
+    def get_collection(self, scope: str, kind: str) -> Any:
+        """The JSON value of a collection entry, or None."""
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM collection_state WHERE scope=? AND kind=?",
+                                     (scope, kind)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def put_collection(self, scope: str, kind: str, value: Any) -> None:
+        """Set a collection entry (a JSON value); None removes it."""
+        with self._lock, self._transaction():
+            if value is None:
+                self._conn.execute("DELETE FROM collection_state WHERE scope=? AND kind=?", (scope, kind))
+            else:
+                self._conn.execute("INSERT OR REPLACE INTO collection_state VALUES (?, ?, ?)",
+                                   (scope, kind, json.dumps(value, sort_keys=True)))
+
+    # whole scopes ------------------------------------------------------------------------------
+
+    def drop_scope(self, scope: str) -> None:
+        """Forget a collection (it was dropped)."""
+        with self._lock, self._transaction():
+            self._conn.execute("DELETE FROM record_state WHERE scope=?", (scope,))
+            self._conn.execute("DELETE FROM collection_state WHERE scope=?", (scope,))
+
+    def rename_scope(self, old: str, new: str) -> None:
+        """Move a collection's entries to its new name (a native rename)."""
+        with self._lock, self._transaction():
+            for table in ("record_state", "collection_state"):
+                self._conn.execute(f"DELETE FROM {table} WHERE scope=?", (new,))
+                self._conn.execute(f"UPDATE {table} SET scope=? WHERE scope=?", (new, old))
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._conn)
+
+
+class _Transaction:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: Any, *_: Any) -> None:
+        self._conn.execute("COMMIT" if kind is None else "ROLLBACK")
