@@ -19,6 +19,7 @@ from vecflow.errors import VecflowError
 COMMANDS: list[Callable[..., Any]] = [
     command.init, command.revision, command.merge, command.upgrade, command.downgrade, command.current,
     command.history, command.heads, command.branches, command.show, command.stamp, command.check,
+    command.inspect,
 ]
 
 # How each parameter of a command function appears on the command line: (flags, argparse kwargs).
@@ -41,6 +42,9 @@ PARAMETERS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "rev_range": (("-r", "--rev-range"), {"help": "range a:b (base, head, current allowed)"}),
     "purge": (("--purge",), {"action": "store_true", "help": "empty the applied set before stamping"}),
     "repair": (("--repair",), {"action": "store_true", "help": "accept edits of applied scripts"}),
+    "target": ((), {"nargs": "?", "default": "", "metavar": "STORE[:COLLECTION]",
+                    "help": "store, or store:collection (default: the default store)"}),
+    "as_json": (("--json",), {"action": "store_true", "help": "print the report as JSON"}),
 }
 
 

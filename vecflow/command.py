@@ -7,11 +7,13 @@ command line from these functions and their docstrings, so the two cannot drift 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from vecflow.config import DEFAULT_CONFIG_NAME, Config
-from vecflow.errors import LedgerError, MultipleHeadsError, RevisionError, VecflowError
+from vecflow.errors import CollectionNotFoundError, LedgerError, MultipleHeadsError, RevisionError, VecflowError
+from vecflow.inspection import format_report, inspect_store
 from vecflow.runtime.ledger import Ledger, Owner
 from vecflow.runtime.runner import DOWNGRADE, UPGRADE, Runner
 from vecflow.runtime.snapshots import SnapshotStore
@@ -234,6 +236,27 @@ def stamp(config: Config, revision: str, purge: bool = False, out: Out = print) 
             runner.ledger.mark_applied(rev.revision, rev.script.checksum, rev.path or "")
             runner.ledger.record_stamp(rev.revision, UPGRADE, owner, rev.script.checksum)
             out(f"Stamped up: {rev.revision}")
+
+
+def inspect(config: Config, target: str = "", as_json: bool = False, out: Out = print) -> dict:
+    """Show a store's collections as their application wrote them: count, dimension, metric, the
+    detected layout and why, where the text lives, id kinds, and metadata fields with types, fill
+    rate and an example (STORE, STORE:COLLECTION, or nothing for the default store). Read-only."""
+    store, _, collection = (target or config.default_store).partition(":")
+    stores = Stores(config)
+    try:
+        backend = stores.backend(store or config.default_store)
+        if collection and not backend.has_collection(collection):
+            raise CollectionNotFoundError(f"store {store!r} has no collection {collection!r}")
+        report = inspect_store(backend, collection or None)
+    finally:
+        stores.close()
+    if as_json:
+        out(json.dumps(report, indent=2, sort_keys=True, default=str))
+    else:
+        for line in format_report(report):
+            out(line)
+    return report
 
 
 def check(config: Config, repair: bool = False, out: Out = print) -> None:

@@ -1,24 +1,23 @@
 """ChromaBackend: a Chroma store, embedded (a folder) or over HTTP (a `chroma run` server).
 
-Chroma's traps (measured on chromadb 1.5.9), each handled here and described in
-docs/backends/chroma.md: metadata holds only flat scalars (other values travel as marker JSON);
-upsert merges metadata and keeps old documents (upsert() replaces records whole); cosine
-collections return vectors a few ulps off (a reserved metadata key restores the written bits);
-offset paging is O(offset) (scan() pages through a sorted id list fetched once per pass).
+Records are read and written in the collection's layout: raw (the plain client's, which is also
+LangChain's shape on Chroma) or LlamaIndex's. Chroma's traps (measured on chromadb 1.5.9), each
+handled here and described in docs/backends/chroma.md: metadata holds only flat scalars and lists
+of one type (vecflow/backends/chroma_values.py writes other values as an application would and
+keeps the originals in vecflow's state); upsert merges metadata and keeps old documents (writes
+send a None for each key to remove); cosine collections return vectors a few ulps off (the written
+bits are kept in vecflow's state); offset paging is O(offset) (scans page through a sorted id list
+fetched once per pass). Nothing of vecflow's goes into records or collection metadata.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import bisect
-import hashlib
 import json
-import math
 import os
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
@@ -27,69 +26,69 @@ import httpx
 import numpy as np
 from chromadb.errors import ChromaError, InvalidArgumentError, NotFoundError
 
-from vecflow.backends.base import METRICS, Backend, CollectionInfo, Hit
-from vecflow.batch import Batch, Metadata
+from vecflow.backends import chroma_values as values
+from vecflow.backends import exact
+from vecflow.backends.base import Backend, CollectionInfo, Hit, NativePage
+from vecflow.batch import Batch
 from vecflow.errors import (
     BackendError,
     CollectionExistsError,
     CollectionNotFoundError,
     ConfigError,
     DimensionMismatchError,
-    InvalidDataError,
     OperationError,
     VecflowError,
 )
+from vecflow.layouts import Layout, Logical, Native
 
-# A metadata string that begins with MARKER holds JSON. U+241E (SYMBOL FOR RECORD SEPARATOR) does
-# not occur in ordinary text, and user strings that begin with it are themselves encoded.
-MARKER = "\u241ejson:"
-RESERVED_PREFIX = "vecflow:"
-# Record metadata: the keys Chroma would refuse or drop, as marker JSON.
-KEYS_KEY = "vecflow:keys"
-# Record metadata (cosine collections): how to turn the vector Chroma returns into the one written.
-BITS_KEY = "vecflow:bits"
-# Collection metadata: the dimension, so describe() works on empty collections.
-DIM_KEY = "vecflow:dim"
-INFO_KEY = "vecflow:info"  # collection-level metadata (JSON)
 # Chroma's HNSW defaults (1.5.9); describe() reports only settings that differ from these.
 HNSW_DEFAULTS = {"ef_construction": 100, "ef_search": 100, "max_neighbors": 16,
                  "resize_factor": 1.2, "sync_threshold": 1000}
-
-_INT64 = (-(2**63), 2**63 - 1)
-_FLOAT32_MAX = 3.4e38
 _FAILURES = (ChromaError, ValueError, TypeError, httpx.HTTPError, OSError)
+
+
+@dataclass
+class _Write:
+    """One chunk of an upsert, planned (read and encoded) before anything is written."""
+
+    batch: Batch
+    texts: list[str | None]
+    encoded: list[values.Encoded]
+    old_entries: dict[str, dict]
+    cleared: list[str]  # records whose document goes back to None: deleted, then written anew
+    new_ids: list[str]
 
 
 class ChromaBackend(Backend):
     """A Chroma store: `path` opens an embedded store, `url` (http[s]://host:port) a server."""
 
     name = "chroma"
-    # Chroma keeps cosine vectors unit-length internally; the BITS_KEY correction restores the
-    # written bits on read, so digests need no normalising.
+    # Chroma keeps cosine vectors unit-length; vecflow's state restores the written bits on read.
     normalises_cosine = False
+    has_text_slot = True
+    layouts = ("raw", "langchain", "llamaindex")
 
     def __init__(self, path: str | None = None, url: str | None = None, tenant: str | None = None,
                  database: str | None = None, headers: dict[str, str] | str | None = None) -> None:
         if bool(path) == bool(url):
-            raise ConfigError(
-                "chroma store: set exactly one of 'path' (embedded) or 'url' (server)")
+            raise ConfigError("chroma store: set exactly one of 'path' (embedded) or 'url' (server)")
         if headers and not url:
             raise ConfigError("chroma store: 'headers' only applies to a server ('url')")
         if path:
             # chromadb shares one client system per path string: spell each folder one way.
             path = os.path.abspath(os.path.expanduser(path))
-        self._where = path or _redacted(url)
+        # Part of every state scope, so two databases of one server never share entries.
+        self._where = _location(path or _redacted(url), tenant, database)
         self._client: Any = None
         scope = {k: v for k, v in (("tenant", tenant), ("database", database)) if v}
-        # Sorted ids per collection uuid, for scan(); see _sorted_ids.
-        self._ids: dict[Any, list[str]] = {}
+        self._ids: dict[Any, list[str]] = {}  # sorted ids per collection uuid, for scans
+        self._opened: dict[str, Any] = {}  # the collection each existence check opened
         try:
             if path:
                 self._client = chromadb.PersistentClient(path=path, **scope)
             else:
-                self._client = chromadb.HttpClient(
-                    host=_check_url(url), ssl=url.startswith("https:"),
-                    headers=_parse_headers(headers), **scope)
+                self._client = chromadb.HttpClient(host=_check_url(url), ssl=url.startswith("https:"),
+                                                   headers=_parse_headers(headers), **scope)
             self._client.heartbeat()
             self._max_batch = int(self._client.get_max_batch_size())
         except VecflowError:
@@ -100,68 +99,71 @@ class ChromaBackend(Backend):
                 self._client = None
             root = _root_cause(exc)
             if url and isinstance(root, (httpx.TransportError, OSError)):
-                raise BackendError(
-                    f"cannot reach Chroma at {self._where}: {_one_line(root)}") from exc
-            where = (f"{self._where} (tenant {tenant or 'default_tenant'!r}, "
+                raise BackendError(f"cannot reach Chroma at {_redacted(url)}: {_one_line(root)}") from exc
+            where = (f"{path or _redacted(url)} (tenant {tenant or 'default_tenant'!r}, "
                      f"database {database or 'default_database'!r})")
             raise BackendError(f"cannot open Chroma at {where}: {_one_line(exc)}") from exc
 
     @property
     def client(self) -> Any:
-        """The underlying chromadb client, for Chroma-specific needs (layouts, tests)."""
+        """The underlying chromadb client, for Chroma-specific needs (tests, inspection)."""
         return self._api
 
-    # collections ---------------------------------------------------------------------------
+    def encoded_fields(self, metadatas: list[dict[str, Any]]) -> dict[str, str]:
+        return values.coercions(metadatas)
 
-    def list_collections(self) -> list[str]:
+    def close(self) -> None:
+        """Release the client. An embedded store's files close with its last client, so a later
+        connection to the same path reads fresh state."""
+        client, self._client = self._client, None
+        self._ids.clear()
+        self._opened.clear()
+        if client is not None:
+            client.close()
+
+    # collections -----------------------------------------------------------------------------
+
+    def _list_collections(self) -> list[str]:
         with self._errors("listing collections"):
-            return sorted(c.name for c in self._api.list_collections())
+            return [c.name for c in self._api.list_collections()]
 
-    def has_collection(self, name: str) -> bool:
+    def _has_collection(self, name: str) -> bool:
         try:
-            self._collection(name)
+            self._opened[name] = self._open(name)
         except CollectionNotFoundError:
+            self._opened.pop(name, None)
             return False
         return True
 
-    def create_collection(self, name: str, dim: int, metric: str = "cosine", **params: Any) -> None:
-        """params: `hnsw` (Chroma HNSW settings other than space) and `metadata` (collection
+    def _create_collection(self, name: str, dim: int, metric: str, params: dict[str, Any]) -> None:
+        """params: `hnsw` (HNSW settings other than space) and `metadata` (the collection's own
         metadata), as describe() reports them."""
-        if metric not in METRICS:
-            raise OperationError(f"Chroma collection {name!r}: unknown metric {metric!r}; "
-                                 f"use one of {', '.join(METRICS)}")
-        if int(dim) < 1:
-            raise OperationError(
-                f"Chroma collection {name!r}: dimension must be positive, got {dim}")
         hnsw = dict(params.pop("hnsw", None) or {})
-        metadata = {k: v for k, v in (params.pop("metadata", None) or {}).items()
-                    if not k.startswith(RESERVED_PREFIX)}
+        metadata = dict(params.pop("metadata", None) or {})
         if params:
-            raise OperationError(f"Chroma collection {name!r}: unknown parameter(s) "
-                                 f"{', '.join(sorted(params))}; Chroma takes 'hnsw' and 'metadata'")
-        if self.has_collection(name):
-            raise self._exists(name)
+            raise OperationError(f"Chroma collection {name!r}: unknown parameter(s) {', '.join(sorted(params))}; "
+                                 f"Chroma takes 'hnsw' and 'metadata'")
         with self._errors(f"creating collection {name!r}"):
             try:
-                self._api.create_collection(
-                    name, embedding_function=None, metadata={**metadata, DIM_KEY: int(dim)},
-                    configuration={"hnsw": {**hnsw, "space": metric}})
+                self._api.create_collection(name, embedding_function=None, metadata=metadata or None,
+                                            configuration={"hnsw": {**hnsw, "space": metric}})
             except ChromaError as exc:
                 if "already exists" in str(exc):
                     raise self._exists(name) from exc
                 _raise_if_name_rejected(name, exc)
                 raise
 
-    def drop_collection(self, name: str) -> None:
+    def _drop_collection(self, name: str) -> None:
         collection = self._collection(name)
         with self._errors(f"dropping collection {name!r}"):
             self._api.delete_collection(name)
         self._ids.pop(collection.id, None)
+        self._opened.pop(name, None)
 
-    def rename_collection(self, old: str, new: str, batch_size: int = 1000) -> None:
+    def _rename_collection(self, old: str, new: str) -> bool:
         """Native rename: records, index, configuration and metadata stay in place."""
         collection = self._collection(old)
-        if self.has_collection(new):
+        if self._has_collection(new):
             raise self._exists(new)
         with self._errors(f"renaming collection {old!r} to {new!r}"):
             try:
@@ -170,149 +172,198 @@ class ChromaBackend(Backend):
                 _raise_if_name_rejected(new, exc)
                 raise
         self._ids.pop(collection.id, None)
+        self._opened.pop(old, None)
+        return True
 
-    def count(self, name: str) -> int:
-        collection = self._collection(name)
+    def _count(self, name: str) -> int:
         with self._errors(f"counting collection {name!r}"):
-            return int(collection.count())
+            return int(self._collection(name).count())
 
-    def describe(self, name: str) -> CollectionInfo:
+    def _describe(self, name: str) -> CollectionInfo:
         collection = self._collection(name)
         params: dict[str, Any] = {}
         hnsw = {k: v for k, v in (collection.configuration_json.get("hnsw") or {}).items()
                 if k != "space" and v is not None and HNSW_DEFAULTS.get(k) != v}
         if hnsw:
             params["hnsw"] = hnsw
-        metadata = {k: v for k, v in (collection.metadata or {}).items()
-                    if not k.startswith((RESERVED_PREFIX, "hnsw:"))}
+        metadata = {k: v for k, v in (collection.metadata or {}).items() if not k.startswith("hnsw:")}
         if metadata:
             params["metadata"] = metadata
-        return CollectionInfo(name, self._dim(collection), _metric(collection), params)
+        return CollectionInfo(name, self._dim(collection, name), _metric(collection), params)
 
-    def collection_metadata(self, name: str) -> dict[str, Any]:
-        raw = (self._collection(name).metadata or {}).get(INFO_KEY)
-        return json.loads(raw) if raw else {}
+    # reading ---------------------------------------------------------------------------------
 
-    def update_collection_metadata(self, name: str, values: dict[str, Any]) -> None:
-        collection = self._collection(name)
-        info = {**self.collection_metadata(name), **values}
-        info = {k: v for k, v in info.items() if v is not None}
-        # modify() replaces the whole map: resend every key but hnsw:*, which Chroma refuses to change.
-        metadata = {k: v for k, v in (collection.metadata or {}).items() if not k.startswith("hnsw:")}
-        metadata[INFO_KEY] = json.dumps(info, sort_keys=True)
-        with self._errors(f"updating the metadata of collection {name!r}"):
-            collection.modify(metadata=metadata)
+    def _scan(self, name: str, batch_size: int, cursor: str | None) -> tuple[Batch, str | None]:
+        page, cursor = self._scan_native(name, batch_size, cursor)
+        return page.batch, cursor
 
-    # records -------------------------------------------------------------------------------
-
-    def scan(self, name: str, batch_size: int,
-             cursor: str | None = None) -> tuple[Batch, str | None]:
-        """One page of records in id order; the cursor is the last id returned, as JSON.
-
-        The sorted id list is fetched at the start of a pass (cursor None) or when this instance
-        has none yet, then reused: each page is one get(ids=...) of batch_size records.
-        """
-        if batch_size < 1:
-            raise OperationError(f"scan of Chroma collection {name!r}: batch_size must be positive")
+    def _scan_native(self, name: str, batch_size: int, cursor: str | None) -> tuple[NativePage, str | None]:
+        """One page in id order; the cursor is the last id returned, as JSON. The sorted id list
+        is fetched when a pass starts (or this connection has none), then each page is one get."""
         collection = self._collection(name)
         ids = self._sorted_ids(collection, refresh=cursor is None)
         start = 0 if cursor is None else bisect.bisect_right(ids, _decode_cursor(name, cursor))
-        page = ids[start:start + batch_size]
-        batch = self._fetch(collection, page)
+        wanted = ids[start:start + batch_size]
         more = start + batch_size < len(ids)
-        return batch, (json.dumps([page[-1]], ensure_ascii=False) if more else None)
+        return self._read(collection, name, wanted), (json.dumps([wanted[-1]], ensure_ascii=False) if more else None)
 
-    def upsert(self, name: str, batch: Batch) -> None:
-        """Replace records whole, by id: keys absent from the new metadata are removed and a None
-        document clears the old one (Chroma alone would merge both)."""
+    def _sample_natives(self, name: str, limit: int) -> list[Native]:
+        with self._errors(f"reading collection {name!r}"):
+            result = self._collection(name).get(limit=limit, include=["documents", "metadatas"])
+        return [Native(text, fields or {}) for text, fields in zip(result["documents"], result["metadatas"])]
+
+    def _get(self, name: str, ids: list[str]) -> Batch:
+        return self._read(self._collection(name), name, ids).batch
+
+    def _read(self, collection: Any, name: str, ids: list[str]) -> NativePage:
+        """The records with these ids that exist, in the order asked: natives as Chroma returns
+        them, and the logical batch the layout reads from them."""
+        rows: dict[str, tuple[np.ndarray, Native]] = {}
+        with self._errors(f"reading collection {name!r}"):
+            for chunk in _chunks(list(dict.fromkeys(ids)), self._max_batch):
+                result = collection.get(ids=chunk, include=["embeddings", "documents", "metadatas"])
+                vectors = np.asarray(result["embeddings"], dtype=np.float32)
+                for i, rid in enumerate(result["ids"]):
+                    rows[rid] = (vectors[i], Native(result["documents"][i], result["metadatas"][i] or {}))
+        present = [rid for rid in ids if rid in rows]
+        natives = [rows[rid][1] for rid in present]
+        if not present:
+            return NativePage(Batch.empty(self._dim(collection, name)), [], [])
+        vectors = np.stack([rows[rid][0] for rid in present])
+        scope = self.scope(name)
+        if _metric(collection) == "cosine":
+            vectors = exact.apply_bits(self.state, scope, present, vectors)
+        entries = self._entries(scope, present)
+        layout = self._layout(name)
+        logicals = [layout.read(Native(native.text, values.decode(native.fields, entries.get(rid, {}))), True)
+                    for rid, native in zip(present, natives)]
+        batch = Batch(present, vectors, [r.document for r in logicals], [r.metadata for r in logicals],
+                      [r.extras for r in logicals])
+        return NativePage(batch, present, natives)
+
+    # writing ---------------------------------------------------------------------------------
+
+    def _upsert(self, name: str, batch: Batch) -> None:
+        """Replace records whole, by id, in the collection's layout: keys absent from the new
+        fields are removed and a None document clears the old one (Chroma alone would merge
+        both); fields the layout does not own are kept."""
         collection = self._collection(name)
-        if not len(batch):
-            return
-        dim = self._dim(collection)
-        if dim and batch.dim != dim:
-            raise DimensionMismatchError(
-                f"Chroma collection {name!r} has dimension {dim}; the batch has {batch.dim}")
-        batch.check_finite(f"upsert into Chroma collection {name!r}")
-        batch = _last_of_each_id(batch)
-        encoded = [_encode_metadata(m, rid, name) for rid, m in zip(batch.ids, batch.metadatas)]
+        self._check_dim(collection, name, batch.dim, "the batch has")
+        layout, step = self._layout(name), self._max_batch
+        chunks = [batch] if len(batch) <= step else [
+            batch.take(list(range(lo, min(lo + step, len(batch))))) for lo in range(0, len(batch), step)]
+        # Plan every chunk first: a key Chroma refuses stops the upsert before anything is written.
+        plans = [self._plan(collection, name, layout, chunk) for chunk in chunks]
         cosine = _metric(collection) == "cosine"
-        for lo in range(0, len(batch), self._max_batch):
-            hi = lo + self._max_batch
-            self._replace(collection, batch.ids[lo:hi], batch.vectors[lo:hi],
-                          batch.documents[lo:hi], encoded[lo:hi], cosine)
+        for plan in plans:
+            self._write(collection, name, plan, cosine)
 
-    def update_metadata(self, name: str, ids: list[str], metadatas: list[dict[str, Any]]) -> None:
-        """Metadata-only write (Chroma's update): vectors and documents are not touched."""
+    def _plan(self, collection: Any, name: str, layout: Layout, chunk: Batch) -> _Write:
+        with self._errors(f"upsert into collection {name!r}"):
+            old = collection.get(ids=chunk.ids, include=["metadatas", "documents"])
+        before = {rid: Native(text, fields or {})
+                  for rid, text, fields in zip(old["ids"], old["documents"], old["metadatas"])}
+        entries = self._entries(self.scope(name), list(before))
+        texts, encoded, cleared = [], [], []
+        for i, rid in enumerate(chunk.ids):
+            logical = Logical(chunk.documents[i], chunk.metadatas[i], chunk.extras[i])
+            previous = before.get(rid)
+            if previous is None:
+                native = layout.write(rid, logical, True)
+                encoded.append(values.encode(native.fields, rid, name))
+            else:
+                decoded = values.decode(previous.fields, entries.get(rid, {}))
+                native = layout.merge(Native(previous.text, decoded), rid, logical, True)
+                if native.text is None and previous.text is not None:
+                    cleared.append(rid)  # Chroma cannot set a document back to None
+                    encoded.append(values.encode(native.fields, rid, name))
+                else:
+                    encoded.append(values.encode(native.fields, rid, name, previous.fields, decoded,
+                                                 entries.get(rid, {})))
+            texts.append(native.text)
+        return _Write(chunk, texts, encoded, entries, cleared, [rid for rid in chunk.ids if rid not in before])
+
+    def _write(self, collection: Any, name: str, plan: _Write, cosine: bool) -> None:
+        ids = plan.batch.ids
+        with self._errors(f"upsert into collection {name!r}"):
+            if plan.cleared:
+                collection.delete(ids=plan.cleared)
+            collection.upsert(ids=ids, embeddings=plan.batch.vectors, documents=plan.texts,
+                              metadatas=[e.sent or None for e in plan.encoded])
+            pending = [rid for rid, e in zip(ids, plan.encoded) if e.pending]
+            include = (["embeddings"] if cosine else []) + (["metadatas"] if pending else [])
+            back = collection.get(ids=ids if cosine else pending, include=include) if include else None
+        if cosine:
+            position = {rid: i for i, rid in enumerate(back["ids"])}
+            returned = np.asarray(back["embeddings"], dtype=np.float32)[[position[rid] for rid in ids]]
+            exact.record_bits(self.state, self.scope(name), ids, plan.batch.vectors, returned)
+        self._settle(name, ids, plan.encoded, plan.old_entries, back if pending else None)
+        self._remember_ids(collection, plan.new_ids)
+
+    def _update_metadata(self, name: str, ids: list[str], metadatas: list[dict[str, Any]]) -> None:
+        """Metadata-only writes (Chroma's `update`) of the keys that change: vectors and
+        documents are not touched, and neither is any other part of the native record."""
         collection = self._collection(name)
+        layout, scope = self._layout(name), self.scope(name)
         wanted = dict(zip(ids, metadatas))
-        encoded = {rid: _encode_metadata(m, rid, name) for rid, m in wanted.items()}
-        with self._errors(f"updating metadata in collection {name!r}"):
-            for chunk in _chunks(list(encoded), self._max_batch):
-                old = collection.get(ids=chunk, include=["metadatas"])
-                if not old["ids"]:
-                    continue
-                writes = [_replacing(encoded[rid], meta, keep=(BITS_KEY,))
-                          for rid, meta in zip(old["ids"], old["metadatas"])]
-                collection.update(ids=old["ids"], metadatas=writes)
+        planned: list[tuple[str, values.Encoded, dict]] = []
+        for chunk in _chunks(list(wanted), self._max_batch):
+            with self._errors(f"updating metadata in collection {name!r}"):
+                old = collection.get(ids=chunk, include=["metadatas", "documents"])
+            entries = self._entries(scope, old["ids"])
+            for rid, text, stored in zip(old["ids"], old["documents"], old["metadatas"]):
+                stored, known = stored or {}, entries.get(rid, {})
+                decoded = values.decode(stored, known)
+                new = layout.with_metadata(Native(text, decoded), wanted[rid], True)
+                planned.append((rid, values.encode(new.fields, rid, name, stored, decoded, known), known))
+        for lo in range(0, len(planned), self._max_batch):
+            chunk = planned[lo:lo + self._max_batch]
+            changed = [(rid, encoded) for rid, encoded, _ in chunk if encoded.sent]
+            pending = [rid for rid, encoded in changed if encoded.pending]
+            with self._errors(f"updating metadata in collection {name!r}"):
+                if changed:
+                    collection.update(ids=[rid for rid, _ in changed], metadatas=[e.sent for _, e in changed])
+                back = collection.get(ids=pending, include=["metadatas"]) if pending else None
+            self._settle(name, [rid for rid, _, _ in chunk], [e for _, e, _ in chunk],
+                         {rid: known for rid, _, known in chunk}, back)
 
-    def delete(self, name: str, ids: list[str]) -> None:
+    def _settle(self, name: str, ids: list[str], encoded: list[values.Encoded], old_entries: dict[str, dict],
+                back: dict[str, Any] | None) -> None:
+        """Record the new `values` entries of written records (only those that changed)."""
+        returned = {rid: fields or {} for rid, fields in zip(back["ids"], back["metadatas"])} if back else {}
+        changes = {}
+        for rid, record in zip(ids, encoded):
+            entries = values.settle(record, returned.get(rid, {})) if record.pending else record.entries
+            if entries != old_entries.get(rid, {}):
+                changes[rid] = values.pack(entries)
+        self.state.put_records(self.scope(name), values.KIND, changes)
+
+    def _delete(self, name: str, ids: list[str]) -> None:
         collection = self._collection(name)
-        unique = list(dict.fromkeys(ids))
         with self._errors(f"deleting from collection {name!r}"):
-            for chunk in _chunks(unique, self._max_batch):
+            for chunk in _chunks(ids, self._max_batch):
                 collection.delete(ids=chunk)
         cached = self._ids.get(collection.id)
-        if cached is not None and unique:
-            gone = set(unique)
+        if cached is not None:
+            gone = set(ids)
             self._ids[collection.id] = [rid for rid in cached if rid not in gone]
 
-    def get(self, name: str, ids: list[str]) -> Batch:
-        return self._fetch(self._collection(name), ids)
-
-    def query(self, name: str, vectors: np.ndarray, k: int) -> list[list[Hit]]:
-        """Nearest records per query vector: squared Euclidean distance for l2, 1 - cosine
-        similarity for cosine, dot product for ip (Chroma itself reports 1 - dot)."""
+    def _query(self, name: str, vectors: np.ndarray, k: int) -> list[list[Hit]]:
+        """Squared Euclidean distance for l2, 1 - cosine similarity for cosine, dot product for
+        ip (Chroma itself reports 1 - dot)."""
         collection = self._collection(name)
-        dim, metric = self._dim(collection), _metric(collection)
-        queries = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
-        if dim and queries.shape[1] != dim:
-            raise DimensionMismatchError(f"Chroma collection {name!r} has dimension {dim}; "
-                                         f"the query vectors have {queries.shape[1]}")
-        if k < 1 or not len(queries):
-            return [[] for _ in range(len(queries))]
+        self._check_dim(collection, name, vectors.shape[1], "the query vectors have")
+        metric = _metric(collection)
         hits: list[list[Hit]] = []
         with self._errors(f"querying collection {name!r}"):
-            for lo in range(0, len(queries), self._max_batch):
-                result = collection.query(query_embeddings=queries[lo:lo + self._max_batch],
-                                          n_results=k, include=["distances"])
+            for lo in range(0, len(vectors), self._max_batch):
+                result = collection.query(query_embeddings=vectors[lo:lo + self._max_batch], n_results=k,
+                                          include=["distances"])
                 for row_ids, distances in zip(result["ids"], result["distances"] or []):
-                    scores = [float(1.0 - d if metric == "ip" else d) for d in distances]
-                    hits.append(list(zip(row_ids, scores)))
+                    hits.append([(rid, float(1.0 - d if metric == "ip" else d)) for rid, d in zip(row_ids, distances)])
         return hits
 
-    def encoded_fields(self, metadatas: list[dict[str, Any]]) -> dict[str, str]:
-        """Fields that would be stored as marker JSON, or moved into the reserved key."""
-        report: dict[str, str] = {}
-        kinds: dict[str, set[str]] = {}
-        for metadata in metadatas:
-            for key, value in metadata.items():
-                if _spilled(key):
-                    report[key] = f"moves into {KEYS_KEY!r} (a key Chroma refuses or drops)"
-                elif (why := _json_reason(value)) is not None:
-                    kinds.setdefault(key, set()).add(why)
-        for key, why in kinds.items():
-            report[key] = f"becomes a {MARKER!r} JSON string for {', '.join(sorted(why))}"
-        return report
-
-    def close(self) -> None:
-        """Release the client. An embedded store's files close with its last client, so a later
-        connection to the same path reads fresh state."""
-        client, self._client = self._client, None
-        self._ids.clear()
-        if client is not None:
-            client.close()
-
-    # internals -----------------------------------------------------------------------------
+    # internals -------------------------------------------------------------------------------
 
     @property
     def _api(self) -> Any:
@@ -321,25 +372,36 @@ class ChromaBackend(Backend):
         return self._client
 
     def _exists(self, name: str) -> CollectionExistsError:
-        return CollectionExistsError(
-            f"Chroma store {self._where} already has a collection {name!r}")
+        return CollectionExistsError(f"Chroma store {self._where} already has a collection {name!r}")
 
-    def _collection(self, name: str) -> Any:
+    def _open(self, name: str) -> Any:
         try:
             with self._errors(f"opening collection {name!r}"):
                 return self._api.get_collection(name, embedding_function=None)
         except CollectionNotFoundError:
-            raise CollectionNotFoundError(
-                f"Chroma store {self._where} has no collection {name!r}") from None
+            raise CollectionNotFoundError(f"Chroma store {self._where} has no collection {name!r}") from None
 
-    def _dim(self, collection: Any) -> int:
-        """Chroma's own dimension, else the one vecflow stored at creation, else one record's."""
-        dim = collection.get_model().dimension or (collection.metadata or {}).get(DIM_KEY)
+    def _collection(self, name: str) -> Any:
+        """The collection the public method's existence check just opened (one round trip per call)."""
+        return self._opened[name] if name in self._opened else self._open(name)
+
+    def _dim(self, collection: Any, name: str) -> int:
+        """Chroma's own dimension, else the one recorded at creation, else one record's, else 0."""
+        dim = collection.get_model().dimension or self.state.get_collection(self.scope(name), "dim")
         if dim:
             return int(dim)
-        with self._errors(f"reading collection {collection.name!r}"):
+        with self._errors(f"reading collection {name!r}"):
             sample = collection.get(limit=1, include=["embeddings"])["embeddings"]
         return len(sample[0]) if sample is not None and len(sample) else 0
+
+    def _check_dim(self, collection: Any, name: str, dim: int, what: str) -> None:
+        expected = self._dim(collection, name)
+        if expected and dim != expected:
+            raise DimensionMismatchError(f"Chroma collection {name!r} has dimension {expected}; {what} {dim}")
+
+    def _entries(self, scope: str, ids: list[str]) -> dict[str, dict]:
+        found = self.state.get_records(scope, values.KIND, ids) if ids else {}
+        return {rid: values.unpack(payload) for rid, payload in found.items()}
 
     def _sorted_ids(self, collection: Any, refresh: bool) -> list[str]:
         if refresh or collection.id not in self._ids:
@@ -347,60 +409,11 @@ class ChromaBackend(Backend):
                 self._ids[collection.id] = sorted(collection.get(include=[])["ids"])
         return self._ids[collection.id]
 
-    def _fetch(self, collection: Any, ids: list[str]) -> Batch:
-        """The records with these ids that exist, in the order asked."""
-        found: dict[str, tuple[np.ndarray, str | None, Metadata]] = {}
-        with self._errors(f"reading collection {collection.name!r}"):
-            for chunk in _chunks(list(dict.fromkeys(ids)), self._max_batch):
-                result = collection.get(ids=chunk, include=["embeddings", "documents", "metadatas"])
-                rows = np.asarray(result["embeddings"], dtype=np.float32)
-                for i, rid in enumerate(result["ids"]):
-                    stored = result["metadatas"][i] or {}
-                    vector = _apply_bits(rows[i], stored.get(BITS_KEY))
-                    found[rid] = (vector, result["documents"][i], _decode_metadata(stored))
-        present = [rid for rid in ids if rid in found]
-        if not present:
-            return Batch.empty(self._dim(collection))
-        return Batch(present, np.stack([found[rid][0] for rid in present]),
-                     [found[rid][1] for rid in present], [found[rid][2] for rid in present])
-
-    def _replace(self, collection: Any, ids: list[str], vectors: np.ndarray,
-                 documents: list[str | None], metadatas: list[dict[str, Any]],
-                 cosine: bool) -> None:
-        """Upsert one chunk (at most the max batch size) with replace semantics."""
-        with self._errors(f"upsert into collection {collection.name!r}"):
-            old = collection.get(ids=ids, include=["metadatas", "documents"])
-            before = {rid: (meta or {}, doc)
-                      for rid, meta, doc in zip(old["ids"], old["metadatas"], old["documents"])}
-            # Chroma cannot set a document back to None: delete those records and write them anew.
-            cleared = [rid for rid, doc in zip(ids, documents)
-                       if doc is None and rid in before and before[rid][1] is not None]
-            for rid in cleared:
-                del before[rid]
-            writes = [_replacing(meta, before.get(rid, ({}, None))[0])
-                      for rid, meta in zip(ids, metadatas)]
-            if cleared:
-                collection.delete(ids=cleared)
-            collection.upsert(ids=ids, embeddings=vectors, documents=documents, metadatas=writes)
-            if cosine:
-                self._record_bits(collection, ids, vectors)
+    def _remember_ids(self, collection: Any, new: list[str]) -> None:
         cached = self._ids.get(collection.id)
-        if cached is not None:
-            new = [rid for rid in ids if rid not in before]
-            if new:
-                known = set(cached)
-                self._ids[collection.id] = sorted(cached + [rid for rid in new if rid not in known])
-
-    def _record_bits(self, collection: Any, ids: list[str], written: np.ndarray) -> None:
-        """Read the vectors back and store, where Chroma changed bits, the correction."""
-        back = collection.get(ids=ids, include=["embeddings"])
-        rows = np.asarray(back["embeddings"], dtype=np.float32)
-        position = {rid: i for i, rid in enumerate(ids)}
-        fixes = {rid: bits for i, rid in enumerate(back["ids"])
-                 if (bits := _bits_for(written[position[rid]], rows[i])) is not None}
-        if fixes:
-            collection.update(ids=list(fixes),
-                              metadatas=[{BITS_KEY: bits} for bits in fixes.values()])
+        if cached is not None and new:
+            known = set(cached)
+            self._ids[collection.id] = sorted(cached + [rid for rid in new if rid not in known])
 
     @contextmanager
     def _errors(self, action: str) -> Iterator[None]:
@@ -412,154 +425,17 @@ class ChromaBackend(Backend):
         except NotFoundError as exc:
             raise CollectionNotFoundError(f"Chroma {action}: {_one_line(exc)}") from exc
         except (httpx.TransportError, OSError) as exc:
-            raise BackendError(f"cannot reach Chroma at {self._where} ({action}): "
-                               f"{_one_line(exc)}") from exc
+            raise BackendError(f"cannot reach Chroma at {self._where} ({action}): {_one_line(exc)}") from exc
         except _FAILURES as exc:
             raise BackendError(f"Chroma {action} failed: {_one_line(exc)}") from exc
 
 
-# metadata encoding -----------------------------------------------------------------------------
-
-def _encode_metadata(metadata: Metadata, record_id: str, collection: str) -> dict[str, Any]:
-    """A Chroma-safe dict that _decode_metadata turns back into metadata exactly."""
-    out: dict[str, Any] = {}
-    spilled: dict[str, Any] = {}
-    try:
-        for key, value in metadata.items():
-            if not isinstance(key, str):
-                raise TypeError(f"metadata key {key!r} is not a string")
-            if _spilled(key):
-                spilled[key] = value
-            else:
-                out[key] = _encode_value(value)
-        if spilled:
-            out[KEYS_KEY] = MARKER + _to_json(spilled)
-    except (TypeError, ValueError) as exc:
-        raise InvalidDataError(f"Chroma collection {collection!r}, record {record_id!r}: "
-                               f"metadata cannot be stored: {exc}") from exc
-    return out
-
-
-def _encode_value(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        value = value.item()
-    return value if _json_reason(value) is None else MARKER + _to_json(value)
-
-
-def _json_reason(value: Any) -> str | None:
-    """Why Chroma cannot hold this value natively (it then travels as marker JSON), else None.
-
-    Chroma drops None, NaN and infinities, turns -0.0 into 0.0, refuses other types, and shifts
-    floats by an ulp: the digest absorbs that ulp at float32 precision, not beyond its range."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return None if _INT64[0] <= value <= _INT64[1] else "ints beyond 64 bits"
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return "NaN or infinity"
-        if abs(value) >= _FLOAT32_MAX:
-            return "floats beyond the float32 range"
-        return "-0.0" if value == 0 and math.copysign(1, value) < 0 else None
-    if isinstance(value, str):
-        return "strings that begin with the marker" if value.startswith(MARKER) else None
-    if value is None:
-        return "None"
-    return {list: "lists", tuple: "lists", dict: "dicts"}.get(type(value), type(value).__name__)
-
-
-def _spilled(key: str) -> bool:
-    """Keys Chroma refuses ("", "#...", "$...") or drops ("chroma:..."), and our reserved ones."""
-    return not key or key[0] in "#$" or key.startswith(("chroma:", RESERVED_PREFIX))
-
-
-def _to_json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_json_default)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} value {value!r} is not JSON-serialisable")
-
-
-def _decode_metadata(stored: dict[str, Any]) -> Metadata:
-    metadata: Metadata = {}
-    for key, value in stored.items():
-        if key == KEYS_KEY:
-            spilled = _decode_value(value)
-            metadata.update(spilled if isinstance(spilled, dict) else {})
-        elif not key.startswith(RESERVED_PREFIX):
-            metadata[key] = _decode_value(value)
-    return metadata
-
-
-def _decode_value(value: Any) -> Any:
-    if isinstance(value, str) and value.startswith(MARKER):
-        try:
-            return json.loads(value[len(MARKER):])
-        except ValueError:
-            return value  # not written by vecflow: leave it as Chroma holds it
-    return value
-
-
-def _replacing(new: dict[str, Any], old: dict[str, Any], keep: tuple[str, ...] = ()) -> dict | None:
-    """What to send so that Chroma's merging write leaves exactly `new` (plus `keep` keys):
-    a None value makes Chroma delete the key."""
-    stale = {key: None for key in old if key not in new and key not in keep}
-    return {**new, **stale} or None
-
-
-# cosine vector bits ----------------------------------------------------------------------------
-# A BITS_KEY value is base64 of: 8-byte BLAKE2b of the vector as Chroma returns it, then the
-# zlib-compressed per-component difference of the float32 bit patterns (written - returned, as
-# little-endian uint32 modulo 2**32). The hash makes a stale correction (the vector was rewritten
-# by another client) harmless: it no longer matches and is ignored.
-
-def _bits_for(written: np.ndarray, returned: np.ndarray) -> str | None:
-    written_bits = np.ascontiguousarray(written, dtype="<f4").view("<u4")
-    returned_bits = np.ascontiguousarray(returned, dtype="<f4").view("<u4")
-    if np.array_equal(written_bits, returned_bits):
-        return None
-    delta = (written_bits - returned_bits).astype("<u4")
-    payload = _vector_hash(returned_bits) + zlib.compress(delta.tobytes(), 9)
-    return base64.b64encode(payload).decode("ascii")
-
-
-def _apply_bits(returned: np.ndarray, bits: Any) -> np.ndarray:
-    if not isinstance(bits, str):
-        return returned
-    returned_bits = np.ascontiguousarray(returned, dtype="<f4").view("<u4")
-    try:
-        payload = base64.b64decode(bits, validate=True)
-        delta = np.frombuffer(zlib.decompress(payload[8:]), dtype="<u4")
-    except (binascii.Error, zlib.error, ValueError):
-        return returned
-    if payload[:8] != _vector_hash(returned_bits) or delta.shape != returned_bits.shape:
-        return returned
-    return (returned_bits + delta).astype("<u4").view("<f4").astype(np.float32)
-
-
-def _vector_hash(bits: np.ndarray) -> bytes:
-    return hashlib.blake2b(bits.tobytes(), digest_size=8).digest()
-
-
-# small helpers ---------------------------------------------------------------------------------
+# small helpers -----------------------------------------------------------------------------------
 
 def _metric(collection: Any) -> str:
     config = collection.configuration_json or {}
     index = config.get("hnsw") or config.get("spann") or {}
     return index.get("space") or (collection.metadata or {}).get("hnsw:space") or "l2"
-
-
-def _last_of_each_id(batch: Batch) -> Batch:
-    """Chroma refuses repeated ids in one write; the last occurrence wins, as if written in turn."""
-    last = {rid: i for i, rid in enumerate(batch.ids)}
-    return batch if len(last) == len(batch) else batch.take(sorted(last.values()))
 
 
 def _decode_cursor(collection: str, cursor: str) -> str:
@@ -570,6 +446,13 @@ def _decode_cursor(collection: str, cursor: str) -> str:
     except (ValueError, TypeError):
         pass
     raise BackendError(f"scan of Chroma collection {collection!r}: invalid cursor {cursor[:80]!r}")
+
+
+def _location(where: str, tenant: str | None, database: str | None) -> str:
+    named = [f"{kind} {value!r}" for kind, value, default in (("tenant", tenant, "default_tenant"),
+                                                              ("database", database, "default_database"))
+             if value and value != default]
+    return f"{where} ({', '.join(named)})" if named else where
 
 
 def _check_url(url: str) -> str:

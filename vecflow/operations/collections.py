@@ -190,6 +190,8 @@ class RestoreCollectionOp(CollectionOp):
             if backend.has_collection(name) and not ctx.resumed:
                 raise CollectionExistsError(f"cannot restore {self.collection!r}: a collection of that name exists")
             if not backend.has_collection(name):
-                backend.create_collection(name, info.dim, info.metric, **info.params)
+                layout = ctx.snapshots.records_layout(self.snapshot)
+                backend.create_collection(name, info.dim, info.metric,
+                                          layout=layout if layout in backend.layouts else None, **info.params)
             ctx.save(created=True)
         ctx.restore_from_snapshot(self.collection, self.snapshot)

@@ -166,7 +166,7 @@ class FieldOp(CollectionOp):
                 if value is SKIP or _same(value, current):
                     continue
                 positions.append(i)
-                priors.append((rid, current))
+                priors.append((rid, current, _position(meta, self.field)))
                 metadatas.append(_with_field(meta, self.field, value))
             if not positions:
                 return None
@@ -176,12 +176,25 @@ class FieldOp(CollectionOp):
         ctx.rewrite_records(self.collection, transform, metadata_only=True)
 
 
-def _with_field(meta: dict, field: str, value: Any) -> dict:
-    """A copy of meta with field set to value, or removed when value is ABSENT."""
-    updated = {k: v for k, v in meta.items() if k != field}
-    if value is not ABSENT:
-        updated[field] = value
-    return updated
+def _with_field(meta: dict, field: str, value: Any, position: int | None = None) -> dict:
+    """A copy of meta with field set to value (in its place when present, else at `position`, else
+    last), or removed when value is ABSENT. Key order is kept: applications that store metadata as
+    JSON text (LlamaIndex's node JSON) read it byte for byte."""
+    if value is ABSENT:
+        return {k: v for k, v in meta.items() if k != field}
+    if field in meta:
+        return {k: (value if k == field else v) for k, v in meta.items()}
+    items = list(meta.items())
+    items.insert(len(items) if position is None else min(position, len(items)), (field, value))
+    return dict(items)
+
+
+def _position(meta: dict, field: str) -> int | None:
+    """The index of field among meta's keys, None when absent."""
+    for index, key in enumerate(meta):
+        if key == field:
+            return index
+    return None
 
 
 def _same(value: Any, current: Any) -> bool:
@@ -413,7 +426,8 @@ class UnrenameFieldOp(CollectionOp):
 
     def run(self, ctx: StepContext) -> None:
         ctx.rewrite_from_values(self.collection, self.snapshot,
-                                lambda meta, _: {(self.old if k == self.new else k): v for k, v in meta.items()})
+                                lambda meta, _value, _position: {(self.old if k == self.new else k): v
+                                                                 for k, v in meta.items()})
 
 
 @register_op
@@ -432,4 +446,4 @@ class RestoreFieldOp(FieldOp):
 
     def run(self, ctx: StepContext) -> None:
         ctx.rewrite_from_values(self.collection, self.snapshot,
-                                lambda meta, prior: _with_field(meta, self.field, prior))
+                                lambda meta, prior, position: _with_field(meta, self.field, prior, position))

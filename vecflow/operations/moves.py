@@ -9,16 +9,19 @@ copy removes what it wrote.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from vecflow.backends import Backend
+from vecflow.batch import Batch
+from vecflow.layouts import LAYOUT_NAMES
 from vecflow.errors import CollectionNotFoundError, OperationError, VecflowError, VerificationError
 from vecflow.operations.base import CollectionOp, Op, StepRecord, register_op
 from vecflow.operations.collections import DropCollectionOp
 from vecflow.runtime.context import StepContext
 from vecflow.runtime.stores import Stores
+from vecflow.operations.target_shape import TargetShape, choose_target_shape
 from vecflow.runtime.verify import SideDigest, copy_normalises, verify_copy
 
 COERCION_SAMPLE = 1000
@@ -36,11 +39,19 @@ class CopyCollectionOp(Op):
     # Index parameters for a newly created target; by default the source's when both stores use
     # the same backend, none otherwise.
     target_params: dict[str, Any] | None = None
+    # The framework layout of a new target (raw, langchain, llamaindex): by default the source's.
+    target_layout: str | None = None
+    # The metric of a new target: by default the source's (see docs/layouts.md, "Target shape").
+    target_metric: Literal["cosine", "l2", "ip"] | None = None
 
     @model_validator(mode="after")
     def _distinct(self) -> CopyCollectionOp:
         if self.source == self.target:
             raise ValueError("source and target are the same collection")
+        if self.target_params and "metric" in self.target_params:
+            raise ValueError("set the target's metric with target_metric, not inside target_params")
+        if self.target_layout is not None and self.target_layout not in LAYOUT_NAMES:
+            raise ValueError(f"unknown target_layout {self.target_layout!r}; use one of {', '.join(LAYOUT_NAMES)}")
         return self
 
     def collections(self) -> list[str]:
@@ -60,15 +71,26 @@ class CopyCollectionOp(Op):
                     "no coercion report"]
         lines = []
         try:
-            self._preflight(source, source_name, target, target_name)
+            exists = self._preflight(source, source_name, target, target_name)
         except VecflowError as exc:
             lines.append(f"refused: {exc}")
+            exists = False
         sample, _ = source.scan(source_name, COERCION_SAMPLE)
+        if not exists:
+            shape = self.target_shape(source, source_name, target, sample)
+            lines.append(f"target layout: {shape.layout} ({shape.layout_reason}); source layout: "
+                         f"{source.layout_of(source_name).layout.name} ({source.layout_of(source_name).reason})")
+            lines.append(f"target metric: {shape.metric} ({shape.metric_reason})")
+            lines.extend(f"lossy: {line}" for line in shape.losses)
         for field, how in sorted(target.encoded_fields(sample.metadatas).items()):
             lines.append(f"coercion: metadata field {field!r} {how} (reversible)")
         if not any(line.startswith("coercion") for line in lines):
             lines.append(f"coercion: none needed (sampled {len(sample)} records)")
         return lines
+
+    def target_shape(self, source: Backend, source_name: str, target: Backend, sample: Batch) -> TargetShape:
+        """The layout and metric a new target gets, and why."""
+        return choose_target_shape(source, source_name, target, sample, self.target_layout, self.target_metric)
 
     def _preflight(self, source: Backend, source_name: str, target: Backend, target_name: str) -> bool:
         """Refuse an incompatible or non-empty existing target; True when the target exists."""
@@ -76,10 +98,11 @@ class CopyCollectionOp(Op):
         if not target.has_collection(target_name):
             return False
         existing = target.describe(target_name)
-        if (existing.dim, existing.metric) != (info.dim, info.metric):
+        metric = self.target_metric or info.metric
+        if (existing.dim, existing.metric) != (info.dim, metric):
             raise OperationError(
                 f"{self.op_name}: target {self.target} exists with dim {existing.dim}, metric {existing.metric}; "
-                f"the source has dim {info.dim}, metric {info.metric}")
+                f"the copy needs dim {info.dim}, metric {metric}")
         count = target.count(target_name)
         if count:
             raise OperationError(f"{self.op_name}: target {self.target} already holds {count} records; "
@@ -103,10 +126,14 @@ class CopyCollectionOp(Op):
                 params = self.target_params
                 if params is None:
                     params = info.params if type(source) is type(target) else {}
-                target.create_collection(target_name, info.dim, info.metric, **params)
+                sample, _ = source.scan(source_name, COERCION_SAMPLE)
+                shape = self.target_shape(source, source_name, target, sample)
+                ctx.note(f"target {self.target}: layout {shape.layout}, metric {shape.metric} ({shape.metric_reason})")
+                target.create_collection(target_name, info.dim, shape.metric, layout=shape.layout, **params)
             ctx.save(prepared=True, created_target=not existed,
                      source_info={"dim": info.dim, "metric": info.metric, "params": info.params,
-                                  "backend": type(source).name})
+                                  "backend": type(source).name,
+                                  "layout": source.layout_of(source_name).layout.name})
         if ctx.state.get("copied"):
             return
         normalise = copy_normalises(source, source_name, target)
@@ -154,7 +181,8 @@ class MoveCollectionOp(CopyCollectionOp):
         info = record.state.get("source_info", {})
         return MoveCollectionOp(source=self.target, target=self.source, verify=self.verify,
                                 parity_queries=self.parity_queries, parity_threshold=self.parity_threshold,
-                                target_params=info.get("params"))
+                                target_params=info.get("params"), target_layout=info.get("layout"),
+                                target_metric=info.get("metric"))
 
     def run(self, ctx: StepContext) -> None:
         source, source_name = ctx.resolve(self.source)

@@ -246,7 +246,10 @@ class Repartition(Op):
             backend, name = ctx.resolve(ref)
             if not backend.has_collection(name):
                 spec = self.target_spec(ctx.stores, ref, infos)
-                backend.create_collection(name, spec.dim, spec.metric, **spec.params)
+                source, source_name = ctx.resolve(sources[0])
+                layout = source.layout_of(source_name).layout.name
+                backend.create_collection(name, spec.dim, spec.metric,
+                                          layout=layout if layout in backend.layouts else None, **spec.params)
         normalise = {ref: self._normalises(ctx.stores, infos, ref) for ref in targets}
         sides = {ref: SideDigest.from_dict(ctx.state["sides"][ref]) if ref in ctx.state.get("sides", {})
                  else SideDigest.empty() for ref in targets}
@@ -656,7 +659,7 @@ class UnmergeCollectionsOp(Repartition):
         while after is not None:
             values, after = ctx.snapshots.read_values(self.snapshot, after, ctx.batch_size)
             if values:
-                backend.delete(name, [rid for rid, _ in values])
+                backend.delete(name, [rid for rid, _, _ in values])
             ctx.save(len(values), delete_after=after)
         if self.drop_target and (left := backend.count(name)):
             ctx.note(f"kept {self.target}: it holds {left} records the merge did not write")

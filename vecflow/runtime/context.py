@@ -110,7 +110,7 @@ class StepContext:
     def copy_into_snapshot(self, ref: str, key: str = "snapshot_scan") -> None:
         """Stream every record of a collection into this step's records snapshot."""
         backend, name = self.require(ref)
-        self.snapshots.begin_records(self.snapshot, backend.describe(name))
+        self.snapshots.begin_records(self.snapshot, backend.describe(name), backend.layout_of(name).layout.name)
         if self.state.get(f"{key}_done"):
             return
         cursor = self.state.get(key)
@@ -122,18 +122,19 @@ class StepContext:
             if cursor is None:
                 return
 
-    def rewrite_from_values(self, ref: str, snapshot: str, rewrite: Callable[[dict, Any], dict],
+    def rewrite_from_values(self, ref: str, snapshot: str, rewrite: Callable[[dict, Any, int | None], dict],
                             key: str = "after") -> None:
-        """For every record listed in a values snapshot, write rewrite(metadata, snapshotted value)
-        as its metadata (vectors untouched), checkpointing; records deleted since are skipped."""
+        """For every record listed in a values snapshot, write rewrite(metadata, snapshotted value,
+        its key position) as its metadata (vectors untouched), checkpointing; records deleted since
+        are skipped."""
         backend, name = self.require(ref)
         after = self.state.get(key, 0)
         while after is not None:
             values, after = self.snapshots.read_values(snapshot, after, self.batch_size)
-            value_of = dict(values)
+            value_of = {rid: (value, position) for rid, value, position in values}
             page = backend.get(name, list(value_of))
             if len(page):
-                backend.update_metadata(name, page.ids, [rewrite(meta, value_of[rid])
+                backend.update_metadata(name, page.ids, [rewrite(meta, *value_of[rid])
                                                          for rid, meta in zip(page.ids, page.metadatas)])
             self.save(len(page), **{key: after})
 

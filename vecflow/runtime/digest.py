@@ -106,6 +106,56 @@ def batch_digest(batch: Batch, include_vectors: bool = True) -> Digest:
     return Digest(len(batch), total % _MOD)
 
 
+def native_digest(page: Any) -> Digest:
+    """Digest of a NativePage: the store's own ids, the vectors as vecflow reads them (exact bits,
+    see vecflow/backends/exact.py) and every other native part exactly as stored (the text slot,
+    the whole field map / payload). It changes when any byte an application can read changes."""
+    vectors = np.asarray(page.batch.vectors, dtype="<f4")
+    total = 0
+    for i, native_id in enumerate(page.native_ids):
+        native = page.natives[i]
+        total += record_hash(native_id, vectors[i].tobytes(), native.text, {"fields": native.fields})
+    return Digest(len(page.native_ids), total % _MOD)
+
+
+@dataclass(frozen=True)
+class DigestPair:
+    """A collection's logical and native digests, taken in one pass. Written `logical|native`."""
+
+    logical: Digest
+    native: Digest
+
+    def to_text(self) -> str:
+        if self.logical.count is None:
+            return "absent"
+        return f"{self.logical.to_text()}|{self.native.to_text()}"
+
+    @staticmethod
+    def same(expected: str, actual: str) -> bool:
+        """Whether two digest texts agree; a text without a native part (an older ledger, or a
+        digest an op computed) is compared on its logical part."""
+        if "|" in expected and "|" in actual:
+            return expected == actual
+        return expected.partition("|")[0] == actual.partition("|")[0]
+
+
+def collection_digests(backend: Any, name: str, batch_size: int = 1000,
+                       on_page: Callable[[], None] | None = None) -> DigestPair:
+    """Logical and native digests of a whole collection, in one streamed pass."""
+    if not backend.has_collection(name):
+        return DigestPair(Digest.absent(), Digest.absent())
+    logical, native = Digest.empty(), Digest.empty()
+    cursor = None
+    while True:
+        page, cursor = backend.scan_native(name, batch_size, cursor)
+        logical = logical + batch_digest(page.batch)
+        native = native + native_digest(page)
+        if on_page is not None:
+            on_page()
+        if cursor is None:
+            return DigestPair(logical, native)
+
+
 def collection_digest(backend: Any, name: str, batch_size: int = 1000,
                       on_page: Callable[[], None] | None = None) -> Digest:
     """Stream a whole collection through batch_digest; Digest.absent() when it does not exist.

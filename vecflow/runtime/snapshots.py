@@ -56,25 +56,34 @@ class SnapshotStore:
 
     # records -------------------------------------------------------------------------------------
 
-    def begin_records(self, name: str, info: CollectionInfo) -> None:
+    def begin_records(self, name: str, info: CollectionInfo, layout: str | None = None) -> None:
+        """layout: the framework layout the records were in, so a restore writes them back in it."""
         self.conn.execute(
             f'CREATE TABLE IF NOT EXISTS "{name}" (id TEXT PRIMARY KEY, vector BLOB, has_document INTEGER, '
-            "document TEXT, metadata TEXT)"
+            "document TEXT, metadata TEXT, extras TEXT)"
         )
         self.conn.execute(
             "INSERT OR IGNORE INTO snapshots (name, kind, info) VALUES (?, 'records', ?)",
-            [name, json.dumps({"name": info.name, "dim": info.dim, "metric": info.metric, "params": info.params})],
+            [name, json.dumps({"name": info.name, "dim": info.dim, "metric": info.metric, "params": info.params,
+                               "layout": layout})],
         )
 
     def add_records(self, name: str, batch: Batch) -> None:
         rows = [
             (rid, batch.vectors[i].astype("<f4").tobytes(), int(batch.documents[i] is not None),
-             batch.documents[i], json.dumps(batch.metadatas[i], ensure_ascii=False))
+             batch.documents[i], json.dumps(batch.metadatas[i], ensure_ascii=False),
+             json.dumps(batch.extras[i], ensure_ascii=False) if batch.extras[i] else None)
             for i, rid in enumerate(batch.ids)
         ]
         with self.conn:
             self.conn.execute("BEGIN")
-            self.conn.executemany(f'INSERT OR IGNORE INTO "{name}" VALUES (?, ?, ?, ?, ?)', rows)
+            self.conn.executemany(f'INSERT OR IGNORE INTO "{name}" VALUES (?, ?, ?, ?, ?, ?)', rows)
+
+    def records_layout(self, name: str) -> str | None:
+        """The layout a records snapshot was taken in (None for snapshots taken before layouts)."""
+        self._check(name, "records")
+        info = json.loads(self.conn.execute("SELECT info FROM snapshots WHERE name = ?", [name]).fetchone()[0])
+        return info.get("layout")
 
     def records_info(self, name: str) -> CollectionInfo:
         self._check(name, "records")
@@ -86,13 +95,13 @@ class SnapshotStore:
         self._check(name, "records")
         dim = self.records_info(name).dim
         rows = self.conn.execute(
-            f'SELECT rowid, id, vector, has_document, document, metadata FROM "{name}" '
+            f'SELECT rowid, id, vector, has_document, document, metadata, extras FROM "{name}" '
             "WHERE rowid > ? ORDER BY rowid LIMIT ?", [after, limit]).fetchall()
         if not rows:
             return Batch.empty(dim), None
         vectors = np.frombuffer(b"".join(r[2] for r in rows), dtype="<f4").reshape(len(rows), dim)
         batch = Batch([r[1] for r in rows], vectors, [r[4] if r[3] else None for r in rows],
-                      [json.loads(r[5]) for r in rows])
+                      [json.loads(r[5]) for r in rows], [json.loads(r[6]) if r[6] else {} for r in rows])
         return batch, (rows[-1][0] if len(rows) == limit else None)
 
     def lookup_records(self, name: str, ids: list[str]) -> dict[str, tuple[str | None, dict[str, Any]]]:
@@ -111,26 +120,30 @@ class SnapshotStore:
     # field values --------------------------------------------------------------------------------
 
     def begin_values(self, name: str, field: str) -> None:
-        self.conn.execute(f'CREATE TABLE IF NOT EXISTS "{name}" (id TEXT PRIMARY KEY, present INTEGER, value TEXT)')
+        self.conn.execute(f'CREATE TABLE IF NOT EXISTS "{name}" (id TEXT PRIMARY KEY, present INTEGER, value TEXT, '
+                          "position INTEGER)")
         self.conn.execute(
             "INSERT OR IGNORE INTO snapshots (name, kind, info) VALUES (?, 'values', ?)",
             [name, json.dumps({"field": field})],
         )
 
-    def add_values(self, name: str, values: list[tuple[str, Any]]) -> None:
-        """(id, prior value or ABSENT) pairs."""
-        rows = [(rid, int(v is not ABSENT), None if v is ABSENT else json.dumps(v, ensure_ascii=False))
-                for rid, v in values]
+    def add_values(self, name: str, values: list[tuple[str, Any]] | list[tuple[str, Any, int | None]]) -> None:
+        """(id, prior value or ABSENT[, position]) tuples. The position is the field's index among
+        the record's metadata keys, so a restore puts it back where it was (the key order is part
+        of what an application reads in JSON, e.g. LlamaIndex's node JSON)."""
+        rows = [(v[0], int(v[1] is not ABSENT), None if v[1] is ABSENT else json.dumps(v[1], ensure_ascii=False),
+                 v[2] if len(v) > 2 else None) for v in values]
         with self.conn:
             self.conn.execute("BEGIN")
-            self.conn.executemany(f'INSERT OR IGNORE INTO "{name}" VALUES (?, ?, ?)', rows)
+            self.conn.executemany(f'INSERT OR IGNORE INTO "{name}" VALUES (?, ?, ?, ?)', rows)
 
-    def read_values(self, name: str, after: int, limit: int) -> tuple[list[tuple[str, Any]], int | None]:
+    def read_values(self, name: str, after: int, limit: int) -> tuple[list[tuple[str, Any, int | None]], int | None]:
+        """(id, prior value or ABSENT, position or None) with rowid > after, and where to continue."""
         self._check(name, "values")
         rows = self.conn.execute(
-            f'SELECT rowid, id, present, value FROM "{name}" WHERE rowid > ? ORDER BY rowid LIMIT ?',
+            f'SELECT rowid, id, present, value, position FROM "{name}" WHERE rowid > ? ORDER BY rowid LIMIT ?',
             [after, limit]).fetchall()
-        values = [(r[1], json.loads(r[3]) if r[2] else ABSENT) for r in rows]
+        values = [(r[1], json.loads(r[3]) if r[2] else ABSENT, r[4]) for r in rows]
         return values, (rows[-1][0] if rows and len(rows) == limit else None)
 
     def lookup_values(self, name: str, ids: list[str]) -> dict[str, Any]:

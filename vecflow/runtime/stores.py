@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from vecflow.backends import Backend, open_backend
 from vecflow.config import Config
+from vecflow.state import VecflowState
 
 
 def split_ref(ref: str, default_store: str) -> tuple[str, str]:
@@ -21,15 +22,23 @@ def sibling_ref(ref: str, collection: str) -> str:
 class Stores:
     """The open connections of one command run; close() releases them all."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, state: VecflowState | None = None) -> None:
         self.config = config
         self._open: dict[str, Backend] = {}
+        self._state = state
+
+    @property
+    def state(self) -> VecflowState:
+        """vecflow's state for every store of the project: `state.db` beside the ledger."""
+        if self._state is None:
+            self._state = VecflowState(self.config.ledger.parent / "state.db")
+        return self._state
 
     def backend(self, store: str | None = None) -> Backend:
         name = store or self.config.default_store
         if name not in self._open:
             store_config = self.config.store(name)
-            self._open[name] = open_backend(store_config.backend, store_config.options)
+            self._open[name] = open_backend(store_config.backend, store_config.options, self.state)
         return self._open[name]
 
     def resolve(self, ref: str) -> tuple[Backend, str]:
@@ -44,3 +53,6 @@ class Stores:
         for backend in self._open.values():
             backend.close()
         self._open.clear()
+        if self._state is not None:
+            self._state.close()
+            self._state = None

@@ -1,0 +1,231 @@
+"""Metadata values through Chroma: natively where Chroma holds them, else as an application would
+write them, with the original value kept in vecflow's state (never in the record).
+
+Measured on chromadb 1.5.9 (embedded and HTTP):
+- held natively: str, bool, int within 64 bits, finite float, and non-empty lists whose items are
+  all str, all int, all float or all bool (the same type, no None);
+- held approximately: every float may come back 1 ulp (float64) off, which the digest absorbs at
+  float32 precision but not beyond the float32 range (there about 30% come back off); -0.0 comes
+  back as 0.0. Such values are written natively and their originals kept;
+- dropped: None (an absent key is how Chroma says None), NaN and infinity (silently left out);
+- turned into floats: ints beyond 64 bits;
+- refused: dicts, tuples, empty lists, mixed or nested lists; a list with NaN or infinity is
+  accepted and then breaks the collection ("Error in compaction"), so it must never be sent;
+- keys refused or dropped: "", "#...", "$...", "chroma:...".
+
+Each record's entry (state kind `values`) maps a field to `{"original": value}` plus `"stored"`,
+what Chroma holds for it (absent when the key was left out). Reading restores the original only
+while Chroma still holds exactly that, so a field the application rewrote since wins.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vecflow.errors import InvalidDataError
+
+KIND = "values"
+# How a value is written.
+NATIVE = "native"
+APPROXIMATE = "approximate"  # natively; Chroma decides the stored value, read back after the write
+JSON = "json"  # as a JSON string
+OMITTED = "omitted"  # left out (None)
+
+_INT64 = (-(2**63), 2**63 - 1)
+# Beyond this the digest compares floats exactly (vecflow/runtime/digest.py), so the ulp Chroma
+# may change is visible.
+_FLOAT32_MAX = 3.4e38
+_LIST_ITEM_TYPES = (str, int, float, bool)
+_MISSING = object()
+
+
+@dataclass
+class Encoded:
+    """One record's metadata as sent to Chroma, and its `values` entry afterwards.
+
+    `sent` holds only the keys to change (a None value makes Chroma delete that key); `entries`
+    is the record's whole entry; `pending` are keys whose stored value Chroma decides."""
+
+    sent: dict[str, Any] = field(default_factory=dict)
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pending: list[str] = field(default_factory=list)
+
+
+def treatment(value: Any) -> tuple[str, str]:
+    """How a (normalised) value is written, and why when not natively."""
+    if value is None:
+        return OMITTED, "None"
+    if isinstance(value, bool) or isinstance(value, str):
+        return NATIVE, ""
+    if isinstance(value, int):
+        return (NATIVE, "") if _INT64[0] <= value <= _INT64[1] else (JSON, "ints beyond 64 bits")
+    if isinstance(value, float):
+        return _float_treatment(value)
+    if isinstance(value, list):
+        return _list_treatment(value)
+    if isinstance(value, dict):
+        return JSON, "dicts"
+    return JSON, type(value).__name__
+
+
+def encode(new: dict[str, Any], record_id: str, collection: str, stored: dict[str, Any] | None = None,
+           decoded: dict[str, Any] | None = None, entries: dict[str, dict] | None = None) -> Encoded:
+    """What to send so that a record Chroma holds as `stored` (read by vecflow as `decoded`, with
+    `entries`) ends up holding the field map `new`. Omit the three for a record written anew."""
+    stored, decoded, entries = stored or {}, decoded or {}, entries or {}
+    out = Encoded()
+    for key, raw in new.items():
+        check_key(key, record_id, collection)
+        value = normalised(raw, record_id, collection, key)
+        if key in decoded and same(decoded[key], value):
+            if key in entries and _applies(entries[key], stored.get(key, _MISSING)):
+                out.entries[key] = entries[key]
+            continue
+        how, _ = treatment(value)
+        if how == OMITTED:
+            out.entries[key] = {"original": None}
+            if key in stored:
+                out.sent[key] = None
+        elif how == JSON:
+            text = json.dumps(value, ensure_ascii=False, sort_keys=False)
+            out.sent[key] = text
+            out.entries[key] = {"original": value, "stored": text}
+        else:
+            out.sent[key] = value
+            if how == APPROXIMATE:
+                out.entries[key] = {"original": value}
+                out.pending.append(key)
+    out.sent.update((key, None) for key in stored if key not in new)
+    return out
+
+
+def settle(encoded: Encoded, returned: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The record's entries once Chroma's stored values of the pending keys are known."""
+    entries = dict(encoded.entries)
+    for key in encoded.pending:
+        original = entries[key]["original"]
+        if key in returned and same(returned[key], original):
+            del entries[key]  # Chroma kept it exactly: nothing to remember
+        elif key in returned:
+            entries[key] = {"original": original, "stored": returned[key]}
+        else:
+            entries[key] = {"original": original}
+    return entries
+
+
+def decode(stored: dict[str, Any], entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The field map vecflow reads: originals restored where Chroma still holds what was written."""
+    fields = dict(stored)
+    for key, entry in entries.items():
+        if _applies(entry, fields.get(key, _MISSING)):
+            fields[key] = entry["original"]
+    return fields
+
+
+def coercions(metadatas: list[dict[str, Any]]) -> dict[str, str]:
+    """Fields not written natively, with how (for the dry-run's coercion report)."""
+    seen: dict[str, dict[str, set[str]]] = {}
+    for metadata in metadatas:
+        for key, raw in metadata.items():
+            try:
+                value = normalised(raw, "", "", key)
+            except InvalidDataError:
+                continue
+            how, why = treatment(value)
+            if how != NATIVE:
+                seen.setdefault(key, {}).setdefault(how, set()).add(why)
+    report = {}
+    for key, hows in seen.items():
+        parts = []
+        if JSON in hows:
+            parts.append(f"is written as a JSON string for {', '.join(sorted(hows[JSON]))}")
+        if APPROXIMATE in hows:
+            parts.append(f"is written as the nearest value Chroma holds for {', '.join(sorted(hows[APPROXIMATE]))}")
+        if OMITTED in hows:
+            parts.append("is left out where it is None")
+        report[key] = "; ".join(parts) + ", the original kept in vecflow's state"
+    return report
+
+
+def check_key(key: Any, record_id: str, collection: str) -> None:
+    """Refuse keys Chroma refuses or silently drops."""
+    if not isinstance(key, str):
+        raise InvalidDataError(f"Chroma collection {collection!r}, record {record_id!r}: metadata key {key!r} "
+                               f"is not a string")
+    if not key or key[0] in "#$" or key.startswith("chroma:"):
+        raise InvalidDataError(f"Chroma collection {collection!r}, record {record_id!r}: Chroma refuses metadata "
+                               f"key {key!r} (keys must be non-empty and not start with '#', '$' or 'chroma:'); "
+                               f"rename the field first")
+
+
+def normalised(value: Any, record_id: str, collection: str, key: str) -> Any:
+    """The value as plain JSON data (NumPy scalars and arrays, tuples become Python values);
+    InvalidDataError naming the record and key for values JSON cannot hold."""
+    if value is None or type(value) in (str, bool, int, float):
+        return value
+    try:
+        return json.loads(json.dumps(value, default=_json_default, allow_nan=True))
+    except (TypeError, ValueError) as exc:
+        raise InvalidDataError(f"Chroma collection {collection!r}, record {record_id!r}: metadata field "
+                               f"{key!r} cannot be stored: {exc}") from exc
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal as JSON: 1, 1.0 and True differ, and so do 0.0 and -0.0."""
+    return json.dumps(a, sort_keys=True, default=_json_default) == json.dumps(b, sort_keys=True, default=_json_default)
+
+
+def pack(entries: dict[str, dict[str, Any]]) -> bytes | None:
+    return json.dumps(entries, ensure_ascii=False).encode("utf-8") if entries else None
+
+
+def unpack(payload: bytes) -> dict[str, dict[str, Any]]:
+    try:
+        entries = json.loads(payload)
+    except ValueError:
+        return {}
+    return entries if isinstance(entries, dict) else {}
+
+
+def _applies(entry: dict[str, Any], held: Any) -> bool:
+    """True while Chroma holds what vecflow wrote for this entry (nothing, for a None)."""
+    if "stored" not in entry:
+        return held is _MISSING
+    return held is not _MISSING and same(held, entry["stored"])
+
+
+def _float_treatment(value: float) -> tuple[str, str]:
+    if not math.isfinite(value):
+        return JSON, "NaN or infinity"
+    if value == 0 and math.copysign(1, value) < 0:
+        return APPROXIMATE, "-0.0 (Chroma keeps 0.0)"
+    if abs(value) >= _FLOAT32_MAX:
+        return APPROXIMATE, "floats beyond the float32 range"
+    return NATIVE, ""
+
+
+def _list_treatment(items: list[Any]) -> tuple[str, str]:
+    if not items:
+        return JSON, "empty lists"
+    kind = type(items[0])
+    if kind not in _LIST_ITEM_TYPES or any(type(item) is not kind for item in items):
+        return JSON, "lists of mixed, nested or None items"
+    hows = {treatment(item) for item in items}
+    if any(how == JSON for how, _ in hows):
+        return JSON, "lists with " + ", ".join(sorted(why for how, why in hows if how == JSON))
+    if any(how == APPROXIMATE for how, _ in hows):
+        return APPROXIMATE, "lists with " + ", ".join(sorted(why for how, why in hows if how == APPROXIMATE))
+    return NATIVE, ""
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} value {value!r} is not JSON-serialisable")
