@@ -8,8 +8,9 @@ vectors and top-k results are reproducible.
   LlamaIndex source document; derived from the id when absent). Ids are UUID strings because
   LangChain-Qdrant and LlamaIndex-Qdrant need them.
 - **Readers** return `{id: (text, metadata)}` for every record as the framework reports it.
-  LangChain-Qdrant puts `_id` and `_collection_name` into every Document's metadata; the readers take
-  them out again (`_id` becomes the key), so readers of all four pairs compare directly.
+  LangChain-Qdrant puts `_id` and `_collection_name` into every Document's metadata (over any user
+  keys of those names); the reader takes them out again (`_id` becomes the key), so readers of all
+  four pairs compare directly.
 - **topk_*** return, per query vector, the ids the framework's own similarity search ranks first.
 - **native_records_*** return every record exactly as the plain client returns it, sorted by id, with
   vectors as float32 bytes and metadata / payloads as canonical JSON (`1`, `1.0` and `true` stay
@@ -187,7 +188,8 @@ def write_langchain_chroma(path_or_client: PathOrClient, collection: str, docs: 
 
 
 def read_langchain_chroma(path_or_client: PathOrClient, collection: str, *, dim: int = DIM) -> Read:
-    """Every record via `Chroma.get_by_ids` (which leaves out records whose document is None)."""
+    """Every record via `Chroma.get_by_ids`, which leaves out records whose document is None and
+    raises a pydantic ValidationError on a record without metadata (LangChain writes `{}` so)."""
     with open_chroma(path_or_client) as client:
         store = _langchain_chroma(client, collection, dim)
         ids = store.get(include=[])["ids"]

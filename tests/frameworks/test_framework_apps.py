@@ -224,3 +224,55 @@ def test_chromadb_add_rejects_a_none_value_and_upsert_drops_the_key(tmp_path):
             collection.add(ids=["a"], embeddings=[[1.0, 0.0]], metadatas=[{"v": None, "x": 1}])
         collection.upsert(ids=["b"], embeddings=[[1.0, 0.0]], metadatas=[{"v": None, "x": 1}])
         assert collection.get(ids=["b"])["metadatas"] == [{"x": 1}]
+
+
+def test_langchain_chroma_get_by_ids_fails_on_a_record_without_metadata_that_search_still_returns(tmp_path):
+    doc = {**apps.sample_docs(1)[0], "metadata": {}}
+    apps.write_langchain_chroma(tmp_path, "docs", [doc])
+    assert apps.native_records_chroma(tmp_path, "docs")[0].metadata is None
+    with pytest.raises(ValueError, match="metadata"):  # pydantic's ValidationError is a ValueError
+        apps.read_langchain_chroma(tmp_path, "docs")
+    assert apps.topk_langchain_chroma(tmp_path, "docs", [apps.embed(doc["text"])], 1) == [[doc["id"]]]
+
+
+def test_langchain_qdrant_refuses_another_metric_and_reads_foreign_payloads_as_empty_text(tmp_path):
+    from langchain_qdrant.qdrant import QdrantVectorStoreError
+    from qdrant_client import models
+
+    docs = apps.sample_docs(2)
+    with apps.open_qdrant(tmp_path) as client:
+        client.create_collection("euclid", vectors_config=models.VectorParams(
+            size=apps.DIM, distance=models.Distance.EUCLID))
+        client.upsert("euclid", [models.PointStruct(id=docs[0]["id"], vector=apps.embed(docs[0]["text"]),
+                                                    payload={"document": "text", "metadata": {"a": 1}})])
+        with pytest.raises(QdrantVectorStoreError, match="EUCLID"):
+            apps.read_langchain_qdrant(client, "euclid")
+        got = apps.read_langchain_qdrant(client, "euclid", distance=models.Distance.EUCLID)
+        assert got == {docs[0]["id"]: ("", {"a": 1})}
+        apps.write_langchain_qdrant(client, "euclid", [{**docs[1], "metadata": {"_id": "mine", "x": 1}}],
+                                    distance=models.Distance.EUCLID)
+        # LangChain writes `_id` over the user's key when it reads.
+        assert apps.read_langchain_qdrant(client, "euclid", distance=models.Distance.EUCLID)[docs[1]["id"]] == (
+            docs[1]["text"], {"x": 1})
+
+
+def test_llamaindex_qdrant_cannot_read_a_payload_without_node_content_or_text(tmp_path):
+    from qdrant_client import models
+
+    with apps.open_qdrant(tmp_path) as client:
+        client.create_collection("plain", vectors_config=models.VectorParams(
+            size=apps.DIM, distance=models.Distance.COSINE))
+        client.upsert("plain", [models.PointStruct(id=apps.sample_docs(1)[0]["id"], vector=apps.embed("x"),
+                                                   payload={"document": "text", "metadata": {"a": 1}})])
+        with pytest.raises(ValueError, match="text"):
+            apps.read_llamaindex_qdrant(client, "plain")
+
+
+def test_llamaindex_chroma_flattens_none_to_empty_string_but_keeps_null_in_node_content(tmp_path):
+    doc = {**apps.sample_docs(1)[0], "metadata": {"a": None, "b": 1}}
+    apps.write_llamaindex_chroma(tmp_path, "docs", [doc])
+    (stored,) = payloads("chroma", str(tmp_path)).values()
+    assert stored["a"] == "" and json.loads(stored["_node_content"])["metadata"] == {"a": None, "b": 1}
+    assert apps.read_llamaindex_chroma(tmp_path, "docs") == {doc["id"]: (doc["text"], {"a": None, "b": 1})}
+    with pytest.raises(ValueError, match="must be one of"):
+        apps.write_llamaindex_chroma(tmp_path, "lists", [{**doc, "metadata": {"tags": ["a"]}}])

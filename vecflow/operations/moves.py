@@ -160,7 +160,8 @@ class CopyCollectionOp(Op):
         if report.problems:
             raise VerificationError(f"{self.describe()} did not verify (the source is untouched): "
                                     + "; ".join(report.problems))
-        ctx.note(f"verified {self.target}: {report.summary()}")
+        ctx.note(f"verified {self.target}: {report.summary()} (logical records, read through "
+                 f"{source.layout_of(source_name).layout.name} and {target.layout_of(target_name).layout.name} layouts)")
         if not report.normalised:
             ctx.know_digest(self.target, report.target_digest)
 
