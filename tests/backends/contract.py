@@ -1,20 +1,40 @@
 """The contract every backend adapter passes unchanged.
 
-A backend's test module subclasses BackendContract and provides one fixture, `open_store`: a
-callable returning a new connection (Backend instance) to the same, initially empty store.
+A backend's test module subclasses BackendContract and provides:
+- the fixture `open_store`: a callable returning a new connection (Backend instance) to the same,
+  initially empty store. The contract's `connect` calls it and attaches the test's VecflowState,
+  as the runner attaches the project's, so what vecflow keeps in its state survives a reopen;
+- the hooks `plain_records(backend, name)` and `plain_collection_metadata(backend, name)`: the
+  collection as the store's own client reads it, with no vecflow code in between (the contract
+  checks that no vecflow-named key or marker string ever lands there).
+
+Every case uses the public Backend API only.
 """
 
 from __future__ import annotations
+
+import math
+from typing import Any
 
 import numpy as np
 import pytest
 
 from vecflow.backends import Backend
 from vecflow.batch import Batch
-from vecflow.errors import CollectionExistsError, CollectionNotFoundError, DimensionMismatchError
+from vecflow.errors import (
+    CollectionExistsError,
+    CollectionNotFoundError,
+    DimensionMismatchError,
+    InvalidDataError,
+    OperationError,
+)
 from vecflow.runtime.digest import batch_digest, collection_digest
+from vecflow.state import VecflowState
 
 DIM = 8
+# What must never appear in the application's data: vecflow's name, in any case, and the marker
+# character of its old encodings.
+PRIVATE_TRACES = ("vecflow", "\u241e")
 
 
 def make_batch(n: int, dim: int = DIM, start: int = 0, seed: int = 0, prefix: str = "r") -> Batch:
@@ -50,12 +70,84 @@ def by_id(batch: Batch) -> dict:
     return {r.id: (r.vector.tobytes(), r.document, r.metadata) for r in batch.records()}
 
 
+def private_traces(value: Any, where: str = "") -> list[str]:
+    """Where a vecflow-named key or marker string occurs in a plain structure (dicts, lists,
+    tuples, str and bytes; anything else is a number, None or a bool and cannot hold one)."""
+    if isinstance(value, dict):
+        found = []
+        for key, item in value.items():
+            found += [f"{where} key {key!r}" for _ in _traces(key)]
+            found += private_traces(item, f"{where}[{key!r}]")
+        return found
+    if isinstance(value, (list, tuple)):
+        return [trace for i, item in enumerate(value) for trace in private_traces(item, f"{where}[{i}]")]
+    return [f"{where} value {value!r}" for _ in _traces(value)]
+
+
+def _traces(value: Any) -> list[str]:
+    if isinstance(value, bytes):
+        return [t for t in PRIVATE_TRACES if t.encode() in value.lower()]
+    if isinstance(value, str):
+        return [t for t in PRIVATE_TRACES if t in value.lower()]
+    return []
+
+
+# Awkward metadata: values some stores cannot hold natively (None, dicts, mixed lists, big ints).
+AWKWARD_METADATAS = [
+    {"none": None, "nested": {"a": {"b": [1, {"c": None}]}}, "empty": {}},
+    {"tags": ["a", "b"], "mixed": [1, "two", None, 3.5], "empty_list": []},
+    {"f": 0.1, "big": 2**53 + 1, "huge": 2**63 - 1, "negative": -(2**63)},
+    {"s": "plain", "t": True, "zero": 0},
+]
+# Ids that are neither unsigned ints nor UUIDs, and one that is.
+AWKWARD_IDS = ["doc-a", "doc b:1", "17", "doc-d"]
+
+
 class BackendContract:
-    """Inherit and provide the `open_store` fixture."""
+    """Inherit, provide the `open_store` fixture and implement the two plain-client hooks."""
+
+    # hooks each backend's test module implements with the store's own client ------------------
+
+    def plain_records(self, backend: Backend, name: str) -> list[Any]:
+        """Every record of collection `name` exactly as the store's own client returns it, one
+        plain structure (dicts, lists, str, bytes, numbers) per record: ids, text slot, field
+        map or payload, hash fields. Read it without going through vecflow's adapter code."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement plain_records(backend, name): every record of the "
+            "collection as the store's own client reads it (e.g. chromadb collection.get(include="
+            "['documents', 'metadatas']), qdrant scroll(with_payload=True))")
+
+    def plain_collection_metadata(self, backend: Backend, name: str) -> Any:
+        """What the store's own client shows about collection `name` itself (collection metadata,
+        config), as a plain structure."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement plain_collection_metadata(backend, name): the "
+            "collection-level metadata as the store's own client reads it (e.g. chromadb "
+            "collection.metadata, qdrant get_collection(name).config.metadata)")
+
+    # fixtures ----------------------------------------------------------------------------------
 
     @pytest.fixture
-    def backend(self, open_store):
-        backend = open_store()
+    def vecflow_state(self, tmp_path):
+        """The test's vecflow state: a file beside the store, shared by every connection."""
+        state = VecflowState(tmp_path / "vecflow-state" / "state.db")
+        yield state
+        state.close()
+
+    @pytest.fixture
+    def connect(self, open_store, vecflow_state):
+        """A callable returning a new connection to the store with the test's state attached."""
+
+        def connect() -> Backend:
+            backend = open_store()
+            backend.attach_state(vecflow_state)
+            return backend
+
+        return connect
+
+    @pytest.fixture
+    def backend(self, connect):
+        backend = connect()
         yield backend
         backend.close()
 
@@ -100,33 +192,119 @@ class BackendContract:
         assert backend.describe("new-name").metric == "ip"
         assert by_id(scan_all(backend, "new-name")) == by_id(batch)
 
-    def test_collections_persist_across_connections(self, backend, open_store):
+    def test_collections_persist_across_connections(self, backend, connect):
         backend.create_collection("alpha", DIM, "l2")
         backend.upsert("alpha", make_batch(10))
         backend.close()
-        other = open_store()
+        other = connect()
         try:
             assert other.count("alpha") == 10
             assert by_id(scan_all(other, "alpha")) == by_id(make_batch(10))
         finally:
             other.close()
 
-    def test_collection_metadata_merges_persists_and_follows_a_rename(self, backend, open_store):
+    def test_missing_collection_is_reported_by_every_public_method(self, backend):
+        backend.create_collection("present", DIM, "l2")
+        batch = make_batch(2)
+        calls = {
+            "drop_collection": lambda: backend.drop_collection("nothing"),
+            "rename_collection": lambda: backend.rename_collection("nothing", "elsewhere"),
+            "count": lambda: backend.count("nothing"),
+            "describe": lambda: backend.describe("nothing"),
+            "collection_metadata": lambda: backend.collection_metadata("nothing"),
+            "update_collection_metadata": lambda: backend.update_collection_metadata("nothing", {"a": 1}),
+            "scan": lambda: backend.scan("nothing", 10),
+            "scan_native": lambda: backend.scan_native("nothing", 10),
+            "pages": lambda: next(backend.pages("nothing", 10)),
+            "upsert": lambda: backend.upsert("nothing", batch),
+            "upsert (empty batch)": lambda: backend.upsert("nothing", Batch.empty(DIM)),
+            "update_metadata": lambda: backend.update_metadata("nothing", ["r00000"], [{}]),
+            "delete": lambda: backend.delete("nothing", ["r00000"]),
+            "delete (no ids)": lambda: backend.delete("nothing", []),
+            "get": lambda: backend.get("nothing", ["r00000"]),
+            "query": lambda: backend.query("nothing", batch.vectors, 1),
+        }
+        wrong = []
+        for method, call in calls.items():
+            try:
+                call()
+            except CollectionNotFoundError:
+                continue
+            except Exception as exc:  # every method that gets it wrong is reported at once
+                wrong.append(f"{method}: {type(exc).__name__}: {exc}")
+            else:
+                wrong.append(f"{method}: no error")
+        assert wrong == [], "on a missing collection, expected CollectionNotFoundError from every method"
+        assert not backend.has_collection("nothing")
+        assert backend.list_collections() == ["present"]
+
+    @pytest.mark.parametrize("metric", ["hamming", "L2", "", None])
+    def test_unknown_metric_is_an_operation_error_and_creates_nothing(self, backend, metric):
+        with pytest.raises(OperationError, match="metric"):
+            backend.create_collection("alpha", DIM, metric)
+        assert backend.list_collections() == [] and not backend.has_collection("alpha")
+
+    @pytest.mark.parametrize("dim", [0, -3, True, 2.5, "8"])
+    def test_bad_dimension_is_an_operation_error_and_creates_nothing(self, backend, dim):
+        with pytest.raises(OperationError, match="dimension"):
+            backend.create_collection("alpha", dim, "l2")
+        assert backend.list_collections() == [] and not backend.has_collection("alpha")
+
+    # collection metadata (kept in vecflow's state, not in the store) ---------------------------
+
+    def test_collection_metadata_merges_persists_and_follows_a_rename(self, backend, connect):
         backend.create_collection("alpha", DIM, "cosine")
         assert backend.collection_metadata("alpha") == {}
         backend.update_collection_metadata("alpha", {"embedding": {"model": "m1", "dim": DIM}, "owner": "search"})
-        backend.update_collection_metadata("alpha", {"owner": None, "note": "ünïcode"})
+        backend.update_collection_metadata("alpha", {"owner": None, "note": "ünïcode", "absent": None})
         expected = {"embedding": {"model": "m1", "dim": DIM}, "note": "ünïcode"}
         assert backend.collection_metadata("alpha") == expected
         assert backend.describe("alpha").metric == "cosine" and backend.describe("alpha").dim == DIM
         backend.upsert("alpha", make_batch(5))
         backend.rename_collection("alpha", "beta")
+        assert backend.collection_metadata("beta") == expected
         backend.close()
-        other = open_store()
+        other = connect()
         try:
             assert other.collection_metadata("beta") == expected and other.count("beta") == 5
+            other.update_collection_metadata("beta", {"embedding": None})
         finally:
             other.close()
+        third = connect()
+        try:
+            assert third.collection_metadata("beta") == {"note": "ünïcode"}
+        finally:
+            third.close()
+
+    def test_collection_metadata_goes_with_a_dropped_collection(self, backend):
+        backend.create_collection("alpha", DIM, "l2")
+        backend.update_collection_metadata("alpha", {"model": "m1"})
+        backend.drop_collection("alpha")
+        backend.create_collection("alpha", DIM, "l2")
+        assert backend.collection_metadata("alpha") == {}
+
+    # no private keys ----------------------------------------------------------------------------
+
+    def test_no_vecflow_key_or_marker_reaches_the_store(self, backend):
+        backend.create_collection("alpha", 4, "cosine")
+        vectors = np.array([[3, 4, 0, 0], [0.1, 0.2, 0.3, 0.4], [-1, 0, 0, 0], [1e-3, 2, -7, 0.5]], np.float32)
+        batch = Batch(AWKWARD_IDS, vectors, ["text a", None, "", "text d"], AWKWARD_METADATAS)
+        backend.upsert("alpha", batch)
+        updated = [{"list": [1.5, None], "gone": None}, {"deep": {"x": [0.1, {"y": None}]}}]
+        backend.update_metadata("alpha", ["doc-a", "17"], updated)
+        backend.delete("alpha", ["doc-d"])
+        # vecflow's own facts about the collection: they belong in its state, never in the store
+        backend.update_collection_metadata("alpha", {"embedding": {"model": "vecflow-probe", "marker": "\u241e"}})
+        backend.rename_collection("alpha", "beta")
+
+        got = backend.get("beta", AWKWARD_IDS[:3])
+        assert got.ids == AWKWARD_IDS[:3]
+        assert got.metadatas == [updated[0], AWKWARD_METADATAS[1], updated[1]]
+        assert got.vectors.tobytes() == vectors[:3].tobytes()
+        records = self.plain_records(backend, "beta")
+        assert len(records) == backend.count("beta") == 3
+        assert private_traces(records, "records") == []
+        assert private_traces(self.plain_collection_metadata(backend, "beta"), "collection") == []
 
     # records -------------------------------------------------------------------------------
 
@@ -177,14 +355,14 @@ class BackendContract:
             batch = backend.get("alpha", batch.ids)
         assert batch.vectors.tobytes() == make_batch(40, seed=11).vectors.tobytes()
 
-    def test_scan_cursor_resumes_in_a_new_connection(self, backend, open_store):
+    def test_scan_cursor_resumes_in_a_new_connection(self, backend, connect):
         backend.create_collection("alpha", DIM, "l2")
         batch = make_batch(40)
         backend.upsert("alpha", batch)
         first, cursor = backend.scan("alpha", 15)
         assert len(first) == 15 and cursor is not None
         assert isinstance(cursor, str) and len(cursor) < 512, "a cursor must not carry the whole id list"
-        other = open_store()
+        other = connect()
         try:
             seen = list(first.ids)
             while cursor is not None:
@@ -232,6 +410,41 @@ class BackendContract:
         with pytest.raises(DimensionMismatchError):
             backend.upsert("alpha", make_batch(3, dim=DIM + 1))
         assert backend.count("alpha") == 0
+
+    @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+    def test_vectors_that_are_not_finite_are_refused_and_nothing_is_written(self, backend, bad):
+        backend.create_collection("alpha", DIM, "l2")
+        backend.upsert("alpha", make_batch(3))
+        before = collection_digest(backend, "alpha")
+        batch = make_batch(3, start=3)
+        batch.vectors[1, 2] = bad
+        with pytest.raises(InvalidDataError):
+            backend.upsert("alpha", batch)
+        assert backend.count("alpha") == 3 and backend.get("alpha", batch.ids).ids == []
+        assert collection_digest(backend, "alpha") == before
+
+    def test_repeated_ids_in_a_batch_are_written_in_turn_and_the_last_wins(self, backend):
+        backend.create_collection("alpha", 2, "l2")
+        vectors = np.array([[1, 0], [0, 1], [2, 2], [3, 3]], np.float32)
+        batch = Batch(["a", "b", "a", "a"], vectors, ["first", "b", "second", "last"],
+                      [{"v": 1}, {}, {"v": 2}, {"v": 3}])
+        backend.upsert("alpha", batch)
+        assert backend.count("alpha") == 2
+        got = backend.get("alpha", ["a", "b"])
+        assert got.documents == ["last", "b"] and got.metadatas == [{"v": 3}, {}]
+        assert got.vectors.tobytes() == vectors[[3, 1]].tobytes()
+        assert sorted(scan_all(backend, "alpha").ids) == ["a", "b"]
+        backend.upsert("alpha", Batch(["b", "b"], vectors[:2], ["x", "y"], [{"n": 1}, {"n": 2}]))
+        assert backend.count("alpha") == 2 and backend.get("alpha", ["b"]).documents == ["y"]
+
+    @pytest.mark.parametrize("batch_size", [0, -1, True])
+    def test_bad_batch_size_is_an_operation_error(self, backend, batch_size):
+        backend.create_collection("alpha", DIM, "l2")
+        backend.upsert("alpha", make_batch(3))
+        with pytest.raises(OperationError, match="batch_size"):
+            backend.scan("alpha", batch_size)
+        with pytest.raises(OperationError, match="batch_size"):
+            backend.scan_native("alpha", batch_size)
 
     def test_empty_collection(self, backend):
         backend.create_collection("alpha", DIM, "cosine")
@@ -301,3 +514,27 @@ class BackendContract:
         for row in hits:
             scores = [s for _, s in row]
             assert scores == sorted(scores, reverse=(metric == "ip"))
+
+    @pytest.mark.parametrize("k", [0, -1, True])
+    def test_bad_k_is_an_operation_error(self, backend, k):
+        backend.create_collection("alpha", DIM, "l2")
+        backend.upsert("alpha", make_batch(5))
+        with pytest.raises(OperationError, match="k must be"):
+            backend.query("alpha", make_batch(1).vectors, k)
+
+    def test_query_vectors_of_the_wrong_dimension_are_refused(self, backend):
+        backend.create_collection("alpha", DIM, "l2")
+        backend.upsert("alpha", make_batch(5))
+        with pytest.raises(DimensionMismatchError):
+            backend.query("alpha", np.ones((2, DIM + 1), np.float32), 3)
+        with pytest.raises(DimensionMismatchError):
+            backend.query("alpha", np.ones((1, DIM - 1), np.float32), 3)
+
+    @pytest.mark.parametrize("bad", [math.nan, math.inf])
+    def test_query_vectors_that_are_not_finite_are_refused(self, backend, bad):
+        backend.create_collection("alpha", DIM, "l2")
+        backend.upsert("alpha", make_batch(5))
+        queries = np.ones((2, DIM), np.float32)
+        queries[1, 0] = bad
+        with pytest.raises(InvalidDataError):
+            backend.query("alpha", queries, 3)

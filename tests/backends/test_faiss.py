@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from pathlib import Path
 
 import faiss
@@ -14,7 +15,7 @@ import pytest
 
 from tests.backends.contract import DIM, BackendContract, make_batch
 from vecflow.backends import faiss as faiss_backend
-from vecflow.backends import open_backend
+from vecflow.backends import faiss_index, open_backend
 from vecflow.backends.faiss import INDEX_FILE, INDEX_META, SIDECAR, FaissBackend
 from vecflow.batch import Batch
 from vecflow.errors import (
@@ -24,16 +25,40 @@ from vecflow.errors import (
     ConfigError,
     DimensionMismatchError,
     InvalidDataError,
+    OperationError,
 )
 
 
-class TestFaissFlatContract(BackendContract):
+def sidecar_rows(store: FaissBackend, name: str, table: str) -> list[dict]:
+    """A sidecar table's rows as SQLite holds them (read-only, no vecflow code in between)."""
+    uri = (store.root / name / SIDECAR).as_uri() + "?mode=ro"
+    with sqlite3.connect(uri, uri=True) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(row) for row in conn.execute(f"SELECT * FROM {table}")]
+
+
+class FaissPlainClient:
+    """The contract's plain-client hooks: the sidecar read with sqlite3, the index json as a file."""
+
+    def plain_records(self, backend, name):
+        return sidecar_rows(backend, name, "records")
+
+    def plain_collection_metadata(self, backend, name):
+        directory = backend.root / name
+        meta = directory / INDEX_META
+        return {"files": sorted(p.name for p in directory.iterdir()),
+                "tables": [row["name"] for row in sidecar_rows(backend, name, "sqlite_master")],
+                "collection": sidecar_rows(backend, name, "collection"),
+                INDEX_META: json.loads(meta.read_text()) if meta.exists() else None}
+
+
+class TestFaissFlatContract(FaissPlainClient, BackendContract):
     @pytest.fixture
     def open_store(self, tmp_path):
         return lambda: FaissBackend(path=str(tmp_path / "faiss"))
 
 
-class TestFaissHnswContract(BackendContract):
+class TestFaissHnswContract(FaissPlainClient, BackendContract):
     @pytest.fixture
     def open_store(self, tmp_path):
         return lambda: FaissBackend(path=str(tmp_path / "faiss"), index_type="hnsw", hnsw_m="16")
@@ -60,7 +85,7 @@ def top1_brute_force(vectors: np.ndarray, queries: np.ndarray, metric: str) -> l
 
 
 def test_faiss_import_is_the_real_package_not_this_module():
-    assert faiss_backend.faiss is faiss and hasattr(faiss, "IndexIDMap2")
+    assert faiss_index.faiss is faiss and hasattr(faiss, "IndexIDMap2")
 
 
 def test_registry_opens_the_store_with_ini_strings(tmp_path):
@@ -109,12 +134,31 @@ def test_describe_reports_flat_and_hnsw_params_per_collection(store):
     assert store.describe("copy").params == info.params
 
 
-def test_unknown_collection_params_and_metrics_are_refused(store):
-    with pytest.raises(BackendError, match="nlist"):
+def test_unknown_collection_params_are_operation_errors(store):
+    with pytest.raises(OperationError, match="nlist"):
         store.create_collection("alpha", DIM, "l2", nlist=10)
-    with pytest.raises(BackendError, match="metric"):
-        store.create_collection("alpha", DIM, "hamming")
-    assert store.list_collections() == []
+    with pytest.raises(OperationError, match="hnsw_m"):
+        store.create_collection("alpha", DIM, "l2", index_type="hnsw", hnsw_m=0)
+    assert store.list_collections() == [] and list(store.root.iterdir()) == []
+
+
+def test_the_sidecar_holds_no_collection_metadata_of_vecflows(store):
+    store.create_collection("alpha", DIM, "l2")
+    store.update_collection_metadata("alpha", {"embedding": {"model": "m1"}})
+    tables = {row["name"] for row in sidecar_rows(store, "alpha", "sqlite_master") if row["type"] == "table"}
+    assert tables == {"collection", "records", "tombstones", "sqlite_sequence"}
+    [row] = sidecar_rows(store, "alpha", "collection")
+    assert (row["dim"], row["metric"], json.loads(row["params"])) == (DIM, "l2", {"index_type": "flat"})
+    assert store.collection_metadata("alpha") == {"embedding": {"model": "m1"}}
+
+
+def test_the_state_scope_names_the_store_by_its_absolute_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store = FaissBackend(path="relative")
+    try:
+        assert store.scope("alpha") == f"faiss|{tmp_path / 'relative'}|alpha"
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize("name", ["", ".", "..", ".hidden", "a/b", "a\\b", "../escape", "x" * 201])
@@ -193,7 +237,7 @@ def test_index_file_is_written_through_a_temp_file_and_rename(store, monkeypatch
         replaced.append((Path(src), Path(dst)))
         real_replace(src, dst)
 
-    monkeypatch.setattr(faiss_backend.os, "replace", spy)
+    monkeypatch.setattr(faiss_index.os, "replace", spy)
     store.create_collection("alpha", DIM, "l2")
     store.upsert("alpha", make_batch(10))
     store.query("alpha", make_batch(1).vectors, 1)
@@ -213,7 +257,7 @@ def test_failed_index_write_keeps_the_old_index_and_leaves_no_temp_file(store, m
     def crash(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(faiss_backend.os, "replace", crash)
+    monkeypatch.setattr(faiss_index.os, "replace", crash)
     store.upsert("alpha", make_batch(10, start=10, seed=1))
     hits = store.query("alpha", make_batch(10, start=10, seed=1).vectors[[5]], 1)
     assert hits[0][0][0] == "r00015"  # the query still answers from the in-memory index
@@ -282,10 +326,8 @@ def test_a_stale_index_catches_up_with_the_sidecar(store):
 @pytest.mark.parametrize("index_type", ["flat", "hnsw"])
 def test_index_is_patched_not_rebuilt_when_faiss_allows_it(store, monkeypatch, index_type):
     rebuilds = []
-    real_rebuild = faiss_backend._rebuild
-    monkeypatch.setattr(
-        faiss_backend, "_rebuild", lambda *a: rebuilds.append(1) or real_rebuild(*a)
-    )
+    real_rebuild = faiss_index.rebuild
+    monkeypatch.setattr(faiss_index, "rebuild", lambda *a: rebuilds.append(1) or real_rebuild(*a))
     store.create_collection("alpha", DIM, "l2", index_type=index_type)
     store.upsert("alpha", make_batch(20))
     store.query("alpha", make_batch(1).vectors, 1)

@@ -107,10 +107,29 @@ def test_raw_payload_keeps_the_document_as_qdrant_client_add_does():
 
 
 def test_detection_names_what_it_saw():
-    assert detect_layout([LLAMA_CHROMA] * 3, True).layout.name == "llamaindex"
-    assert detect_layout([LANGCHAIN_QDRANT] * 3, False).layout.name == "langchain"
-    plain = detect_layout([Native("t", {"a": 1})] * 3, True)
+    assert detect_layout([("n1", LLAMA_CHROMA)] * 3, True).layout.name == "llamaindex"
+    assert detect_layout([("n1", LANGCHAIN_QDRANT)] * 3, False).layout.name == "langchain"
+    plain = detect_layout([("r1", Native("t", {"a": 1}))] * 3, True)
     assert plain.layout.name == "raw" and "none of 3" in plain.reason
     assert "empty" in detect_layout([], False).reason
-    mixed = detect_layout([LANGCHAIN_QDRANT, Native(None, {"a": 1}), Native(None, {"b": 1})], False)
+    mixed = detect_layout([("a", LANGCHAIN_QDRANT), ("b", Native(None, {"a": 1})), ("c", Native(None, {"b": 1}))],
+                          False)
     assert mixed.layout.name == "raw", "a minority of framework-looking records is not enough"
+
+
+def test_langchain_on_chroma_is_told_by_uuid_ids_and_documents_on_every_record():
+    uid = "0bee1772-3e10-49f3-b9c9-a18fddb55efe"
+    assert detect_layout([(uid, Native("t", {"a": 1}))] * 4, True).layout.name == "langchain"
+    some_without_text = [(uid, Native("t", {}))] * 3 + [(uid, Native(None, {}))]
+    assert detect_layout(some_without_text, True).layout.name == "raw"
+    assert detect_layout([("doc-1", Native("t", {}))] * 4, True).layout.name == "raw"
+
+
+def test_llamaindex_flat_copies_keep_their_place_among_the_payload_keys():
+    layout = get_layout("llamaindex")
+    native = layout.write("n1", layout.read(LLAMA_CHROMA, True), False)
+    assert list(native.fields)[:3] == ["author", "year", "tags"], "LlamaIndex writes metadata first"
+    renamed = layout.with_metadata(native, {"writer": "ann", "year": 2020, "tags": ["a", "b"]}, False)
+    assert list(renamed.fields)[:3] == ["writer", "year", "tags"]
+    back = layout.with_metadata(renamed, {"author": "ann", "year": 2020, "tags": ["a", "b"]}, False)
+    assert list(back.fields.items()) == list(native.fields.items())

@@ -326,10 +326,10 @@ class Backend(ABC):
         natives = [Native(doc, meta) for doc, meta in zip(batch.documents, batch.metadatas)]
         return NativePage(batch, list(batch.ids), natives), cursor
 
-    def _sample_natives(self, name: str, limit: int) -> list[Native]:
-        """A few native records, for layout detection."""
+    def _sample_natives(self, name: str, limit: int) -> list[tuple[str, Native]]:
+        """A few (native id, native record) pairs, for layout detection."""
         page, _ = self._scan_native(name, limit, None)
-        return page.natives
+        return list(zip(page.native_ids, page.natives))
 
     @abstractmethod
     def _upsert(self, name: str, batch: Batch) -> None:

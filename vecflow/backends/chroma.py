@@ -7,7 +7,8 @@ of one type (vecflow/backends/chroma_values.py writes other values as an applica
 keeps the originals in vecflow's state); upsert merges metadata and keeps old documents (writes
 send a None for each key to remove); cosine collections return vectors a few ulps off (the written
 bits are kept in vecflow's state); offset paging is O(offset) (scans page through a sorted id list
-fetched once per pass). Nothing of vecflow's goes into records or collection metadata.
+fetched once per pass); a dropped collection's list values leak into later records (its records
+are deleted first). Nothing of vecflow's goes into records or collection metadata.
 """
 
 from __future__ import annotations
@@ -54,7 +55,6 @@ class _Write:
     batch: Batch
     texts: list[str | None]
     encoded: list[values.Encoded]
-    old_entries: dict[str, dict]
     cleared: list[str]  # records whose document goes back to None: deleted, then written anew
     new_ids: list[str]
 
@@ -156,6 +156,10 @@ class ChromaBackend(Backend):
     def _drop_collection(self, name: str) -> None:
         collection = self._collection(name)
         with self._errors(f"dropping collection {name!r}"):
+            # chromadb 1.5.9 keeps the list values of a dropped collection's records and hands them
+            # to records written later, in any collection; deleting the records first does not.
+            for chunk in _chunks(collection.get(include=[])["ids"], self._max_batch):
+                collection.delete(ids=chunk)
             self._api.delete_collection(name)
         self._ids.pop(collection.id, None)
         self._opened.pop(name, None)
@@ -207,10 +211,11 @@ class ChromaBackend(Backend):
         more = start + batch_size < len(ids)
         return self._read(collection, name, wanted), (json.dumps([wanted[-1]], ensure_ascii=False) if more else None)
 
-    def _sample_natives(self, name: str, limit: int) -> list[Native]:
+    def _sample_natives(self, name: str, limit: int) -> list[tuple[str, Native]]:
         with self._errors(f"reading collection {name!r}"):
             result = self._collection(name).get(limit=limit, include=["documents", "metadatas"])
-        return [Native(text, fields or {}) for text, fields in zip(result["documents"], result["metadatas"])]
+        return [(rid, Native(text, fields or {}))
+                for rid, text, fields in zip(result["ids"], result["documents"], result["metadatas"])]
 
     def _get(self, name: str, ids: list[str]) -> Batch:
         return self._read(self._collection(name), name, ids).batch
@@ -259,29 +264,20 @@ class ChromaBackend(Backend):
             self._write(collection, name, plan, cosine)
 
     def _plan(self, collection: Any, name: str, layout: Layout, chunk: Batch) -> _Write:
-        with self._errors(f"upsert into collection {name!r}"):
-            old = collection.get(ids=chunk.ids, include=["metadatas", "documents"])
-        before = {rid: Native(text, fields or {})
-                  for rid, text, fields in zip(old["ids"], old["documents"], old["metadatas"])}
-        entries = self._entries(self.scope(name), list(before))
+        held = self._held(collection, name, chunk.ids)
         texts, encoded, cleared = [], [], []
         for i, rid in enumerate(chunk.ids):
             logical = Logical(chunk.documents[i], chunk.metadatas[i], chunk.extras[i])
-            previous = before.get(rid)
-            if previous is None:
-                native = layout.write(rid, logical, True)
-                encoded.append(values.encode(native.fields, rid, name))
-            else:
-                decoded = values.decode(previous.fields, entries.get(rid, {}))
-                native = layout.merge(Native(previous.text, decoded), rid, logical, True)
-                if native.text is None and previous.text is not None:
-                    cleared.append(rid)  # Chroma cannot set a document back to None
-                    encoded.append(values.encode(native.fields, rid, name))
-                else:
-                    encoded.append(values.encode(native.fields, rid, name, previous.fields, decoded,
-                                                 entries.get(rid, {})))
+            old = held.get(rid)
+            native = layout.merge(old.decoded(), rid, logical, True) if old else layout.write(rid, logical, True)
+            if old and native.text is None and old.native.text is not None:
+                # Chroma cannot set a document back to None: the record is deleted and written
+                # anew, its old entries still the ones to replace.
+                cleared.append(rid)
+                old = values.Held(Native(None, {}), old.entries)
+            encoded.append(values.encode(native.fields, rid, name, old))
             texts.append(native.text)
-        return _Write(chunk, texts, encoded, entries, cleared, [rid for rid in chunk.ids if rid not in before])
+        return _Write(chunk, texts, encoded, cleared, [rid for rid in chunk.ids if rid not in held])
 
     def _write(self, collection: Any, name: str, plan: _Write, cosine: bool) -> None:
         ids = plan.batch.ids
@@ -297,44 +293,44 @@ class ChromaBackend(Backend):
             position = {rid: i for i, rid in enumerate(back["ids"])}
             returned = np.asarray(back["embeddings"], dtype=np.float32)[[position[rid] for rid in ids]]
             exact.record_bits(self.state, self.scope(name), ids, plan.batch.vectors, returned)
-        self._settle(name, ids, plan.encoded, plan.old_entries, back if pending else None)
+        self._settle(name, dict(zip(ids, plan.encoded)), back if pending else None)
         self._remember_ids(collection, plan.new_ids)
 
     def _update_metadata(self, name: str, ids: list[str], metadatas: list[dict[str, Any]]) -> None:
-        """Metadata-only writes (Chroma's `update`) of the keys that change: vectors and
-        documents are not touched, and neither is any other part of the native record."""
-        collection = self._collection(name)
-        layout, scope = self._layout(name), self.scope(name)
+        """Metadata-only writes (Chroma's `update`) of the keys that change: vectors, documents
+        and every other part of the native record are not touched."""
+        collection, layout = self._collection(name), self._layout(name)
         wanted = dict(zip(ids, metadatas))
-        planned: list[tuple[str, values.Encoded, dict]] = []
+        planned: list[tuple[str, values.Encoded]] = []  # all of them first: refused before writing
         for chunk in _chunks(list(wanted), self._max_batch):
-            with self._errors(f"updating metadata in collection {name!r}"):
-                old = collection.get(ids=chunk, include=["metadatas", "documents"])
-            entries = self._entries(scope, old["ids"])
-            for rid, text, stored in zip(old["ids"], old["documents"], old["metadatas"]):
-                stored, known = stored or {}, entries.get(rid, {})
-                decoded = values.decode(stored, known)
-                new = layout.with_metadata(Native(text, decoded), wanted[rid], True)
-                planned.append((rid, values.encode(new.fields, rid, name, stored, decoded, known), known))
+            for rid, old in self._held(collection, name, chunk).items():
+                new = layout.with_metadata(old.decoded(), wanted[rid], True)
+                planned.append((rid, values.encode(new.fields, rid, name, old)))
         for lo in range(0, len(planned), self._max_batch):
             chunk = planned[lo:lo + self._max_batch]
-            changed = [(rid, encoded) for rid, encoded, _ in chunk if encoded.sent]
+            changed = [(rid, encoded) for rid, encoded in chunk if encoded.sent]
             pending = [rid for rid, encoded in changed if encoded.pending]
             with self._errors(f"updating metadata in collection {name!r}"):
                 if changed:
                     collection.update(ids=[rid for rid, _ in changed], metadatas=[e.sent for _, e in changed])
                 back = collection.get(ids=pending, include=["metadatas"]) if pending else None
-            self._settle(name, [rid for rid, _, _ in chunk], [e for _, e, _ in chunk],
-                         {rid: known for rid, _, known in chunk}, back)
+            self._settle(name, dict(chunk), back)
 
-    def _settle(self, name: str, ids: list[str], encoded: list[values.Encoded], old_entries: dict[str, dict],
-                back: dict[str, Any] | None) -> None:
-        """Record the new `values` entries of written records (only those that changed)."""
+    def _held(self, collection: Any, name: str, ids: list[str]) -> dict[str, values.Held]:
+        """The records with these ids that exist, as Chroma holds them (no vectors)."""
+        with self._errors(f"reading collection {name!r}"):
+            old = collection.get(ids=ids, include=["metadatas", "documents"])
+        entries = self._entries(self.scope(name), old["ids"])
+        return {rid: values.Held(Native(text, fields or {}), entries.get(rid, {}))
+                for rid, text, fields in zip(old["ids"], old["documents"], old["metadatas"])}
+
+    def _settle(self, name: str, encoded: dict[str, values.Encoded], back: dict[str, Any] | None) -> None:
+        """Record the `values` entries of written records that changed."""
         returned = {rid: fields or {} for rid, fields in zip(back["ids"], back["metadatas"])} if back else {}
         changes = {}
-        for rid, record in zip(ids, encoded):
-            entries = values.settle(record, returned.get(rid, {})) if record.pending else record.entries
-            if entries != old_entries.get(rid, {}):
+        for rid, record in encoded.items():
+            entries = values.settle(record, returned.get(rid, {}))
+            if entries != record.previous:
                 changes[rid] = values.pack(entries)
         self.state.put_records(self.scope(name), values.KIND, changes)
 

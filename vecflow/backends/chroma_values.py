@@ -8,9 +8,10 @@ Measured on chromadb 1.5.9 (embedded and HTTP):
   float32 precision but not beyond the float32 range (there about 30% come back off); -0.0 comes
   back as 0.0. Such values are written natively and their originals kept;
 - dropped: None (an absent key is how Chroma says None), NaN and infinity (silently left out);
-- turned into floats: ints beyond 64 bits;
+- turned into floats (or refused over HTTP): ints beyond 64 bits;
 - refused: dicts, tuples, empty lists, mixed or nested lists; a list with NaN or infinity is
-  accepted and then breaks the collection ("Error in compaction"), so it must never be sent;
+  refused over HTTP, but accepted embedded, after which every write to the collection fails
+  ("Error in compaction"), so it must never be sent;
 - keys refused or dropped: "", "#...", "$...", "chroma:...".
 
 Each record's entry (state kind `values`) maps a field to `{"original": value}` plus `"stored"`,
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from vecflow.errors import InvalidDataError
+from vecflow.layouts import Native
 
 KIND = "values"
 # How a value is written.
@@ -44,15 +46,29 @@ _LIST_ITEM_TYPES = (str, int, float, bool)
 _MISSING = object()
 
 
+@dataclass(frozen=True)
+class Held:
+    """A record as Chroma holds it, and its `values` entries."""
+
+    native: Native
+    entries: dict[str, dict[str, Any]]
+
+    def decoded(self) -> Native:
+        """The record as layouts see it: the original values restored."""
+        return Native(self.native.text, decode(self.native.fields, self.entries))
+
+
 @dataclass
 class Encoded:
-    """One record's metadata as sent to Chroma, and its `values` entry afterwards.
+    """One record's metadata as sent to Chroma, and its `values` entries afterwards.
 
     `sent` holds only the keys to change (a None value makes Chroma delete that key); `entries`
-    is the record's whole entry; `pending` are keys whose stored value Chroma decides."""
+    are the record's entries after the write (`previous` before it); `pending` are keys whose
+    stored value Chroma decides, known once read back."""
 
     sent: dict[str, Any] = field(default_factory=dict)
     entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    previous: dict[str, dict[str, Any]] = field(default_factory=dict)
     pending: list[str] = field(default_factory=list)
 
 
@@ -73,12 +89,13 @@ def treatment(value: Any) -> tuple[str, str]:
     return JSON, type(value).__name__
 
 
-def encode(new: dict[str, Any], record_id: str, collection: str, stored: dict[str, Any] | None = None,
-           decoded: dict[str, Any] | None = None, entries: dict[str, dict] | None = None) -> Encoded:
-    """What to send so that a record Chroma holds as `stored` (read by vecflow as `decoded`, with
-    `entries`) ends up holding the field map `new`. Omit the three for a record written anew."""
-    stored, decoded, entries = stored or {}, decoded or {}, entries or {}
-    out = Encoded()
+def encode(new: dict[str, Any], record_id: str, collection: str, held: Held | None = None) -> Encoded:
+    """What to send so that a record Chroma holds (`held`, None for a record written anew) ends up
+    holding the field map `new`; InvalidDataError naming the record and key for what Chroma refuses."""
+    stored = held.native.fields if held else {}
+    entries = held.entries if held else {}
+    decoded = decode(stored, entries)
+    out = Encoded(previous=entries)
     for key, raw in new.items():
         check_key(key, record_id, collection)
         value = normalised(raw, record_id, collection, key)

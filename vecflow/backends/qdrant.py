@@ -14,24 +14,26 @@ is committed on its own and the whole store is re-read on open.
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
+from qdrant_client import QdrantClient, models
 
 from vecflow.backends import exact
 from vecflow.backends.base import Backend, CollectionInfo, Hit, NativePage
 from vecflow.backends.qdrant_points import (
+    CLIENT_ERRORS,
     VECFLOW_NAMESPACE,
-    LocalOrder,
+    LocalStore,
     PointId,
     VectorSlot,
     id_entries,
+    local_stores,
     parse_cursor,
     point_id,
+    reason,
     record_ids,
     remember_ids,
     same_payload,
@@ -40,14 +42,6 @@ from vecflow.backends.qdrant_points import (
 from vecflow.batch import Batch
 from vecflow.errors import BackendError, CollectionNotFoundError, ConfigError, DimensionMismatchError, OperationError
 from vecflow.layouts import Layout, Logical, Native
-
-try:
-    import grpc
-    from qdrant_client import QdrantClient, models
-    from qdrant_client.common.client_exceptions import QdrantException
-    from qdrant_client.http.exceptions import ApiException, ResponseHandlingException, UnexpectedResponse
-except ImportError as exc:  # pragma: no cover - the registry turns this into an install hint
-    raise ImportError(f"the qdrant backend needs qdrant-client: {exc}") from exc
 
 __all__ = ["VECFLOW_NAMESPACE", "QdrantBackend", "point_id"]
 
@@ -58,9 +52,6 @@ _PARAMS = ("hnsw_m", "hnsw_ef_construct", "vector_name")
 # A server refuses requests over 32 MB and REST spends ~20 bytes of JSON per float; aim at ~8 MB.
 _REQUEST_BYTES = 8_000_000
 _MAX_CHUNK = 1000
-
-_CLIENT_ERRORS: tuple[type[BaseException], ...] = (
-    ApiException, QdrantException, grpc.RpcError, ValueError, RuntimeError, OSError, KeyError)
 
 T = TypeVar("T")
 
@@ -96,70 +87,6 @@ def _redacted(url: str) -> str:
                                             + (f":{parts.port}" if parts.port else "")))
 
 
-def _reason(exc: BaseException) -> str:
-    """One line saying why a client call failed, without response dumps or tracebacks."""
-    if isinstance(exc, UnexpectedResponse):
-        try:
-            text = f"HTTP {exc.status_code}: {exc.structured()['status']['error']}"
-        except (ValueError, KeyError, TypeError):  # not a Qdrant error body: use the status
-            text = f"HTTP {exc.status_code} {exc.reason_phrase}".strip()
-    elif isinstance(exc, ResponseHandlingException):
-        text = str(exc.source) or type(exc.source).__name__
-    elif isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
-        text = f"gRPC {exc.code().name}: {exc.details()}"
-    else:
-        text = str(exc) or type(exc).__name__
-    line = " ".join(text.split())
-    return line if len(line) <= 300 else line[:297] + "..."
-
-
-@dataclass
-class _Local:
-    """The one client of a local folder in this process, shared by every connection to it."""
-
-    client: QdrantClient
-    users: int = 0
-    order: LocalOrder = field(default_factory=LocalOrder)
-
-
-class _LocalClients:
-    """Local mode locks its folder for a single client, so a second connection to the same store
-    within a process (a scan resumed elsewhere, a move between two collections of one store)
-    shares the first client; the lock is released when the last connection closes."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._shared: dict[str, _Local] = {}
-
-    def acquire(self, folder: str) -> _Local:
-        with self._lock:
-            shared = self._shared.get(folder)
-            if shared is None:
-                try:
-                    shared = _Local(QdrantClient(path=folder))
-                except _CLIENT_ERRORS as exc:
-                    if "already accessed" in str(exc):
-                        raise BackendError(
-                            f"qdrant store at {folder} is in use by another client or process; local mode "
-                            "allows one at a time, close it or use a Qdrant server to share a store") from exc
-                    raise BackendError(f"cannot open qdrant store at {folder}: {_reason(exc)}") from exc
-                self._shared[folder] = shared
-            shared.users += 1
-            return shared
-
-    def release(self, folder: str) -> None:
-        with self._lock:
-            shared = self._shared[folder]
-            shared.users -= 1
-            if shared.users:
-                return
-            del self._shared[folder]
-        shared.client.close()
-
-
-_local_clients = _LocalClients()
-
-
 class QdrantBackend(Backend):
     """A Qdrant store: `url` (and `api_key`) for a server, or `path` for local mode.
     `vector_name` names the dense vector that holds the records' vectors where a collection has
@@ -182,28 +109,28 @@ class QdrantBackend(Backend):
         seconds = _parse_number("timeout", timeout, float, 0, float("inf"))
         port = _parse_number("grpc_port", grpc_port, int, 0, 65536)
         self._vector_option = vector_name or None
-        self._local: _Local | None = None
+        self._local: LocalStore | None = None
         self._folder = None if path is None else os.path.realpath(path)
         self._where = self._folder or _redacted(url or "")
         if self._folder is not None:
             if any(v is not None for v in (api_key, grpc_preferred, port, seconds)):
                 raise ConfigError(f"qdrant store at {path}: api_key, prefer_grpc, grpc_port and timeout apply "
                                   "to a server 'url', not to a local 'path'")
-            self._local = _local_clients.acquire(self._folder)
+            self._local = local_stores.acquire(self._folder)
             self._client: QdrantClient | None = self._local.client
             return
         try:
             self._client = QdrantClient(url=url, api_key=api_key, prefer_grpc=bool(grpc_preferred),
                                         grpc_port=6334 if port is None else port, timeout=seconds,
                                         check_compatibility=False)
-        except _CLIENT_ERRORS as exc:
-            raise ConfigError(f"qdrant store url {self._where!r} is not usable: {_reason(exc)}") from exc
+        except CLIENT_ERRORS as exc:
+            raise ConfigError(f"qdrant store url {self._where!r} is not usable: {reason(exc)}") from exc
         try:
             self._client.get_collections()
-        except _CLIENT_ERRORS as exc:
+        except CLIENT_ERRORS as exc:
             self._client.close()
             self._client = None
-            raise BackendError(f"qdrant server at {self._where} is unreachable: {_reason(exc)}") from exc
+            raise BackendError(f"qdrant server at {self._where} is unreachable: {reason(exc)}") from exc
 
     # plumbing ----------------------------------------------------------------------------------
 
@@ -217,17 +144,18 @@ class QdrantBackend(Backend):
         """Run a client call, turning client errors into one-line vecflow errors."""
         try:
             return fn(*args, **kw)
-        except _CLIENT_ERRORS as exc:
+        except CLIENT_ERRORS as exc:
             if name is not None and not self._exists_quietly(name):
                 raise CollectionNotFoundError(f"qdrant store at {self._where} has no collection {name!r}") from exc
-            where = f"collection {name!r} in qdrant store at {self._where}" if name else f"qdrant store at {self._where}"
-            raise BackendError(f"cannot {action} {where}: {_reason(exc)}") from exc
+            where = f"qdrant store at {self._where}"
+            where = f"collection {name!r} in {where}" if name else where
+            raise BackendError(f"cannot {action} {where}: {reason(exc)}") from exc
 
     def _exists_quietly(self, name: str) -> bool:
         """Existence for error reporting: True when unknown, so the original error is kept."""
         try:
             return bool(self.client.collection_exists(name))
-        except _CLIENT_ERRORS:
+        except CLIENT_ERRORS:
             return True
 
     def _info(self, name: str) -> models.CollectionInfo:
@@ -278,6 +206,16 @@ class QdrantBackend(Backend):
         self._call("drop", name, self.client.delete_collection, name)
         self._forget_order(name)
 
+    def _rename_collection(self, old: str, new: str) -> bool:
+        """Qdrant has no rename (an alias leaves the old collection behind under its name), so the
+        base copies the records; a copy carries only the record's vector, so it is refused where
+        the collection holds others."""
+        if not self._slot(old).alone:
+            raise OperationError(f"qdrant collection {old!r} in qdrant store at {self._where} holds vectors besides "
+                                 f"the records' ones, which renaming by copy would lose; create an alias {new!r} "
+                                 "instead")
+        return False
+
     def _count(self, name: str) -> int:
         return self._call("count", name, self.client.count, name, exact=True).count
 
@@ -323,10 +261,10 @@ class QdrantBackend(Backend):
                                with_payload=False, with_vectors=False)
         return [point.id for point in points]
 
-    def _sample_natives(self, name: str, limit: int) -> list[Native]:
+    def _sample_natives(self, name: str, limit: int) -> list[tuple[str, Native]]:
         points, _ = self._call("read", name, self.client.scroll, name, limit=limit, with_payload=True,
                                with_vectors=False)
-        return [Native(None, point.payload or {}) for point in points]
+        return [(str(point.id), Native(None, point.payload or {})) for point in points]
 
     def _get(self, name: str, ids: list[str]) -> Batch:
         slot = self._slot(name)
@@ -388,8 +326,9 @@ class QdrantBackend(Backend):
         texts = [str(pid) for pid in pids]
         remember_ids(self.state, scope, part.ids, pids)  # first: a point never outlives its id entry
         old = {str(point.id): point for point in self._retrieve(name, pids, slot.selector)}
-        old_texts = [text for text in texts if text in old]
-        old_vectors = dict(zip(old_texts, self._vectors(name, slot, [old[t] for t in old_texts], old_texts)))
+        # a point may lack the record's vector (named vectors are optional): it gets one
+        have = [text for text in old if slot.pick(old[text].vector) is not None]
+        old_vectors = dict(zip(have, self._vectors(name, slot, [old[text] for text in have], have)))
         new_points, payloads, vectors, written = [], [], [], []
         for i, rid in enumerate(part.ids):
             logical = Logical(part.documents[i], part.metadatas[i], part.extras[i])
@@ -406,7 +345,7 @@ class QdrantBackend(Backend):
             if not same_payload(merged, payload):
                 payloads.append(models.OverwritePayloadOperation(
                     overwrite_payload=models.SetPayload(payload=merged, points=[pids[i]])))
-            if old_vectors[texts[i]].tobytes() != vector.tobytes():
+            if texts[i] not in old_vectors or old_vectors[texts[i]].tobytes() != vector.tobytes():
                 vectors.append(models.PointVectors(id=pids[i], vector=slot.struct(vector.tolist())))
                 written.append(i)
         operations: list[Any] = list(payloads)
@@ -426,11 +365,12 @@ class QdrantBackend(Backend):
         """Qdrant keeps cosine vectors normalised: read back what it stored and keep the written
         bits in vecflow's state. (Its normalisation runs SIMD sums whose rounding depends on the
         machine, so it is read, not predicted.)"""
-        texts = [str(pid) for pid in pids]
-        stored = {str(point.id): point for point in self._retrieve(name, pids, slot.selector)}
-        rows = [slot.pick(stored[text].vector) for text in texts]
-        returned = np.array(rows, dtype=np.float32).reshape(len(rows), slot.params.size)
-        exact.record_bits(self.state, self.scope(name), texts, written, returned)
+        position = {str(pid): i for i, pid in enumerate(pids)}
+        stored = [point for point in self._retrieve(name, pids, slot.selector) if slot.pick(point.vector)]
+        texts = [str(point.id) for point in stored]
+        returned = np.array([slot.pick(point.vector) for point in stored], dtype=np.float32)
+        exact.record_bits(self.state, self.scope(name), texts, written[[position[t] for t in texts]],
+                          returned.reshape(len(texts), slot.params.size))
 
     def _update_metadata(self, name: str, ids: list[str], metadatas: list[dict[str, Any]]) -> None:
         """A payload-only write per changed point (vectors are never sent)."""
@@ -484,6 +424,6 @@ class QdrantBackend(Backend):
             return
         if self._local is not None:
             self._local = None
-            _local_clients.release(self._folder)
+            local_stores.release(self._folder)
         else:
             client.close()

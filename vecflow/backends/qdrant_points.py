@@ -1,5 +1,5 @@
-"""What the Qdrant adapter needs to know about points: ids, which vector is the record's, and the
-scan order of local mode. No client calls here, so each rule is testable on its own.
+"""What the Qdrant adapter needs around its primitives: point ids, which vector is the record's,
+payload comparison, client errors, and local mode's shared clients and scan order.
 
 - Point ids are unsigned 64-bit integers or UUIDs. A record id that already is one, in canonical
   spelling ("42", a lowercase hyphenated UUID: what LangChain and LlamaIndex write), is the point
@@ -7,8 +7,9 @@ scan order of local mode. No client calls here, so each rule is testable on its 
   vecflow's state (kind `id`, keyed by the point id as text), never in the payload.
 - A collection holds an unnamed dense vector, named ones, sparse ones: the record's vector is the
   only dense one, or the one the store option `vector_name` names.
-- Local mode's scroll sorts every point id on each call, so a scan there pages through an order
-  built once per collection (`LocalOrder`).
+- Local mode locks its folder for one client, so the connections of one process share it
+  (`LocalStores`); its scroll sorts every point id on each call, so a scan there pages through an
+  order built once per collection (`LocalOrder`).
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ import json
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from qdrant_client import models
+import grpc
+from qdrant_client import QdrantClient, models
+from qdrant_client.common.client_exceptions import QdrantException
+from qdrant_client.http.exceptions import ApiException, ResponseHandlingException, UnexpectedResponse
 
-from vecflow.errors import ConfigError, OperationError
+from vecflow.errors import BackendError, ConfigError, OperationError
 from vecflow.state import VecflowState
 
 # Fixed forever: changing it would orphan every point vecflow has written.
@@ -157,10 +161,10 @@ def _names(vectors: dict[str, Any]) -> str:
 # payloads --------------------------------------------------------------------------------------
 
 def same_payload(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Whether two payloads would be stored the same: JSON types and key order count (1, 1.0 and
-    true are different values to an application, though equal in Python)."""
+    """Whether two payloads hold the same JSON: types count (1, 1.0 and true differ to an
+    application, though equal in Python); the order of object keys does not."""
     try:
-        return json.dumps(a) == json.dumps(b)
+        return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
     except (TypeError, ValueError):
         return False
 
@@ -200,3 +204,78 @@ class LocalOrder:
     def forget(self, name: str) -> None:
         with self._lock:
             self._orders.pop(name, None)
+
+
+# client errors ---------------------------------------------------------------------------------
+
+# What qdrant-client raises: HTTP and gRPC errors, and local mode's ValueError / KeyError (a
+# missing point or vector name), RuntimeError and OSError (its files).
+CLIENT_ERRORS: tuple[type[BaseException], ...] = (
+    ApiException, QdrantException, grpc.RpcError, ValueError, RuntimeError, OSError, KeyError)
+
+
+def reason(exc: BaseException) -> str:
+    """One line saying why a client call failed, without response dumps or tracebacks."""
+    if isinstance(exc, UnexpectedResponse):
+        try:
+            text = f"HTTP {exc.status_code}: {exc.structured()['status']['error']}"
+        except (ValueError, KeyError, TypeError):  # not a Qdrant error body: use the status
+            text = f"HTTP {exc.status_code} {exc.reason_phrase}".strip()
+    elif isinstance(exc, ResponseHandlingException):
+        text = str(exc.source) or type(exc.source).__name__
+    elif isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+        text = f"gRPC {exc.code().name}: {exc.details()}"
+    else:
+        text = str(exc) or type(exc).__name__
+    line = " ".join(text.split())
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+# local mode's shared clients -------------------------------------------------------------------
+
+@dataclass
+class LocalStore:
+    """The one client of a local folder in this process, shared by every connection to it."""
+
+    client: QdrantClient
+    users: int = 0
+    order: LocalOrder = field(default_factory=LocalOrder)
+
+
+class LocalStores:
+    """Local mode locks its folder for a single client, so a second connection to the same store
+    within a process (a scan resumed elsewhere, a move between two collections of one store)
+    shares the first client; the lock is released when the last connection closes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stores: dict[str, LocalStore] = {}
+
+    def acquire(self, folder: str) -> LocalStore:
+        with self._lock:
+            store = self._stores.get(folder)
+            if store is None:
+                try:
+                    store = LocalStore(QdrantClient(path=folder))
+                except CLIENT_ERRORS as exc:
+                    if "already accessed" in str(exc):
+                        raise BackendError(
+                            f"qdrant store at {folder} is in use by another client (another process, or a "
+                            "QdrantClient in this one); local mode allows one at a time: close it, or use a "
+                            "Qdrant server to share a store") from exc
+                    raise BackendError(f"cannot open qdrant store at {folder}: {reason(exc)}") from exc
+                self._stores[folder] = store
+            store.users += 1
+            return store
+
+    def release(self, folder: str) -> None:
+        with self._lock:
+            store = self._stores[folder]
+            store.users -= 1
+            if store.users:
+                return
+            del self._stores[folder]
+        store.client.close()
+
+
+local_stores = LocalStores()

@@ -1,4 +1,5 @@
-"""Redis adapter: one HASH per record, in the RedisVL / LangChain hash layout.
+"""Redis adapter: one HASH per record, in the RedisVL / LangChain hash layout (vecflow's `raw`
+layout on Redis).
 
 Keys (documented in docs/backends/redis.md):
   {key_prefix}{collection}:{id}         HASH  id, vector (float32 LE bytes), text, metadata (JSON),
@@ -7,8 +8,10 @@ Keys (documented in docs/backends/redis.md):
   {key_prefix}vecflow:collections       HASH  collection -> JSON {dim, metric, prefix, params,
                                               index}
 
-With a search module (RediSearch, Redis Stack, Redis 8) each collection also gets an FT index over
-its record prefix and query() runs KNN there; without one, query() is exact, computed in numpy.
+The record hashes hold only the record: no field of vecflow's. The id zset and the registry are
+keys of their own beside them (they move into vecflow's state with the Redis layouts, next). What
+vecflow remembers about a collection (its collection metadata) is in its state (vecflow/state.py).
+Search (KNN through the search module, or exact) is in vecflow/backends/redis_search.py.
 """
 
 from __future__ import annotations
@@ -16,14 +19,15 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import redis
 from redis.connection import parse_url
 
-from vecflow.backends.base import METRICS, Backend, CollectionInfo, Hit
+from vecflow.backends import redis_search
+from vecflow.backends.base import Backend, CollectionInfo, Hit
 from vecflow.batch import Batch, Metadata
 from vecflow.errors import (
     BackendError,
@@ -34,14 +38,11 @@ from vecflow.errors import (
     InvalidDataError,
 )
 
-ID, VECTOR, TEXT, METADATA = "id", "vector", "text", "metadata"
+ID, VECTOR, TEXT, METADATA = redis_search.ID_FIELD, redis_search.VECTOR_FIELD, "text", "metadata"
 RESERVED_FIELDS = frozenset((ID, VECTOR, TEXT, METADATA))
 SEARCH_MODES = ("auto", "native", "exact")
 _RECORD_FIELDS = (ID, VECTOR, TEXT, METADATA)
-_SCORE = "__vecflow_score"
-_NATIVE_METRICS = {"l2": "L2", "cosine": "COSINE", "ip": "IP"}
-_HNSW_PARAMS = {"m": "M", "ef_construction": "EF_CONSTRUCTION", "ef_runtime": "EF_RUNTIME"}
-_PAGE = 1000  # ids per round trip when the adapter walks a whole collection itself
+_PAGE = 1000  # ids per round trip (and per rename or drop transaction) when walking a collection
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -99,8 +100,7 @@ def record_fields(rid: str, vector: bytes, document: str | None, metadata: Metad
     """The hash fields of one record. The JSON `metadata` field is what reads trust; the flat
     copies of scalar values exist so RediSearch / LangChain filters can see them."""
     try:
-        encoded = json.dumps(metadata, ensure_ascii=False, separators=(",", ":"),
-                             default=_json_default)
+        encoded = json.dumps(metadata, ensure_ascii=False, separators=(",", ":"), default=_json_default)
     except (TypeError, ValueError) as exc:
         raise InvalidDataError(f"record {rid!r}: metadata is not JSON ({exc})") from exc
     fields: dict[str, str | bytes] = {}
@@ -116,44 +116,6 @@ def record_fields(rid: str, vector: bytes, document: str | None, metadata: Metad
     return fields
 
 
-def index_create_args(index: str, prefix: str, dim: int, metric: str, params: dict) -> list:
-    """FT.CREATE arguments for a collection; params algorithm (FLAT or HNSW), m,
-    ef_construction and ef_runtime are used, other params are kept but ignored."""
-    algorithm = str(params.get("algorithm", "FLAT")).upper()
-    if algorithm not in ("FLAT", "HNSW"):
-        raise BackendError(f"redis index algorithm must be FLAT or HNSW, not {algorithm!r}")
-    attributes: list = ["TYPE", "FLOAT32", "DIM", dim, "DISTANCE_METRIC", _NATIVE_METRICS[metric]]
-    if algorithm == "HNSW":
-        for param, argument in _HNSW_PARAMS.items():
-            if param in params:
-                attributes += [argument, int(params[param])]
-    return ["FT.CREATE", index, "ON", "HASH", "PREFIX", 1, prefix,
-            "SCHEMA", VECTOR, "VECTOR", algorithm, len(attributes), *attributes]
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-def _texts(mapping: dict) -> dict[str, Any]:
-    return {_text(key): value for key, value in mapping.items()}
-
-
-def parse_knn_reply(reply: Any, metric: str) -> list[Hit]:
-    """Hits from an FT.SEARCH reply (RESP2 list or RESP3 map) that RETURNs id and the score.
-
-    RediSearch reports 1 - dot product for ip; vecflow reports the dot product itself."""
-    if isinstance(reply, dict):
-        rows = [_texts(_texts(row)["extra_attributes"]) for row in _texts(reply)["results"]]
-    else:
-        rows = [_texts(dict(zip(fields[::2], fields[1::2]))) for fields in reply[2::2]]
-    hits = []
-    for row in rows:
-        score = float(_text(row[_SCORE]))
-        hits.append((_text(row[ID]), 1.0 - score if metric == "ip" else score))
-    return hits
-
-
 class RedisBackend(Backend):
     """A Redis server (standalone; not cluster). Options come from vecflow.ini as strings.
 
@@ -162,40 +124,31 @@ class RedisBackend(Backend):
     exact (always exact, in vecflow)."""
 
     name = "redis"
+    # The hash layout above is the raw layout; framework layouts for Redis hashes come next.
+    layouts: ClassVar[tuple[str, ...]] = ("raw",)
 
-    def __init__(
-        self,
-        url: str = "redis://127.0.0.1:6379",
-        db: int | str | None = None,
-        key_prefix: str = "",
-        password: str | None = None,
-        username: str | None = None,
-        search: str = "auto",
-        socket_timeout: float | str = 30.0,
-    ) -> None:
+    def __init__(self, url: str = "redis://127.0.0.1:6379", db: int | str | None = None, key_prefix: str = "",
+                 password: str | None = None, username: str | None = None, search: str = "auto",
+                 socket_timeout: float | str = 30.0) -> None:
         self._where = _redact(url)
         if search not in SEARCH_MODES:
-            raise ConfigError(f"redis store: search must be one of {', '.join(SEARCH_MODES)}, "
-                              f"not {search!r}")
+            raise ConfigError(f"redis store: search must be one of {', '.join(SEARCH_MODES)}, not {search!r}")
         self._search = search
         self._key_prefix = key_prefix or ""
         try:
             from_url = parse_url(url)
-            options: dict[str, Any] = {"decode_responses": False,
-                                       "socket_timeout": float(socket_timeout),
+            options: dict[str, Any] = {"decode_responses": False, "socket_timeout": float(socket_timeout),
                                        "socket_connect_timeout": float(socket_timeout)}
             for option, value in (("db", db), ("password", password), ("username", username)):
                 if value in (None, ""):
                     continue
                 value = int(value) if option == "db" else value
                 if option in from_url and from_url[option] != value:
-                    raise ConfigError(f"redis store: the url and the {option!r} option "
-                                      "disagree; keep one")
+                    raise ConfigError(f"redis store: the url and the {option!r} option disagree; keep one")
                 options[option] = value
             self._client = redis.Redis.from_url(url, **options)
         except ValueError as exc:
-            raise ConfigError(f"redis store: bad url or option for {self._where}: "
-                              f"{_one_line(exc)}") from exc
+            raise ConfigError(f"redis store: bad url or option for {self._where}: {_one_line(exc)}") from exc
         try:
             self._client.ping()
         except redis.RedisError as exc:
@@ -205,8 +158,19 @@ class RedisBackend(Backend):
         if search == "native" and not self._has_search_module:
             self._client.close()
             raise BackendError(f"redis at {self._where} has no search module (RediSearch, Redis "
-                               "Stack or Redis 8) but the store sets search = native; "
-                               "use auto or exact")
+                               "Stack or Redis 8) but the store sets search = native; use auto or exact")
+
+    @property
+    def location(self) -> str:
+        """Server, database and key prefix: two prefixes in one database are two stores."""
+        db = self._client.connection_pool.connection_kwargs.get("db", 0)
+        return f"{self._where} db {db} key prefix {self._key_prefix!r}"
+
+    def search_is_exact(self, name: str) -> bool:
+        return not self._native_search
+
+    def close(self) -> None:
+        self._client.close()
 
     # keys and the registry -----------------------------------------------------------------
 
@@ -224,11 +188,11 @@ class RedisBackend(Backend):
     def _existing(self, name: str) -> dict:
         entry = self._entry(name)
         if entry is None:
-            raise CollectionNotFoundError(f"redis store {self._where} has no collection {name!r}")
+            raise CollectionNotFoundError(f"redis store {self.location} has no collection {name!r}")
         return entry
 
     def _exists_error(self, name: str) -> CollectionExistsError:
-        return CollectionExistsError(f"redis store {self._where} already has collection {name!r}")
+        return CollectionExistsError(f"redis store {self.location} already has collection {name!r}")
 
     def _check_free(self, name: str) -> str:
         """The record prefix of a new collection; refuses names whose keys would mix with others."""
@@ -247,19 +211,7 @@ class RedisBackend(Backend):
 
     @functools.cached_property
     def _has_search_module(self) -> bool:
-        try:
-            modules = self._client.execute_command("MODULE LIST")
-        except redis.RedisError:
-            return False
-        for module in modules:
-            fields = module if isinstance(module, dict) else dict(zip(module[::2], module[1::2]))
-            name = fields.get(b"name", fields.get("name", b""))
-            if _text(name).lower() in ("search", "ft", "searchlight"):
-                return True
-        return False
-
-    def search_is_exact(self, name: str) -> bool:
-        return not self._native_search
+        return redis_search.has_search_module(self._client)
 
     @property
     def _native_search(self) -> bool:
@@ -269,48 +221,30 @@ class RedisBackend(Backend):
         if not self._native_search:
             return None
         index = f"{self._key_prefix}{name}"
-        self._client.execute_command(*index_create_args(
+        self._client.execute_command(*redis_search.index_create_args(
             index, entry["prefix"], entry["dim"], entry["metric"], entry["params"]))
         return index
-
-    def _drop_index(self, index: str | None) -> None:
-        if index is None:
-            return
-        try:
-            self._client.execute_command("FT.DROPINDEX", index)
-        except redis.ResponseError as exc:
-            if "unknown index" not in str(exc).lower() and "no such index" not in str(exc).lower():
-                raise
 
     # collections ---------------------------------------------------------------------------
 
     @_translated
-    def list_collections(self) -> list[str]:
-        return sorted(key.decode() for key in self._client.hkeys(self._registry))
+    def _list_collections(self) -> list[str]:
+        return [key.decode() for key in self._client.hkeys(self._registry)]
 
     @_translated
-    def has_collection(self, name: str) -> bool:
+    def _has_collection(self, name: str) -> bool:
         return bool(self._client.hexists(self._registry, name))
 
     @_translated
-    def create_collection(self, name: str, dim: int, metric: str = "cosine", **params: Any) -> None:
-        if metric not in METRICS:
-            raise BackendError(f"redis collection {name!r}: metric must be one of "
-                               f"{', '.join(METRICS)}, not {metric!r}")
-        if int(dim) < 1:
-            raise BackendError(f"redis collection {name!r}: dimension must be positive, not {dim}")
-        try:
-            json.dumps(params)
-        except TypeError as exc:
-            raise BackendError(f"redis collection {name!r}: params must be JSON ({exc})") from exc
-        entry = {"dim": int(dim), "metric": metric, "prefix": self._check_free(name),
-                 "params": params}
+    def _create_collection(self, name: str, dim: int, metric: str, params: dict[str, Any]) -> None:
+        redis_search.check_index_params(name, params)
+        entry = {"dim": dim, "metric": metric, "prefix": self._check_free(name), "params": params}
         entry["index"] = self._create_index(name, entry)
         if not self._client.hsetnx(self._registry, name, json.dumps(entry)):
             raise self._exists_error(name)
 
     @_translated
-    def drop_collection(self, name: str) -> None:
+    def _drop_collection(self, name: str) -> None:
         entry = self._existing(name)
         ids_key, prefix = self._ids_key(name), entry["prefix"].encode()
         # Records go first, in chunks; the registry entry goes last, so a crash mid-way leaves a
@@ -320,15 +254,15 @@ class RedisBackend(Backend):
                 pipe.delete(*(prefix + member for member in members))
                 pipe.zrem(ids_key, *members)
                 pipe.execute()
-        self._drop_index(entry.get("index"))
+        redis_search.drop_index(self._client, entry.get("index"))
         with self._client.pipeline(transaction=True) as pipe:
             pipe.delete(ids_key)
             pipe.hdel(self._registry, name)
             pipe.execute()
 
     @_translated
-    def rename_collection(self, old: str, new: str, batch_size: int = 1000) -> None:
-        """Native RENAME of every key, in transactions of batch_size records.
+    def _rename_collection(self, old: str, new: str) -> bool:
+        """Native RENAME of every key, in transactions of _PAGE records.
 
         The new registry entry is written first and remembers `renaming_from`; each transaction
         moves keys and their zset members together, so both collections stay consistent, and
@@ -343,7 +277,7 @@ class RedisBackend(Backend):
         source = self._existing(old)
         old_ids, new_ids = self._ids_key(old), self._ids_key(new)
         old_prefix, new_prefix = source["prefix"].encode(), entry["prefix"].encode()
-        while members := self._client.zrange(old_ids, 0, max(1, batch_size) - 1):
+        while members := self._client.zrange(old_ids, 0, _PAGE - 1):
             with self._client.pipeline(transaction=True) as pipe:
                 for member in members:
                     pipe.rename(old_prefix + member, new_prefix + member)
@@ -353,36 +287,90 @@ class RedisBackend(Backend):
                     # A missing record hash (deleted behind vecflow's back) only drops its id.
                     if isinstance(result, Exception) and "no such key" not in str(result).lower():
                         raise result
-        self._drop_index(source.get("index"))
+        redis_search.drop_index(self._client, source.get("index"))
         del entry["renaming_from"]
         with self._client.pipeline(transaction=True) as pipe:
             pipe.delete(old_ids)
             pipe.hdel(self._registry, old)
             pipe.hset(self._registry, new, json.dumps(entry))
             pipe.execute()
+        return True
 
     @_translated
-    def count(self, name: str) -> int:
-        self._existing(name)
+    def _count(self, name: str) -> int:
         return int(self._client.zcard(self._ids_key(name)))
 
     @_translated
-    def describe(self, name: str) -> CollectionInfo:
+    def _describe(self, name: str) -> CollectionInfo:
         entry = self._existing(name)
         return CollectionInfo(name, int(entry["dim"]), entry["metric"], dict(entry["params"]))
 
-    @_translated
-    def collection_metadata(self, name: str) -> dict[str, Any]:
-        return dict(self._existing(name).get("info") or {})
-
-    @_translated
-    def update_collection_metadata(self, name: str, values: dict[str, Any]) -> None:
-        entry = self._existing(name)
-        info = {**(entry.get("info") or {}), **values}
-        entry["info"] = {k: v for k, v in info.items() if v is not None}
-        self._client.hset(self._registry, name, json.dumps(entry))
-
     # records -------------------------------------------------------------------------------
+
+    @_translated
+    def _scan(self, name: str, batch_size: int, cursor: str | None) -> tuple[Batch, str | None]:
+        entry = self._existing(name)
+        # One id more than asked tells whether another page exists, so the last page ends with None.
+        members = next(self._pages(name, batch_size + 1, cursor), [])
+        page = members[:batch_size]
+        return self._batch(entry, page), page[-1].decode() if len(members) > batch_size else None
+
+    @_translated
+    def _upsert(self, name: str, batch: Batch) -> None:
+        entry = self._existing(name)
+        if batch.dim != entry["dim"]:
+            raise DimensionMismatchError(f"redis collection {name!r} has dimension {entry['dim']}; "
+                                         f"the batch has vectors of dimension {batch.dim}")
+        vectors = batch.vectors.astype("<f4", copy=False)
+        prefix = entry["prefix"].encode()
+        mappings = [record_fields(rid, vectors[i].tobytes(), batch.documents[i], batch.metadatas[i])
+                    for i, rid in enumerate(batch.ids)]
+        with self._client.pipeline(transaction=True) as pipe:
+            for rid, mapping in zip(batch.ids, mappings):
+                key = prefix + rid.encode()
+                pipe.delete(key)  # drops flat fields and text the new version no longer has
+                pipe.hset(key, mapping=mapping)
+            pipe.zadd(self._ids_key(name), {rid.encode(): 0 for rid in batch.ids})
+            pipe.execute()
+
+    @_translated
+    def _delete(self, name: str, ids: list[str]) -> None:
+        entry = self._existing(name)
+        members = [rid.encode() for rid in ids]
+        with self._client.pipeline(transaction=True) as pipe:
+            pipe.delete(*(entry["prefix"].encode() + member for member in members))
+            pipe.zrem(self._ids_key(name), *members)
+            pipe.execute()
+
+    @_translated
+    def _get(self, name: str, ids: list[str]) -> Batch:
+        return self._batch(self._existing(name), [rid.encode() for rid in ids])
+
+    @_translated
+    def _query(self, name: str, vectors: np.ndarray, k: int) -> list[list[Hit]]:
+        entry = self._existing(name)
+        if vectors.shape[1] != entry["dim"]:
+            raise DimensionMismatchError(f"redis collection {name!r} has dimension {entry['dim']}; "
+                                         f"the queries have dimension {vectors.shape[1]}")
+        if entry.get("index") and self._native_search:
+            return redis_search.knn(self._client, entry["index"], entry["metric"], vectors, k)
+        return redis_search.exact_top_k(vectors, entry["metric"], k, self._id_vector_pages(name, entry))
+
+    # reading -------------------------------------------------------------------------------
+
+    def _pages(self, name: str, page_size: int, cursor: str | None = None) -> Iterator[list[bytes]]:
+        """Ids in byte order, page_size at a time, after cursor: O(log n + page) per page."""
+        low = b"-" if cursor is None else b"(" + cursor.encode()
+        while members := self._client.zrangebylex(self._ids_key(name), low, b"+", 0, page_size):
+            yield members
+            low = b"(" + members[-1]
+
+    def _id_vector_pages(self, name: str, entry: dict) -> Iterator[tuple[list[str], np.ndarray]]:
+        """(ids, vectors) of the whole collection, in id order, _PAGE records at a time."""
+        for members in self._pages(name, _PAGE):
+            rows = self._fetch(entry, members, (ID, VECTOR))
+            if rows:
+                yield [_record_id(row) for row in rows], self._vectors(entry, rows, 2)
 
     def _fetch(self, entry: dict, members: list[bytes], fields: tuple[str, ...]) -> list[list]:
         """HMGET of the given fields for each id, in one round trip; missing records are dropped."""
@@ -415,133 +403,7 @@ class RedisBackend(Backend):
             [{} if row[4] is None else json.loads(row[4]) for row in rows],
         )
 
-    def _pages(self, name: str, page_size: int, cursor: str | None = None) -> Iterator[list[bytes]]:
-        """Ids in byte order, page_size at a time, after cursor: O(log n + page) per page."""
-        low = b"-" if cursor is None else b"(" + cursor.encode()
-        while members := self._client.zrangebylex(self._ids_key(name), low, b"+", 0, page_size):
-            yield members
-            low = b"(" + members[-1]
-
-    @_translated
-    def scan(
-        self, name: str, batch_size: int, cursor: str | None = None
-    ) -> tuple[Batch, str | None]:
-        entry = self._existing(name)
-        if batch_size < 1:
-            raise BackendError(f"redis scan of {name!r}: batch_size must be positive, "
-                               f"not {batch_size}")
-        # One id more than asked tells whether another page exists, so the last page ends with None.
-        members = next(self._pages(name, batch_size + 1, cursor), [])
-        page = members[:batch_size]
-        return self._batch(entry, page), page[-1].decode() if len(members) > batch_size else None
-
-    @_translated
-    def upsert(self, name: str, batch: Batch) -> None:
-        entry = self._existing(name)
-        if not len(batch):
-            return
-        if batch.dim != entry["dim"]:
-            raise DimensionMismatchError(f"redis collection {name!r} has dimension {entry['dim']}; "
-                                         f"the batch has vectors of dimension {batch.dim}")
-        vectors = batch.vectors.astype("<f4", copy=False)
-        prefix = entry["prefix"].encode()
-        mappings = [record_fields(rid, vectors[i].tobytes(), batch.documents[i], batch.metadatas[i])
-                    for i, rid in enumerate(batch.ids)]
-        with self._client.pipeline(transaction=True) as pipe:
-            for rid, mapping in zip(batch.ids, mappings):
-                key = prefix + rid.encode()
-                pipe.delete(key)  # drops flat fields and text the new version no longer has
-                pipe.hset(key, mapping=mapping)
-            pipe.zadd(self._ids_key(name), {rid.encode(): 0 for rid in batch.ids})
-            pipe.execute()
-
-    @_translated
-    def delete(self, name: str, ids: list[str]) -> None:
-        entry = self._existing(name)
-        if not ids:
-            return
-        members = [rid.encode() for rid in ids]
-        with self._client.pipeline(transaction=True) as pipe:
-            pipe.delete(*(entry["prefix"].encode() + member for member in members))
-            pipe.zrem(self._ids_key(name), *members)
-            pipe.execute()
-
-    @_translated
-    def get(self, name: str, ids: list[str]) -> Batch:
-        entry = self._existing(name)
-        return self._batch(entry, [rid.encode() for rid in ids])
-
-    # search --------------------------------------------------------------------------------
-
-    @_translated
-    def query(self, name: str, vectors: np.ndarray, k: int) -> list[list[Hit]]:
-        entry = self._existing(name)
-        queries = np.asarray(vectors, dtype=np.float32)
-        queries = queries.reshape(1, -1) if queries.ndim == 1 else queries
-        if queries.shape[1] != entry["dim"]:
-            raise DimensionMismatchError(f"redis collection {name!r} has dimension {entry['dim']}; "
-                                         f"the queries have dimension {queries.shape[1]}")
-        if k < 1 or not len(queries):
-            return [[] for _ in queries]
-        if entry.get("index") and self._native_search:
-            return self._knn(entry, queries, k)
-        return self._exact(name, entry, queries, k)
-
-    def _knn(self, entry: dict, queries: np.ndarray, k: int) -> list[list[Hit]]:
-        with self._client.pipeline(transaction=False) as pipe:
-            for query in queries:
-                pipe.execute_command(
-                    "FT.SEARCH", entry["index"], f"*=>[KNN {k} @{VECTOR} $vec AS {_SCORE}]",
-                    "PARAMS", 2, "vec", query.astype("<f4").tobytes(), "SORTBY", _SCORE, "ASC",
-                    "RETURN", 2, ID, _SCORE, "LIMIT", 0, k, "DIALECT", 2)
-            replies = pipe.execute()
-        return [parse_knn_reply(reply, entry["metric"]) for reply in replies]
-
-    def _exact(self, name: str, entry: dict, queries: np.ndarray, k: int) -> list[list[Hit]]:
-        """Exact search: stream the vectors page by page, keeping a running top k per query.
-
-        Ranking keys are "smaller is closer": squared L2 distance (as RediSearch reports it),
-        1 - cosine similarity, and minus the dot product for ip."""
-        metric = entry["metric"]
-        q = queries.astype(np.float64)
-        if metric == "cosine":
-            q = _unit_rows(q)
-        best_keys = np.zeros((len(q), 0))
-        best_ids = np.empty((len(q), 0), dtype=object)
-        for members in self._pages(name, _PAGE):
-            rows = self._fetch(entry, members, (ID, VECTOR))
-            if not rows:
-                continue
-            x = self._vectors(entry, rows, 2).astype(np.float64)
-            if metric == "l2":
-                squared = (q * q).sum(1)[:, None] - 2 * q @ x.T + (x * x).sum(1)[None, :]
-                keys = np.maximum(squared, 0)
-            elif metric == "cosine":
-                keys = 1 - q @ _unit_rows(x).T
-            else:
-                keys = -(q @ x.T)
-            ids = np.array([_record_id(row) for row in rows], dtype=object)
-            # A stable sort over (best so far, this page) keeps the lower id on ties: pages come
-            # in id order.
-            all_keys = np.concatenate([best_keys, keys], axis=1)
-            all_ids = np.concatenate([best_ids, np.broadcast_to(ids, keys.shape)], axis=1)
-            order = np.argsort(all_keys, axis=1, kind="stable")[:, :k]
-            best_keys = np.take_along_axis(all_keys, order, axis=1)
-            best_ids = np.take_along_axis(all_ids, order, axis=1)
-        sign = -1.0 if metric == "ip" else 1.0
-        return [[(str(rid), sign * float(key)) for rid, key in zip(id_row, key_row, strict=True)]
-                for id_row, key_row in zip(best_ids, best_keys, strict=True)]
-
-    def close(self) -> None:
-        self._client.close()
-
 
 def _record_id(row: list) -> str:
     """The id field of a fetched row (row[1]), or the id the key was looked up by (row[0])."""
     return (row[0] if row[1] is None else row[1]).decode()
-
-
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length; zero rows stay zero (cosine similarity 0, distance 1)."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms > 0, norms, 1.0)

@@ -41,16 +41,17 @@ class Detected:
     reason: str
 
 
-def detect_layout(sample: Sequence[Native], has_text_slot: bool) -> Detected:
-    """The framework layout most records of a sample match; raw when none does.
+def detect_layout(sample: Sequence[tuple[str, Native]], has_text_slot: bool) -> Detected:
+    """The framework layout most records of a sample of (native id, native record) match; raw
+    when none does.
 
-    LlamaIndex is recognised by its `_node_content` JSON, LangChain (in a payload) by
-    `page_content` + `metadata`. On a backend with a text slot LangChain's records are the plain
-    client's, so they are detected as raw, which reads and writes them the same way."""
+    LlamaIndex is recognised by its `_node_content` JSON; LangChain by `page_content` + `metadata`
+    in a payload, or, on a backend with a text slot (where its records are plain ones), by UUID ids
+    and a document on every record."""
     if not sample:
         return Detected(_LAYOUTS["raw"], "empty collection: nothing to detect, raw assumed")
     for layout in (_LAYOUTS["llamaindex"], _LAYOUTS["langchain"]):
-        hits = sum(1 for native in sample if layout.matches(native, has_text_slot))
-        if hits * 2 > len(sample):
+        hits = sum(1 for rid, native in sample if layout.matches(rid, native, has_text_slot))
+        if hits == len(sample) or (hits * 2 > len(sample) and not (has_text_slot and layout.name == "langchain")):
             return Detected(layout, f"{hits} of {len(sample)} sampled records look written by {layout.writer}")
     return Detected(_LAYOUTS["raw"], f"none of {len(sample)} sampled records carries a framework's fields")

@@ -74,7 +74,7 @@ class Layout(ABC):
         """The field keys this layout reads or writes for this record."""
 
     @abstractmethod
-    def matches(self, native: Native, has_text_slot: bool) -> bool:
+    def matches(self, record_id: str, native: Native, has_text_slot: bool) -> bool:
         """True when this record looks written by this layout's framework (for detection)."""
 
     def where_text_lives(self, has_text_slot: bool) -> str:

@@ -64,8 +64,7 @@ class LlamaIndexLayout(Layout):
         node = _node(native)
         old = node.get("metadata") if isinstance(node.get("metadata"), dict) else {}
         node["metadata"] = dict(metadata)
-        fields = {key: value for key, value in native.fields.items() if key not in old or key in FRAMEWORK_KEYS}
-        fields.update((key, value) for key, value in metadata.items() if key not in FRAMEWORK_KEYS)
+        fields = _replace_flat_copies(native.fields, old, metadata)
         fields[NODE_CONTENT] = text if old == metadata else json.dumps(node, ensure_ascii=False)
         return Native(native.text, fields)
 
@@ -79,7 +78,7 @@ class LlamaIndexLayout(Layout):
         metadata = node.get("metadata") if isinstance(node.get("metadata"), dict) else {}
         return set(FRAMEWORK_KEYS) | set(metadata)
 
-    def matches(self, native: Native, has_text_slot: bool) -> bool:
+    def matches(self, record_id: str, native: Native, has_text_slot: bool) -> bool:
         value = native.fields.get(NODE_CONTENT)
         if not isinstance(value, str):
             return False
@@ -90,6 +89,21 @@ class LlamaIndexLayout(Layout):
 
     def where_text_lives(self, has_text_slot: bool) -> str:
         return "the text slot (documents)" if has_text_slot else f"{NODE_CONTENT!r} (the node JSON's 'text')"
+
+
+def _replace_flat_copies(fields: dict[str, Any], old: dict[str, Any], metadata: dict[str, Any]) -> dict[str, Any]:
+    """The field map with the flat copies of `old` replaced by those of `metadata`, in the place the
+    old ones held (LlamaIndex writes them first), every other field in its own place."""
+    new = [(key, value) for key, value in metadata.items() if key not in FRAMEWORK_KEYS]
+    out: dict[str, Any] = {} if any(key in old and key not in FRAMEWORK_KEYS for key in fields) else dict(new)
+    for key, value in fields.items():
+        if key in old and key not in FRAMEWORK_KEYS:
+            if not out.keys() & {k for k, _ in new}:
+                out.update(new)
+            continue
+        out[key] = value
+    out.update((key, value) for key, value in new if key not in out)
+    return out
 
 
 def _node(native: Native) -> dict[str, Any]:

@@ -54,5 +54,5 @@ class RawLayout(Layout):
     def owned_fields(self, native: Native, has_text_slot: bool) -> set[str]:
         return set(native.fields)
 
-    def matches(self, native: Native, has_text_slot: bool) -> bool:
+    def matches(self, record_id: str, native: Native, has_text_slot: bool) -> bool:
         return True
