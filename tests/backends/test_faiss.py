@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from tests.backends.contract import DIM, BackendContract, make_batch
-from vecflow.backends import faiss as faiss_backend
 from vecflow.backends import faiss_index, open_backend
 from vecflow.backends.faiss import INDEX_FILE, INDEX_META, SIDECAR, FaissBackend
 from vecflow.batch import Batch

@@ -172,7 +172,7 @@ def test_deleting_mapped_ids_forgets_their_state(backend, state):
     backend.upsert("ids", Batch(["a", "b"], np.ones((2, 2), np.float32) * 3, [None, None], [{}, {}]))
     backend.delete("ids", ["a", "b"])
     assert not state.has_records(backend.scope("ids"), "id")
-    assert not state.has_records(backend.scope("ids"), "bits")
+    assert not state.has_records(backend.scope("ids"), "vector")
 
 
 # cosine vectors --------------------------------------------------------------------------------
@@ -188,7 +188,7 @@ def test_cosine_vectors_read_back_exactly_through_state(store_path, state):
     backend.upsert("cos", batch)
     stored = np.array([p.vector for p in plain_points(backend, "cos")], np.float32)
     assert np.allclose(np.linalg.norm(stored, axis=1)[np.abs(stored).max(axis=1) > 0], 1, atol=1e-6)  # unit
-    assert state.has_records(backend.scope("cos"), "bits")
+    assert state.has_records(backend.scope("cos"), "vector")
     assert backend.get("cos", batch.ids).vectors.tobytes() == batch.vectors.tobytes()
     changed = batch.take(list(range(3, 13)))
     changed.vectors = changed.vectors[::-1] * 2

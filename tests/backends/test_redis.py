@@ -13,9 +13,10 @@ from tests.backends.contract import BackendContract, make_batch
 from tests.conftest import free_port
 from vecflow.backends import open_backend
 from vecflow.backends import redis as redis_module
-from vecflow.backends.redis import RedisBackend, index_create_args, parse_knn_reply
+from vecflow.backends.redis import RedisBackend
+from vecflow.backends.redis_search import index_create_args, parse_knn_reply
 from vecflow.batch import Batch
-from vecflow.errors import BackendError, ConfigError, DimensionMismatchError
+from vecflow.errors import BackendError, ConfigError, DimensionMismatchError, OperationError
 from vecflow.runtime.digest import batch_digest, collection_digest
 
 _namespace = itertools.count()
@@ -48,7 +49,23 @@ def raw(redis_url):
 
 
 class TestRedisContract(BackendContract):
-    pass
+    @pytest.fixture(autouse=True)
+    def plain_client(self, raw, key_prefix):
+        """The contract's hooks read with a plain redis-py client of their own."""
+        self.raw, self.key_prefix = raw, key_prefix
+
+    def plain_records(self, backend, name):
+        # SCAN over the record prefix, not vecflow's id zset: every hash an application would see.
+        keys = sorted(set(self.raw.scan_iter(match=f"{self.key_prefix}{name}:*", count=1000)))
+        assert all(self.raw.type(key) == b"hash" for key in keys)
+        return [{"key": key, "fields": self.raw.hgetall(key)} for key in keys]
+
+    def plain_collection_metadata(self, backend, name):
+        # A Redis collection has no metadata of its own; with the search module it has an index.
+        try:
+            return self.raw.execute_command("FT.INFO", f"{self.key_prefix}{name}")
+        except redis.ResponseError:
+            return None
 
 
 def test_redis_module_is_redis_py():
@@ -76,7 +93,25 @@ def test_record_is_a_hash_in_the_documented_layout(store, raw, key_prefix):
     ids = raw.zrange(f"{key_prefix}vecflow:ids:docs", 0, -1, withscores=True)
     assert ids == [("a:b c/ü".encode(), 0.0)]
     entry = json.loads(raw.hget(f"{key_prefix}vecflow:collections", "docs"))
-    assert (entry["dim"], entry["metric"], entry["prefix"]) == (3, "cosine", f"{key_prefix}docs:")
+    assert entry == {"dim": 3, "metric": "cosine", "prefix": f"{key_prefix}docs:", "params": {}, "index": None}
+
+
+def test_collection_metadata_is_kept_in_vecflow_state_not_in_redis(store, raw, key_prefix):
+    store.create_collection("docs", 2, "l2")
+    keys_before = sorted(raw.keys(f"{key_prefix}*"))
+    entry_before = raw.hget(f"{key_prefix}vecflow:collections", "docs")
+    store.update_collection_metadata("docs", {"embedding": {"model": "m1"}})
+    assert store.collection_metadata("docs") == {"embedding": {"model": "m1"}}
+    assert sorted(raw.keys(f"{key_prefix}*")) == keys_before
+    assert raw.hget(f"{key_prefix}vecflow:collections", "docs") == entry_before
+
+
+def test_record_hashes_hold_no_field_of_vecflows(store, raw, key_prefix):
+    store.create_collection("docs", 2, "cosine")
+    store.upsert("docs", Batch(["a", "b"], np.ones((2, 2)), ["t", None], [{"x": 1}, {"y": [None]}]))
+    store.update_metadata("docs", ["a"], [{"z": {"deep": None}}])
+    for key in (f"{key_prefix}docs:a", f"{key_prefix}docs:b"):
+        assert set(raw.hkeys(key)) <= {b"id", b"vector", b"text", b"metadata", b"x", b"y", b"z"}
 
 
 def test_replacing_a_record_drops_its_stale_fields(store, raw, key_prefix):
@@ -118,6 +153,7 @@ def test_names_whose_keys_would_mix_are_refused(store):
 
 
 def test_rename_resumes_after_a_crash(store, monkeypatch):
+    monkeypatch.setattr(redis_module, "_PAGE", 10)
     store.create_collection("old", 4, "ip")
     batch = make_batch(25, dim=4)
     store.upsert("old", batch)
@@ -131,12 +167,12 @@ def test_rename_resumes_after_a_crash(store, monkeypatch):
 
     monkeypatch.setattr(store._client, "zrange", crash_on_second_chunk)
     with pytest.raises(BackendError, match="connection lost"):
-        store.rename_collection("old", "new", batch_size=10)
+        store.rename_collection("old", "new")
     assert store.list_collections() == ["new", "old"]
     assert store.count("old") + store.count("new") == 25
-    monkeypatch.undo()
+    monkeypatch.setattr(store._client, "zrange", real_zrange)
 
-    store.rename_collection("old", "new", batch_size=10)
+    store.rename_collection("old", "new")
     assert store.list_collections() == ["new"]
     assert store.describe("new").metric == "ip"
     assert collection_digest(store, "new") == batch_digest(batch)
@@ -146,6 +182,31 @@ def test_query_with_the_wrong_dimension_is_refused(store):
     store.create_collection("docs", 3, "l2")
     with pytest.raises(DimensionMismatchError):
         store.query("docs", np.ones((1, 4), np.float32), 1)
+
+
+@pytest.mark.parametrize("params, problem", [
+    ({"nlist": 4}, "unknown"), ({"algorithm": "IVF"}, "algorithm"), ({"algorithm": "HNSW", "m": 0}, "m must"),
+    ({"ef_runtime": "many"}, "ef_runtime"),
+])
+def test_index_params_are_checked_even_without_a_search_module(store, params, problem):
+    with pytest.raises(OperationError, match=problem):
+        store.create_collection("docs", 3, "l2", **params)
+    assert store.list_collections() == []
+
+
+def test_index_params_are_described_as_given(store):
+    store.create_collection("docs", 3, "l2", algorithm="hnsw", m="16", ef_runtime=20)
+    assert store.describe("docs").params == {"algorithm": "hnsw", "m": "16", "ef_runtime": 20}
+
+
+def test_the_state_scope_tells_key_prefixes_and_databases_apart(redis_url):
+    first, second = RedisBackend(redis_url, key_prefix="a:"), RedisBackend(redis_url, db="1", key_prefix="b:")
+    try:
+        assert first.scope("docs") == f"redis|{redis_url} db 0 key prefix 'a:'|docs"
+        assert second.scope("docs") == f"redis|{redis_url} db 1 key prefix 'b:'|docs"
+    finally:
+        first.close()
+        second.close()
 
 
 # connection and options --------------------------------------------------------------------
@@ -241,10 +302,10 @@ def test_k_larger_than_the_collection_returns_every_record(store):
 
 
 def test_knn_replies_parse_in_both_protocols():
-    resp2 = [2, b"p:a", [b"id", b"a", b"__vecflow_score", b"0.25"],
-             b"p:b", [b"__vecflow_score", b"0.5", b"id", b"b"]]
+    resp2 = [2, b"p:a", [b"id", b"a", b"__vector_score", b"0.25"],
+             b"p:b", [b"__vector_score", b"0.5", b"id", b"b"]]
     resp3 = {b"total_results": 1, b"results": [
-        {b"id": b"p:a", b"extra_attributes": {b"id": b"a", b"__vecflow_score": b"0.25"},
+        {b"id": b"p:a", b"extra_attributes": {b"id": b"a", b"__vector_score": b"0.25"},
          b"values": []}]}
     assert parse_knn_reply(resp2, "l2") == [("a", 0.25), ("b", 0.5)]
     assert parse_knn_reply(resp2, "ip") == [("a", 0.75), ("b", 0.5)]

@@ -1,12 +1,18 @@
 """Exact vector bits for stores that change them on write, kept in vecflow's state.
 
 Chroma and Qdrant keep the vectors of cosine collections normalised, so a vector read back differs
-from the one written by an ulp or more. After a write the adapter reads the vectors back and
-records, for each one the store changed, the correction in vecflow's state (kind `bits`): an 8-byte
-BLAKE2b of the vector as the store returns it, then the zlib-compressed per-component difference of
-the float32 bit patterns (written - returned, little-endian uint32 modulo 2**32). Reading applies
-the correction only while the hash still matches, so a vector the application rewrote since is read
-as the store has it.
+from the one written by an ulp or more. Two ways to give the written bits back:
+
+- `record_bits` / `apply_bits` (kind `bits`, Chroma, whose stored vectors stay put until rewritten):
+  after a write the adapter reads the vectors back and records, for each one the store changed, an
+  8-byte BLAKE2b of the vector as the store returns it, then the zlib-compressed per-component
+  difference of the float32 bit patterns (written - returned, little-endian uint32 modulo 2**32).
+  The correction applies only while the hash still matches, so a vector the application rewrote
+  since is read as the store has it.
+- `record_written` / `apply_written` (kind `vector`, Qdrant, whose local mode re-normalises stored
+  vectors when it is queried, so what it returns drifts by an ulp after the write): the written
+  float32 vector itself, given back while the stored one still points the same way (cosine
+  similarity within 1e-6). No read-back is needed.
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ import numpy as np
 from vecflow.state import VecflowState
 
 KIND = "bits"
+WRITTEN = "vector"
+# How close in direction the stored vector must be to the written one for the written one to count.
+_SAME_DIRECTION = 1 - 1e-6
 
 
 def record_bits(state: VecflowState, scope: str, ids: list[str], written: np.ndarray, returned: np.ndarray) -> None:
@@ -61,3 +70,35 @@ def corrected(returned: np.ndarray, payload: bytes) -> np.ndarray:
 
 def _vector_hash(bits: np.ndarray) -> bytes:
     return hashlib.blake2b(bits.tobytes(), digest_size=8).digest()
+
+
+def record_written(state: VecflowState, scope: str, ids: list[str], written: np.ndarray) -> None:
+    """Remember the written float32 vectors (for stores whose returned bits drift)."""
+    rows = np.ascontiguousarray(written, dtype="<f4")
+    state.put_records(scope, WRITTEN, {rid: rows[i].tobytes() for i, rid in enumerate(ids)})
+
+
+def apply_written(state: VecflowState, scope: str, ids: list[str], returned: np.ndarray) -> np.ndarray:
+    """The written vectors where vecflow knows them and the store's still point the same way."""
+    known = state.get_records(scope, WRITTEN, ids) if len(ids) else {}
+    if not known:
+        return returned
+    out = np.array(returned, dtype=np.float32, copy=True)
+    for i, rid in enumerate(ids):
+        raw = known.get(rid)
+        if raw is None or len(raw) != 4 * out.shape[1]:
+            continue
+        written = np.frombuffer(raw, dtype="<f4")
+        if _same_direction(written, out[i]):
+            out[i] = written
+    return out
+
+
+def _same_direction(written: np.ndarray, stored: np.ndarray) -> bool:
+    """Whether stored still points where written does; a stored zero vector counts (Qdrant stores
+    zeros for vectors whose float32 norm overflows or underflows)."""
+    a64, b64 = written.astype(np.float64), stored.astype(np.float64)
+    if not b64.any():
+        return True
+    norms = float(np.linalg.norm(a64) * np.linalg.norm(b64))
+    return norms > 0 and float(a64 @ b64) / norms >= _SAME_DIRECTION

@@ -305,7 +305,7 @@ class QdrantBackend(Backend):
                                    f"has no {slot.label}")
         vectors = np.array(rows, dtype=np.float32).reshape(len(rows), slot.params.size)
         if slot.params.distance == models.Distance.COSINE and len(rows):
-            vectors = exact.apply_bits(self.state, self.scope(name), texts, vectors)
+            vectors = exact.apply_written(self.state, self.scope(name), texts, vectors)
         return vectors
 
     # writing -----------------------------------------------------------------------------------
@@ -362,15 +362,10 @@ class QdrantBackend(Backend):
             self._record_bits(name, slot, [pids[i] for i in written], part.vectors[written])
 
     def _record_bits(self, name: str, slot: VectorSlot, pids: list[PointId], written: np.ndarray) -> None:
-        """Qdrant keeps cosine vectors normalised: read back what it stored and keep the written
-        bits in vecflow's state. (Its normalisation runs SIMD sums whose rounding depends on the
-        machine, so it is read, not predicted.)"""
-        position = {str(pid): i for i, pid in enumerate(pids)}
-        stored = [point for point in self._retrieve(name, pids, slot.selector) if slot.pick(point.vector)]
-        texts = [str(point.id) for point in stored]
-        returned = np.array([slot.pick(point.vector) for point in stored], dtype=np.float32)
-        exact.record_bits(self.state, self.scope(name), texts, written[[position[t] for t in texts]],
-                          returned.reshape(len(texts), slot.params.size))
+        """Qdrant keeps cosine vectors normalised (and local mode re-normalises them again when
+        queried): keep the written bits in vecflow's state, given back while the stored vector
+        points the same way (see vecflow/backends/exact.py)."""
+        exact.record_written(self.state, self.scope(name), [str(pid) for pid in pids], written)
 
     def _update_metadata(self, name: str, ids: list[str], metadatas: list[dict[str, Any]]) -> None:
         """A payload-only write per changed point (vectors are never sent)."""
