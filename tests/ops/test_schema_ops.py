@@ -157,29 +157,15 @@ def test_threshold_exceeded_fails_before_writing_anything(project):
 # vectors ------------------------------------------------------------------------------------------
 
 
-def test_nan_vectors_are_quarantined_with_their_original_bytes_and_restored_exactly(project, backend):
+def test_nan_vectors_cannot_enter_any_store(project, backend):
+    """Every backend refuses NaN and infinity on write (the Backend base checks once), so a schema
+    never meets such a vector in data vecflow wrote; apply_schema still quarantines one it reads."""
     bad = np.arange(8, dtype=np.float32)
     bad[2], bad[5] = np.nan, np.inf
-    if backend in ("chroma", "qdrant"):
-        # These adapters refuse NaN and infinity on write: such vectors cannot be in their data.
-        with opened(project) as (store, name), pytest.raises(InvalidDataError):
-            store.upsert(name, Batch(["nan"], bad[None, :], [None], [{}]))
-        return
-    edit(project, {}, vectors={"id-000002": bad})
-    before = {ref: project.digest(ref) for ref in ("docs", "docs_quarantine")}
-    project.write_yaml("step1", """\
-        revision: step1
-        down_revision: base0
-        upgrade:
-          - apply_schema: {collection: docs, schema: {}}
-        """)
-    project.run("upgrade", "head")
-    (record,) = project.records("docs_quarantine").values()
-    assert record.metadata[QUARANTINE_REASON] == "vector: NaN or infinite values"
-    assert not record.vector.any()
-    original = np.frombuffer(base64.b64decode(record.metadata[QUARANTINE_VECTOR]), "<f4")
-    assert original.tobytes() == bad.tobytes()
-    assert_downgrade_restores(project, before)
+    with opened(project) as (store, name), pytest.raises(InvalidDataError, match="NaN or infinite"):
+        store.upsert(name, Batch(["nan"], bad[None, :], [None], [{}]))
+    with opened(project) as (store, name):
+        assert store.get(name, ["nan"]).ids == []
 
 
 def test_expected_dimension_is_checked_on_every_record(project):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
 
 from vecflow.backends.base import Backend, CollectionInfo, Hit, NativePage
@@ -43,10 +44,12 @@ def backend_class(name: str) -> type[Backend]:
     return getattr(module, class_name)
 
 
-def open_backend(name: str, options: dict[str, Any], state: VecflowState | None = None) -> Backend:
+def open_backend(name: str, options: dict[str, Any], state: VecflowState | None = None,
+                 project_root: Path | None = None) -> Backend:
     """Instantiate the adapter registered as name with the store's options. `layout` is an option
     of every store (auto, raw, langchain, llamaindex); `state` is where vecflow keeps what it must
-    remember about the store (vecflow/state.py), in memory when None."""
+    remember about the store (vecflow/state.py), in memory when None; stores inside project_root are
+    scoped in it by their path relative to the project."""
     cls = backend_class(name)
     options = dict(options)
     layout = options.pop("layout", None)
@@ -60,5 +63,5 @@ def open_backend(name: str, options: dict[str, Any], state: VecflowState | None 
         backend.close()
         raise ConfigError(f"store option layout={layout!r}: {exc}") from exc
     if state is not None:
-        backend.attach_state(state)
+        backend.attach_state(state, project_root)
     return backend

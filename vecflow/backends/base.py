@@ -18,8 +18,10 @@ What vecflow must remember to be exact lives in `self.state` (vecflow/state.py),
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -74,6 +76,7 @@ class Backend(ABC):
     layouts: ClassVar[tuple[str, ...]] = ("raw",)
 
     _state: VecflowState | None = None
+    _state_root: Path | None = None
     _layout_option: str | None = None
     _layout_cache: dict[str, Detected] | None = None
 
@@ -86,8 +89,11 @@ class Backend(ABC):
             self._state = VecflowState.in_memory()
         return self._state
 
-    def attach_state(self, state: VecflowState) -> None:
+    def attach_state(self, state: VecflowState, project_root: Path | None = None) -> None:
+        """Use the project's state. Stores inside `project_root` are scoped by their path relative
+        to it, so moving or copying the project folder keeps its state valid."""
         self._state = state
+        self._state_root = project_root
 
     @property
     def location(self) -> str:
@@ -96,7 +102,19 @@ class Backend(ABC):
 
     def scope(self, name: str) -> str:
         """The state scope of one collection of this store."""
-        return f"{self.name}|{self.location}|{name}"
+        return f"{self.name}|{self._scope_location()}|{name}"
+
+    def _scope_location(self) -> str:
+        where = self.location
+        root = self._state_root
+        if root is None or not os.path.isabs(where):
+            return where
+        path, sep, rest = where.partition(" (")  # Chroma adds " (tenant ..., database ...)"
+        try:
+            relative = Path(path).resolve().relative_to(Path(root).resolve())
+        except ValueError:
+            return where
+        return f"project:{relative.as_posix()}{sep}{rest}"
 
     def set_layout_option(self, layout: str | None) -> None:
         """The store section's `layout =` (auto, raw, langchain, llamaindex)."""

@@ -38,7 +38,8 @@ class Stores:
         name = store or self.config.default_store
         if name not in self._open:
             store_config = self.config.store(name)
-            self._open[name] = open_backend(store_config.backend, store_config.options, self.state)
+            self._open[name] = open_backend(store_config.backend, store_config.options, self.state,
+                                            self.config.here)
         return self._open[name]
 
     def resolve(self, ref: str) -> tuple[Backend, str]:
