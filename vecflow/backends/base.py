@@ -211,19 +211,25 @@ class Backend(ABC):
     def layout_of(self, name: str) -> Detected:
         """The layout a collection's records are in, and why: the store's `layout =` when set,
         else the one it was created with, else detected from a sample of its records."""
-        cache = self._layout_cache if self._layout_cache is not None else {}
-        self._layout_cache = cache
+        cache = self._layouts()
         if name not in cache:
+            self._require(name)
             cache[name] = self._resolve_layout(name)
         return cache[name]
 
-    def use_layout(self, name: str, layout: str) -> None:
-        """Write a collection in this layout from now on (an op's `layout=` / `target_layout=`)."""
+    def _layouts(self) -> dict[str, Detected]:
+        if self._layout_cache is None:
+            self._layout_cache = {}
+        return self._layout_cache
+
+    def override_layout(self, name: str, layout: str, reason: str) -> None:
+        """Read and write a collection in this layout for the rest of this connection (a step's
+        `layout=`), whatever was detected or recorded."""
+        self._require(name)
         if layout not in self.layouts:
             raise OperationError(f"{self.name} store: layout {layout!r} is not supported here; "
                                  f"{self.name} supports {', '.join(self.layouts)}")
-        self.state.put_collection(self.scope(name), "layout", layout)
-        self._forget_layout(name)
+        self._layouts()[name] = Detected(get_layout(layout), reason)
 
     # records -------------------------------------------------------------------------------------
 

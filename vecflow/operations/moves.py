@@ -43,6 +43,8 @@ class CopyCollectionOp(Op):
     target_layout: str | None = None
     # The metric of a new target: by default the source's (see docs/layouts.md, "Target shape").
     target_metric: Literal["cosine", "l2", "ip"] | None = None
+    # Read the source in this layout instead of the detected one.
+    layout: str | None = None
 
     @model_validator(mode="after")
     def _distinct(self) -> CopyCollectionOp:
@@ -50,8 +52,9 @@ class CopyCollectionOp(Op):
             raise ValueError("source and target are the same collection")
         if self.target_params and "metric" in self.target_params:
             raise ValueError("set the target's metric with target_metric, not inside target_params")
-        if self.target_layout is not None and self.target_layout not in LAYOUT_NAMES:
-            raise ValueError(f"unknown target_layout {self.target_layout!r}; use one of {', '.join(LAYOUT_NAMES)}")
+        for name, value in (("target_layout", self.target_layout), ("layout", self.layout)):
+            if value is not None and value not in LAYOUT_NAMES:
+                raise ValueError(f"unknown {name} {value!r}; use one of {', '.join(LAYOUT_NAMES)}")
         return self
 
     def collections(self) -> list[str]:
@@ -69,6 +72,7 @@ class CopyCollectionOp(Op):
         if not source.has_collection(source_name):
             return [f"source {self.source} does not exist now (an earlier step may create it); "
                     "no coercion report"]
+        self._read_source_as(source, source_name)
         lines = []
         try:
             exists = self._preflight(source, source_name, target, target_name)
@@ -114,12 +118,19 @@ class CopyCollectionOp(Op):
         if self.verify and ctx.verify:
             self.check(ctx)
 
+    def _read_source_as(self, source: Backend, source_name: str) -> None:
+        if self.layout is not None:
+            source.override_layout(source_name, self.layout, "set by the step's layout=")
+
     def copy(self, ctx: StepContext) -> None:
         source, source_name = ctx.resolve(self.source)
         target, target_name = ctx.resolve(self.target)
         if not ctx.state.get("prepared"):
             if not source.has_collection(source_name):
                 raise CollectionNotFoundError(f"{self.op_name}: source {self.source} does not exist")
+        if source.has_collection(source_name):
+            self._read_source_as(source, source_name)
+        if not ctx.state.get("prepared"):
             existed = self._preflight(source, source_name, target, target_name) and not ctx.resumed
             info = source.describe(source_name)
             if not target.has_collection(target_name):
