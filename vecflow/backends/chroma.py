@@ -30,6 +30,7 @@ from chromadb.errors import ChromaError, InvalidArgumentError, NotFoundError
 from vecflow.backends import chroma_values as values
 from vecflow.backends import exact
 from vecflow.backends.base import Backend, CollectionInfo, Hit, NativePage
+from vecflow.backends.helpers import one_line, redacted, root_cause
 from vecflow.batch import Batch
 from vecflow.errors import (
     BackendError,
@@ -78,7 +79,7 @@ class ChromaBackend(Backend):
             # chromadb shares one client system per path string: spell each folder one way.
             path = os.path.abspath(os.path.expanduser(path))
         # Part of every state scope, so two databases of one server never share entries.
-        self._where = _location(path or _redacted(url), tenant, database)
+        self._where = _location(path or redacted(url), tenant, database)
         self._client: Any = None
         scope = {k: v for k, v in (("tenant", tenant), ("database", database)) if v}
         self._ids: dict[Any, list[str]] = {}  # sorted ids per collection uuid, for scans
@@ -97,12 +98,12 @@ class ChromaBackend(Backend):
             if self._client is not None:
                 self._client.close()
                 self._client = None
-            root = _root_cause(exc)
+            root = root_cause(exc)
             if url and isinstance(root, (httpx.TransportError, OSError)):
-                raise BackendError(f"cannot reach Chroma at {_redacted(url)}: {_one_line(root)}") from exc
-            where = (f"{path or _redacted(url)} (tenant {tenant or 'default_tenant'!r}, "
+                raise BackendError(f"cannot reach Chroma at {redacted(url)}: {one_line(root)}") from exc
+            where = (f"{path or redacted(url)} (tenant {tenant or 'default_tenant'!r}, "
                      f"database {database or 'default_database'!r})")
-            raise BackendError(f"cannot open Chroma at {where}: {_one_line(exc)}") from exc
+            raise BackendError(f"cannot open Chroma at {where}: {one_line(exc)}") from exc
 
     @property
     def client(self) -> Any:
@@ -419,11 +420,11 @@ class ChromaBackend(Backend):
         except VecflowError:
             raise
         except NotFoundError as exc:
-            raise CollectionNotFoundError(f"Chroma {action}: {_one_line(exc)}") from exc
+            raise CollectionNotFoundError(f"Chroma {action}: {one_line(exc)}") from exc
         except (httpx.TransportError, OSError) as exc:
-            raise BackendError(f"cannot reach Chroma at {self._where} ({action}): {_one_line(exc)}") from exc
+            raise BackendError(f"cannot reach Chroma at {self._where} ({action}): {one_line(exc)}") from exc
         except _FAILURES as exc:
-            raise BackendError(f"Chroma {action} failed: {_one_line(exc)}") from exc
+            raise BackendError(f"Chroma {action} failed: {one_line(exc)}") from exc
 
 
 # small helpers -----------------------------------------------------------------------------------
@@ -458,12 +459,6 @@ def _check_url(url: str) -> str:
     return url
 
 
-def _redacted(url: str) -> str:
-    """The URL without a password, for messages."""
-    parsed = urlparse(url)
-    if parsed.password is None:
-        return url
-    return parsed._replace(netloc=parsed.netloc.replace(f":{parsed.password}@", ":***@")).geturl()
 
 
 def _parse_headers(headers: dict[str, str] | str | None) -> dict[str, str] | None:
@@ -482,17 +477,10 @@ def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
 
 
 def _raise_if_name_rejected(name: str, exc: ChromaError) -> None:
-    text = _one_line(exc)
+    text = one_line(exc)
     if isinstance(exc, InvalidArgumentError) and "Expected a name" in text:
         rule = text[text.index("Expected a name"):].split(" Got")[0]
         raise BackendError(f"Chroma rejected collection name {name!r}: {rule}") from exc
 
 
-def _root_cause(exc: BaseException) -> BaseException:
-    while (exc.__cause__ or exc.__context__) is not None:
-        exc = exc.__cause__ or exc.__context__
-    return exc
 
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__

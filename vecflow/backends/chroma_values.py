@@ -26,8 +26,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
+from vecflow.backends.helpers import json_default
 from vecflow.errors import InvalidDataError
 from vecflow.layouts import Native
 
@@ -186,7 +185,7 @@ def normalised(value: Any, record_id: str, collection: str, key: str) -> Any:
     if value is None or type(value) in (str, bool, int, float):
         return value
     try:
-        return json.loads(json.dumps(value, default=_json_default, allow_nan=True))
+        return json.loads(json.dumps(value, default=json_default, allow_nan=True))
     except (TypeError, ValueError) as exc:
         raise InvalidDataError(f"Chroma collection {collection!r}, record {record_id!r}: metadata field "
                                f"{key!r} cannot be stored: {exc}") from exc
@@ -194,7 +193,7 @@ def normalised(value: Any, record_id: str, collection: str, key: str) -> Any:
 
 def same(a: Any, b: Any) -> bool:
     """Equal as JSON: 1, 1.0 and True differ, and so do 0.0 and -0.0."""
-    return json.dumps(a, sort_keys=True, default=_json_default) == json.dumps(b, sort_keys=True, default=_json_default)
+    return json.dumps(a, sort_keys=True, default=json_default) == json.dumps(b, sort_keys=True, default=json_default)
 
 
 def pack(entries: dict[str, dict[str, Any]]) -> bytes | None:
@@ -239,10 +238,3 @@ def _list_treatment(items: list[Any]) -> tuple[str, str]:
         return APPROXIMATE, "lists with " + ", ".join(sorted(why for how, why in hows if how == APPROXIMATE))
     return NATIVE, ""
 
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} value {value!r} is not JSON-serialisable")

@@ -31,6 +31,7 @@ import sqlite_utils
 from vecflow.backends import faiss_index
 from vecflow.backends.base import Backend, CollectionInfo, Hit
 from vecflow.backends.faiss_index import OpenCollection, fsync_directory, vectors_of, write_transaction
+from vecflow.backends.helpers import json_default
 from vecflow.batch import Batch
 from vecflow.errors import (
     BackendError,
@@ -338,17 +339,11 @@ def _bump_version(conn: sqlite3.Connection) -> int:
 
 def _dump_metadata(metadata: dict[str, Any], record_id: str) -> str:
     try:
-        return json.dumps(metadata, ensure_ascii=False, default=_json_default)
+        return json.dumps(metadata, ensure_ascii=False, default=json_default)
     except (TypeError, ValueError) as exc:
         raise InvalidDataError(f"record {record_id!r}: metadata cannot be stored as JSON ({exc})") from exc
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def _to_batch(rows: list[tuple[Any, ...]], dim: int) -> Batch:

@@ -16,13 +16,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 from qdrant_client import QdrantClient, models
 
 from vecflow.backends import exact
 from vecflow.backends.base import Backend, CollectionInfo, Hit, NativePage
+from vecflow.backends.helpers import redacted
 from vecflow.backends.qdrant_points import (
     CLIENT_ERRORS,
     VECFLOW_NAMESPACE,
@@ -79,12 +79,6 @@ def _parse_number(option: str, value: Any, kind: type, low: float, high: float) 
     return number
 
 
-def _redacted(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{parts.hostname}"
-                                            + (f":{parts.port}" if parts.port else "")))
 
 
 class QdrantBackend(Backend):
@@ -111,7 +105,7 @@ class QdrantBackend(Backend):
         self._vector_option = vector_name or None
         self._local: LocalStore | None = None
         self._folder = None if path is None else os.path.realpath(path)
-        self._where = self._folder or _redacted(url or "")
+        self._where = self._folder or redacted(url or "")
         if self._folder is not None:
             if any(v is not None for v in (api_key, grpc_preferred, port, seconds)):
                 raise ConfigError(f"qdrant store at {path}: api_key, prefer_grpc, grpc_port and timeout apply "

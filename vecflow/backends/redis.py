@@ -20,7 +20,6 @@ import functools
 import json
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import redis
@@ -28,6 +27,7 @@ from redis.connection import parse_url
 
 from vecflow.backends import redis_search
 from vecflow.backends.base import Backend, CollectionInfo, Hit
+from vecflow.backends.helpers import json_default, one_line, redacted
 from vecflow.batch import Batch, Metadata
 from vecflow.errors import (
     BackendError,
@@ -47,17 +47,8 @@ _PAGE = 1000  # ids per round trip (and per rename or drop transaction) when wal
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def _translated(method: _F) -> _F:
@@ -68,17 +59,11 @@ def _translated(method: _F) -> _F:
         try:
             return method(self, *args, **kwargs)
         except redis.RedisError as exc:
-            raise BackendError(f"redis at {self._where}: {_one_line(exc)}") from exc
+            raise BackendError(f"redis at {self._where}: {one_line(exc)}") from exc
 
     return wrapper  # type: ignore[return-value]
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not a JSON value")
 
 
 def _flat_value(value: Any) -> str | None:
@@ -100,7 +85,7 @@ def record_fields(rid: str, vector: bytes, document: str | None, metadata: Metad
     """The hash fields of one record. The JSON `metadata` field is what reads trust; the flat
     copies of scalar values exist so RediSearch / LangChain filters can see them."""
     try:
-        encoded = json.dumps(metadata, ensure_ascii=False, separators=(",", ":"), default=_json_default)
+        encoded = json.dumps(metadata, ensure_ascii=False, separators=(",", ":"), default=json_default)
     except (TypeError, ValueError) as exc:
         raise InvalidDataError(f"record {rid!r}: metadata is not JSON ({exc})") from exc
     fields: dict[str, str | bytes] = {}
@@ -130,7 +115,7 @@ class RedisBackend(Backend):
     def __init__(self, url: str = "redis://127.0.0.1:6379", db: int | str | None = None, key_prefix: str = "",
                  password: str | None = None, username: str | None = None, search: str = "auto",
                  socket_timeout: float | str = 30.0) -> None:
-        self._where = _redact(url)
+        self._where = redacted(url)
         if search not in SEARCH_MODES:
             raise ConfigError(f"redis store: search must be one of {', '.join(SEARCH_MODES)}, not {search!r}")
         self._search = search
@@ -148,12 +133,12 @@ class RedisBackend(Backend):
                 options[option] = value
             self._client = redis.Redis.from_url(url, **options)
         except ValueError as exc:
-            raise ConfigError(f"redis store: bad url or option for {self._where}: {_one_line(exc)}") from exc
+            raise ConfigError(f"redis store: bad url or option for {self._where}: {one_line(exc)}") from exc
         try:
             self._client.ping()
         except redis.RedisError as exc:
             self._client.close()
-            raise BackendError(f"cannot reach redis at {self._where}: {_one_line(exc)} (is the "
+            raise BackendError(f"cannot reach redis at {self._where}: {one_line(exc)} (is the "
                                "server running, and are the url and password right?)") from exc
         if search == "native" and not self._has_search_module:
             self._client.close()

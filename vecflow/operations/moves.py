@@ -15,13 +15,13 @@ from pydantic import Field, model_validator
 
 from vecflow.backends import Backend
 from vecflow.batch import Batch
-from vecflow.layouts import LAYOUT_NAMES
 from vecflow.errors import CollectionNotFoundError, OperationError, VecflowError, VerificationError
+from vecflow.layouts import LAYOUT_NAMES
 from vecflow.operations.base import CollectionOp, Op, StepRecord, register_op
 from vecflow.operations.collections import DropCollectionOp
+from vecflow.operations.target_shape import TargetShape, choose_target_shape
 from vecflow.runtime.context import StepContext
 from vecflow.runtime.stores import Stores
-from vecflow.operations.target_shape import TargetShape, choose_target_shape
 from vecflow.runtime.verify import SideDigest, copy_normalises, verify_copy
 
 COERCION_SAMPLE = 1000
@@ -171,8 +171,8 @@ class CopyCollectionOp(Op):
         if report.problems:
             raise VerificationError(f"{self.describe()} did not verify (the source is untouched): "
                                     + "; ".join(report.problems))
-        ctx.note(f"verified {self.target}: {report.summary()} (logical records, read through "
-                 f"{source.layout_of(source_name).layout.name} and {target.layout_of(target_name).layout.name} layouts)")
+        layouts = f"{source.layout_of(source_name).layout.name} and {target.layout_of(target_name).layout.name}"
+        ctx.note(f"verified {self.target}: {report.summary()} (logical records, read through {layouts} layouts)")
         if not report.normalised:
             ctx.know_digest(self.target, report.target_digest)
 
