@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from tests.plain_view import assert_store_has_no_vecflow_trace
 from tests.project import Project
+from vecflow.runtime.stores import Stores
 
 
 def round_trip(project: Project, body: str, check) -> None:
+    """Upgrade, check, assert the store holds nothing of vecflow's, downgrade, compare digests."""
     before = {name: project.digest(name) for name in ("docs", "renamed")}
     project.write_python("step1", "base0", body)
     project.run("upgrade", "head")
     check(project)
+    stores = Stores(project.config)
+    try:
+        assert_store_has_no_vecflow_trace(stores.backend())
+    finally:
+        stores.close()
     lines = project.run("downgrade", "base0")
     assert any(line.startswith("  verified") for line in lines), lines
     assert {name: project.digest(name) for name in before} == before

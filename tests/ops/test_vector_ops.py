@@ -16,6 +16,7 @@ import pytest
 from tests.conftest import unavailable
 from tests.ops import sample_embedders
 from tests.ops.sample_embedders import hash_vector
+from tests.plain_view import assert_store_has_no_vecflow_trace
 from tests.project import Project, kill_upgrade_at, step_progress
 from vecflow.batch import Batch
 from vecflow.errors import InvalidDataError, OperationError
@@ -104,6 +105,11 @@ def test_reembed_to_a_new_dimension_rebuilds_the_collection_and_downgrade_restor
         state = step_state(p, "step1")
         assert collection_metadata(p) == {"team": "search", "embedding": {
             "model": f"{EMBEDDERS}:hash12()", "dim": 12, "fingerprint": state["fingerprint"]}}
+        stores = Stores(p.config)
+        try:
+            assert_store_has_no_vecflow_trace(stores.backend())  # the model is kept in vecflow state
+        finally:
+            stores.close()
 
     upgrade_then_downgrade_exactly(project, f'op.reembed("docs", "{EMBEDDERS}:hash12()")', check)
     assert describe(project).dim == 8
