@@ -111,7 +111,8 @@ def test_a_copy_names_the_qdrant_target_vector_and_the_application_opens_it_by_t
     chroma, qdrant, project = chroma_and_qdrant(tmp_path)
     docs = apps.sample_docs(8)
     apps.write_langchain_chroma(chroma, "docs", docs)
-    project.write_python("r1", None, 'op.copy_collection("main:docs", "q:docs", target_params={"vector_name": "dense"})')
+    project.write_python("r1", None,
+                         'op.copy_collection("main:docs", "q:docs", target_params={"vector_name": "dense"})')
     project.run("upgrade", "head")
     assert apps.read_langchain_qdrant(qdrant, "docs", vector_name="dense") == {
         d["id"]: (d["text"], d["metadata"]) for d in docs}
