@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import bisect
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
 
-import chromadb
 import httpx
 import numpy as np
 from chromadb.errors import ChromaError, InvalidArgumentError, NotFoundError
@@ -30,13 +27,13 @@ from chromadb.errors import ChromaError, InvalidArgumentError, NotFoundError
 from vecflow.backends import chroma_values as values
 from vecflow.backends import exact
 from vecflow.backends.base import Backend, CollectionInfo, Hit, NativePage
-from vecflow.backends.helpers import one_line, redacted, root_cause
+from vecflow.backends.chroma_connect import FAILURES, connect
+from vecflow.backends.helpers import one_line
 from vecflow.batch import Batch
 from vecflow.errors import (
     BackendError,
     CollectionExistsError,
     CollectionNotFoundError,
-    ConfigError,
     DimensionMismatchError,
     OperationError,
     VecflowError,
@@ -46,7 +43,6 @@ from vecflow.layouts import Layout, Logical, Native
 # Chroma's HNSW defaults (1.5.9); describe() reports only settings that differ from these.
 HNSW_DEFAULTS = {"ef_construction": 100, "ef_search": 100, "max_neighbors": 16,
                  "resize_factor": 1.2, "sync_threshold": 1000}
-_FAILURES = (ChromaError, ValueError, TypeError, httpx.HTTPError, OSError)
 
 
 @dataclass
@@ -71,39 +67,15 @@ class ChromaBackend(Backend):
 
     def __init__(self, path: str | None = None, url: str | None = None, tenant: str | None = None,
                  database: str | None = None, headers: dict[str, str] | str | None = None) -> None:
-        if bool(path) == bool(url):
-            raise ConfigError("chroma store: set exactly one of 'path' (embedded) or 'url' (server)")
-        if headers and not url:
-            raise ConfigError("chroma store: 'headers' only applies to a server ('url')")
-        if path:
-            # chromadb shares one client system per path string: spell each folder one way.
-            path = os.path.abspath(os.path.expanduser(path))
-        # Part of every state scope, so two databases of one server never share entries.
-        self._where = _location(path or redacted(url), tenant, database)
         self._client: Any = None
-        scope = {k: v for k, v in (("tenant", tenant), ("database", database)) if v}
         self._ids: dict[Any, list[str]] = {}  # sorted ids per collection uuid, for scans
         self._opened: dict[str, Any] = {}  # the collection each existence check opened
+        self._client, self._where = connect(path, url, tenant, database, headers)
         try:
-            if path:
-                self._client = chromadb.PersistentClient(path=path, **scope)
-            else:
-                self._client = chromadb.HttpClient(host=_check_url(url), ssl=url.startswith("https:"),
-                                                   headers=_parse_headers(headers), **scope)
-            self._client.heartbeat()
             self._max_batch = int(self._client.get_max_batch_size())
-        except VecflowError:
-            raise
-        except _FAILURES as exc:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
-            root = root_cause(exc)
-            if url and isinstance(root, (httpx.TransportError, OSError)):
-                raise BackendError(f"cannot reach Chroma at {redacted(url)}: {one_line(root)}") from exc
-            where = (f"{path or redacted(url)} (tenant {tenant or 'default_tenant'!r}, "
-                     f"database {database or 'default_database'!r})")
-            raise BackendError(f"cannot open Chroma at {where}: {one_line(exc)}") from exc
+        except FAILURES as exc:
+            self.close()
+            raise BackendError(f"cannot open Chroma at {self._where}: {one_line(exc)}") from exc
 
     @property
     def client(self) -> Any:
@@ -423,7 +395,7 @@ class ChromaBackend(Backend):
             raise CollectionNotFoundError(f"Chroma {action}: {one_line(exc)}") from exc
         except (httpx.TransportError, OSError) as exc:
             raise BackendError(f"cannot reach Chroma at {self._where} ({action}): {one_line(exc)}") from exc
-        except _FAILURES as exc:
+        except FAILURES as exc:
             raise BackendError(f"Chroma {action} failed: {one_line(exc)}") from exc
 
 
@@ -445,30 +417,10 @@ def _decode_cursor(collection: str, cursor: str) -> str:
     raise BackendError(f"scan of Chroma collection {collection!r}: invalid cursor {cursor[:80]!r}")
 
 
-def _location(where: str, tenant: str | None, database: str | None) -> str:
-    named = [f"{kind} {value!r}" for kind, value, default in (("tenant", tenant, "default_tenant"),
-                                                              ("database", database, "default_database"))
-             if value and value != default]
-    return f"{where} ({', '.join(named)})" if named else where
-
-
-def _check_url(url: str) -> str:
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise ConfigError(f"chroma store: url must look like http://host:port, got {url!r}")
-    return url
 
 
 
 
-def _parse_headers(headers: dict[str, str] | str | None) -> dict[str, str] | None:
-    """Headers as a dict, or as 'Name: value' lines (as vecflow.ini gives them)."""
-    if not headers or isinstance(headers, dict):
-        return dict(headers) if headers else None
-    pairs = [line.split(":", 1) for line in headers.strip().splitlines() if line.strip()]
-    if any(len(pair) != 2 for pair in pairs):
-        raise ConfigError("chroma store: write headers as 'Name: value' lines, one per line")
-    return {name.strip(): value.strip() for name, value in pairs}
 
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:

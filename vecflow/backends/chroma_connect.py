@@ -1,0 +1,76 @@
+"""Opening a Chroma client from a store section: embedded (`path`) or a server (`url`, `headers`,
+`tenant`, `database`), with one-line errors naming the store."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+from urllib.parse import urlparse
+
+import chromadb
+import httpx
+from chromadb.errors import ChromaError
+
+from vecflow.backends.helpers import one_line, redacted, root_cause
+from vecflow.errors import BackendError, ConfigError, VecflowError
+
+FAILURES = (ChromaError, ValueError, TypeError, httpx.HTTPError, OSError)
+
+
+def connect(path: str | None, url: str | None, tenant: str | None, database: str | None,
+            headers: dict[str, str] | str | None) -> tuple[Any, str]:
+    """An open, answering chromadb client and the store's location (for messages and state
+    scopes: tenant and database are part of it, so two databases never share state)."""
+    if bool(path) == bool(url):
+        raise ConfigError("chroma store: set exactly one of 'path' (embedded) or 'url' (server)")
+    if headers and not url:
+        raise ConfigError("chroma store: 'headers' only applies to a server ('url')")
+    if path:
+        # chromadb shares one client system per path string: spell each folder one way.
+        path = os.path.abspath(os.path.expanduser(path))
+    where = location(path or redacted(url), tenant, database)
+    scope = {k: v for k, v in (("tenant", tenant), ("database", database)) if v}
+    client: Any = None
+    try:
+        if path:
+            client = chromadb.PersistentClient(path=path, **scope)
+        else:
+            client = chromadb.HttpClient(host=_check_url(url), ssl=url.startswith("https:"),
+                                         headers=_parse_headers(headers), **scope)
+        client.heartbeat()
+        return client, where
+    except VecflowError:
+        raise
+    except FAILURES as exc:
+        if client is not None:
+            client.close()
+        root = root_cause(exc)
+        if url and isinstance(root, (httpx.TransportError, OSError)):
+            raise BackendError(f"cannot reach Chroma at {redacted(url)}: {one_line(root)}") from exc
+        named = (f"{path or redacted(url)} (tenant {tenant or 'default_tenant'!r}, "
+                 f"database {database or 'default_database'!r})")
+        raise BackendError(f"cannot open Chroma at {named}: {one_line(exc)}") from exc
+
+
+def location(where: str, tenant: str | None, database: str | None) -> str:
+    named = [f"{kind} {value!r}" for kind, value, default in (("tenant", tenant, "default_tenant"),
+                                                              ("database", database, "default_database"))
+             if value and value != default]
+    return f"{where} ({', '.join(named)})" if named else where
+
+
+def _check_url(url: str) -> str:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ConfigError(f"chroma store: url must look like http://host:port, got {url!r}")
+    return url
+
+
+def _parse_headers(headers: dict[str, str] | str | None) -> dict[str, str] | None:
+    """Headers as a dict, or as 'Name: value' lines (as vecflow.ini gives them)."""
+    if not headers or isinstance(headers, dict):
+        return dict(headers) if headers else None
+    pairs = [line.split(":", 1) for line in headers.strip().splitlines() if line.strip()]
+    if any(len(pair) != 2 for pair in pairs):
+        raise ConfigError("chroma store: write headers as 'Name: value' lines, one per line")
+    return {name.strip(): value.strip() for name, value in pairs}
