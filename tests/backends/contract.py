@@ -216,6 +216,7 @@ class BackendContract:
             "scan": lambda: backend.scan("nothing", 10),
             "scan_native": lambda: backend.scan_native("nothing", 10),
             "pages": lambda: next(backend.pages("nothing", 10)),
+            "native_pages": lambda: next(backend.native_pages("nothing", 10)),
             "upsert": lambda: backend.upsert("nothing", batch),
             "upsert (empty batch)": lambda: backend.upsert("nothing", Batch.empty(DIM)),
             "update_metadata": lambda: backend.update_metadata("nothing", ["r00000"], [{}]),
@@ -371,6 +372,28 @@ class BackendContract:
         finally:
             other.close()
         assert sorted(seen) == sorted(batch.ids) and len(seen) == len(set(seen))
+
+    def test_pages_yield_every_record_once_and_their_cursors_resume(self, backend, connect):
+        backend.create_collection("alpha", DIM, "l2")
+        batch = make_batch(40)
+        backend.upsert("alpha", batch)
+        pages = list(backend.pages("alpha", 15))
+        assert [len(page) for page, _ in pages] == [15, 15, 10]
+        assert [cursor is None for _, cursor in pages] == [False, False, True]
+        seen = [rid for page, _ in pages for rid in page.ids]
+        assert sorted(seen) == sorted(batch.ids) and len(seen) == len(set(seen))
+        natives = list(backend.native_pages("alpha", 15))
+        assert [page.batch.ids for page, _ in natives] == [page.ids for page, _ in pages]
+        assert [cursor for _, cursor in natives] == [cursor for _, cursor in pages]
+        other = connect()  # a checkpointed loop resumes from the cursor saved after a page
+        try:
+            for i, (_, cursor) in enumerate(pages[:-1]):
+                rest = [rid for page, _ in other.pages("alpha", 15, cursor) for rid in page.ids]
+                assert rest == [rid for page, _ in pages[i + 1:] for rid in page.ids]
+        finally:
+            other.close()
+        backend.create_collection("empty", DIM, "l2")
+        assert [(len(page), cursor) for page, cursor in backend.pages("empty", 15)] == [(0, None)]
 
     def test_scan_survives_in_place_upserts_of_scanned_records(self, backend):
         backend.create_collection("alpha", DIM, "l2")

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -173,7 +174,7 @@ class Backend(ABC):
         if not self.has_collection(new):
             self.create_collection(new, info.dim, info.metric, layout=self.layout_of(old).layout.name,
                                    **info.params)
-        for batch in self.pages(old, batch_size):
+        for batch, _ in self.pages(old, batch_size):
             self.upsert(new, batch)
         before, after = collection_digest(self, old, batch_size), collection_digest(self, new, batch_size)
         if before != after:
@@ -248,13 +249,20 @@ class Backend(ABC):
         self._require(name)
         return self._scan_native(name, check_batch_size(self.name, name, batch_size), cursor)
 
-    def pages(self, name: str, batch_size: int, cursor: str | None = None):
-        """Every page of a collection from cursor on: the one paging loop over scan."""
-        while True:
-            batch, cursor = self.scan(name, batch_size, cursor)
-            yield batch
-            if cursor is None:
-                return
+    def pages(self, name: str, batch_size: int, cursor: str | None = None) -> Iterator[tuple[Batch, str | None]]:
+        """Every page of a collection from cursor on, each with the cursor of the page after it
+        (None with the last page, which may be empty): the one paging loop over scan.
+
+        A checkpointed loop saves that cursor once it has handled the page and resumes by passing
+        it back. The next page is read only when asked for, so the caller may write to the pages
+        it has seen (upsert in place, or delete) between pages.
+        """
+        return _paging(self.scan, name, batch_size, cursor)
+
+    def native_pages(self, name: str, batch_size: int,
+                     cursor: str | None = None) -> Iterator[tuple[NativePage, str | None]]:
+        """Like pages, over scan_native."""
+        return _paging(self.scan_native, name, batch_size, cursor)
 
     def upsert(self, name: str, batch: Batch) -> None:
         """Insert or replace records by id (idempotent; for a repeated id the last one wins).
@@ -430,6 +438,18 @@ def check_batch_size(backend: str, collection: str, batch_size: Any) -> int:
         raise OperationError(f"scan of {backend} collection {collection!r}: batch_size must be a positive integer, "
                              f"got {batch_size!r}")
     return int(batch_size)
+
+
+Page = TypeVar("Page")
+
+
+def _paging(read: Callable[[str, int, str | None], tuple[Page, str | None]], name: str, batch_size: int,
+            cursor: str | None) -> Iterator[tuple[Page, str | None]]:
+    while True:
+        page, cursor = read(name, batch_size, cursor)
+        yield page, cursor
+        if cursor is None:
+            return
 
 
 def last_of_each_id(batch: Batch) -> Batch:

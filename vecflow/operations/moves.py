@@ -148,17 +148,13 @@ class CopyCollectionOp(Op):
         if ctx.state.get("copied"):
             return
         normalise = copy_normalises(source, source_name, target)
-        cursor = ctx.state.get("copy_cursor")
         side = SideDigest.from_dict(ctx.state["source_side"]) if "source_side" in ctx.state else SideDigest.empty()
-        while True:
-            page, cursor = source.scan(source_name, ctx.batch_size, cursor)
+        for page, cursor in source.pages(source_name, ctx.batch_size, ctx.state.get("copy_cursor")):
             if len(page):
                 page.check_finite(f"{self.op_name} {self.source}")
                 target.upsert(target_name, page)
                 side = side.add(page, normalise)
             ctx.save(len(page), copy_cursor=cursor, copied=cursor is None, source_side=side.to_dict())
-            if cursor is None:
-                return
 
     def check(self, ctx: StepContext) -> None:
         source, source_name = ctx.resolve(self.source)
@@ -224,9 +220,8 @@ class UncopyCollectionOp(CollectionOp):
             DropCollectionOp(collection=self.collection, snapshot=False).run(ctx)
             return
         backend, name = ctx.require(self.collection)
-        while True:
-            page, _ = backend.scan(name, ctx.batch_size)
-            if not len(page):
-                return
-            backend.delete(name, page.ids)
-            ctx.save(len(page))
+        # Deleting behind the cursor does not shift the pages after it (see delete_records).
+        for page, _ in backend.pages(name, ctx.batch_size):
+            if len(page):
+                backend.delete(name, page.ids)
+                ctx.save(len(page))

@@ -13,7 +13,7 @@ import copy
 import json
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 from pydantic import field_validator
@@ -38,17 +38,6 @@ from vecflow.operations.fields import (
 from vecflow.runtime.context import StepContext
 from vecflow.runtime.estimate import sample
 from vecflow.runtime.stores import Stores
-
-
-def _pages(backend: Backend, name: str, batch_size: int) -> Iterator[Batch]:
-    """Every page of a collection, for the previews that must count exactly (read-only)."""
-    cursor = None
-    while True:
-        page, cursor = backend.scan(name, batch_size, cursor)
-        yield page
-        if cursor is None:
-            return
-
 
 # cast_field ------------------------------------------------------------------------------------
 
@@ -198,7 +187,7 @@ class CastFieldOp(FieldOp):
             return [f"{what}; collection {self.collection} does not exist now"]
         total = changed = failed = 0
         first = ""
-        for page in _pages(backend, name, stores.config.batch_size):
+        for page, _ in backend.pages(name, stores.config.batch_size):
             total += len(page)
             for rid, meta in zip(page.ids, page.metadatas):
                 value = meta.get(self.field)
@@ -370,14 +359,10 @@ class MapRecordsOp(CollectionOp):
         ctx.snapshots.begin_records(ctx.snapshot, backend.describe(name))
         if ctx.state.get("scan_done"):
             return
-        cursor = ctx.state.get("scan")
-        while True:
-            page, cursor = backend.scan(name, ctx.batch_size, cursor)
+        for page, cursor in backend.pages(name, ctx.batch_size, ctx.state.get("scan")):
             if len(page):
                 self._map_page(ctx, backend, name, function, page)
             ctx.save(len(page), scan=cursor, scan_done=cursor is None)
-            if cursor is None:
-                return
 
     def _map_page(self, ctx: StepContext, backend: Backend, name: str, function: Callable, page: Batch) -> None:
         # Records of this page already in the snapshot were written before a crash: map their
@@ -450,7 +435,7 @@ class DeleteRecordsOp(CollectionOp):
         total = matched = 0
         first: list[str] = []
         try:
-            for page in _pages(backend, name, stores.config.batch_size):
+            for page, _ in backend.pages(name, stores.config.batch_size):
                 total += len(page)
                 for i, rid in enumerate(page.ids):
                     if matches(rid, page.metadatas[i], page.documents[i]):
@@ -467,17 +452,13 @@ class DeleteRecordsOp(CollectionOp):
         if ctx.state.get("scan_done"):
             return
         matches = self.matcher()
-        cursor = ctx.state.get("scan")
-        while True:
-            # Every adapter's cursor is a position in a stable id order (the last id, or the
-            # next one), so records deleted behind it do not shift the pages after it.
-            page, cursor = backend.scan(name, ctx.batch_size, cursor)
+        # Every adapter's cursor is a position in a stable id order (the last id, or the next
+        # one), so records deleted behind it do not shift the pages after it.
+        for page, cursor in backend.pages(name, ctx.batch_size, ctx.state.get("scan")):
             doomed = [i for i, rid in enumerate(page.ids) if matches(rid, page.metadatas[i], page.documents[i])]
             if doomed:
                 ctx.snapshots.add_records(ctx.snapshot, page.take(doomed))
                 backend.delete(name, [page.ids[i] for i in doomed])
             ctx.save(len(page), scan=cursor, scan_done=cursor is None,
                      deleted=ctx.state.get("deleted", 0) + len(doomed))
-            if cursor is None:
-                break
         ctx.note(f"deleted {ctx.state['deleted']} records")

@@ -438,31 +438,29 @@ with warnings.catch_warnings():
             ctx.snapshots.begin_records(ctx.snapshot, info)
             if ctx.state["quarantine_existed"]:
                 ctx.snapshots.begin_records(prior_quarantine_snapshot(ctx.snapshot), quarantine.describe(qname))
-            cursor = ctx.state.get("write")
-            while not ctx.state.get("written"):
-                page, cursor = backend.scan(name, ctx.batch_size, cursor)
-                counts = self._write_page(ctx, page, info.dim) if len(page) else (0, 0)
-                ctx.save(len(page), write=cursor, written=cursor is None,
-                         updated=ctx.state.get("updated", 0) + counts[0],
-                         quarantined=ctx.state.get("quarantined", 0) + counts[1])
+            if not ctx.state.get("written"):
+                for page, cursor in backend.pages(name, ctx.batch_size, ctx.state.get("write")):
+                    counts = self._write_page(ctx, page, info.dim) if len(page) else (0, 0)
+                    ctx.save(len(page), write=cursor, written=cursor is None,
+                             updated=ctx.state.get("updated", 0) + counts[0],
+                             quarantined=ctx.state.get("quarantined", 0) + counts[1])
             ctx.note(f"{ctx.state['updated']} records rewritten, {ctx.state['quarantined']} quarantined "
                      f"into {self.quarantine_ref}")
 
         def _check_threshold(self, ctx: StepContext, backend: Backend, name: str, dim: int) -> None:
             """The read-only first pass: count failures; refuse before any write above the limit."""
             validator = self.validator()
-            cursor = ctx.state.get("check")
-            while not ctx.state.get("check_done"):
-                page, cursor = backend.scan(name, ctx.batch_size, cursor)
-                examples = ctx.state.get("examples", [])
-                invalid = ctx.state.get("invalid", 0)
-                for rid, verdict in zip(page.ids, validator.check(page, dim)):
-                    if verdict.metadata is None:
-                        invalid += 1
-                        if len(examples) < EXAMPLES:
-                            examples.append(f"{rid!r}: {verdict.reason}")
-                ctx.save(check=cursor, check_done=cursor is None, total=ctx.state.get("total", 0) + len(page),
-                         invalid=invalid, examples=examples)
+            if not ctx.state.get("check_done"):
+                for page, cursor in backend.pages(name, ctx.batch_size, ctx.state.get("check")):
+                    examples = ctx.state.get("examples", [])
+                    invalid = ctx.state.get("invalid", 0)
+                    for rid, verdict in zip(page.ids, validator.check(page, dim)):
+                        if verdict.metadata is None:
+                            invalid += 1
+                            if len(examples) < EXAMPLES:
+                                examples.append(f"{rid!r}: {verdict.reason}")
+                    ctx.save(check=cursor, check_done=cursor is None, total=ctx.state.get("total", 0) + len(page),
+                             invalid=invalid, examples=examples)
             total, invalid, examples = ctx.state["total"], ctx.state["invalid"], ctx.state["examples"]
             if total and invalid / total > self.max_invalid_fraction:
                 # A rerun (after fixing the data, the schema or the limit) validates from the start.

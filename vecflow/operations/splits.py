@@ -12,7 +12,7 @@ written nothing. The same pass gives --dry-run its per-target counts.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -163,12 +163,12 @@ class Repartition(Op):
         if owners is not None:
             for ref in plan.before:
                 backend, name = stores.resolve(ref)
-                for page in _pages(backend, name, batch_size):
+                for page, _ in backend.pages(name, batch_size):
                     owners.update(dict.fromkeys(page.ids, ref))
         for ref in plan.sources:
             backend, name = stores.resolve(ref)
             plan.read[ref] = 0
-            for page in _pages(backend, name, batch_size):
+            for page, _ in backend.pages(name, batch_size):
                 plan.read[ref] += len(page)
                 for i, target in enumerate(route(ref, page)):
                     if target is None:
@@ -254,33 +254,35 @@ class Repartition(Op):
         sides = {ref: SideDigest.from_dict(ctx.state["sides"][ref]) if ref in ctx.state.get("sides", {})
                  else SideDigest.empty() for ref in targets}
         read = dict(ctx.state.get("read", {}))
-        index, cursor = ctx.state.get("source_index", 0), ctx.state.get("cursor")
+        start = ctx.state.get("source_index", 0)
         route = self.router(ctx.stores, ctx)
-        while index < len(sources):
+        for index in range(start, len(sources)):
             backend, name = ctx.resolve(sources[index])
-            page, cursor = backend.scan(name, ctx.batch_size, cursor)
-            if len(page):
-                page.check_finite(f"{self.op_name} {sources[index]}")
-                groups: dict[str | None, list[int]] = {}
-                for i, target in enumerate(route(sources[index], page)):
-                    groups.setdefault(target, []).append(i)
-                if None in groups and self.unrouted_problem([], 0) is not None:
-                    example = self.describe_record(page, groups[None][0])
-                    raise InvalidDataError(f"{self.op_name}: {sources[index]} changed since it was checked: "
-                                           f"{len(groups[None])} records match no target (e.g. {example})")
-                self.before_write(ctx, index, page)
-                for target, positions in groups.items():
-                    if target is None:
-                        continue
-                    part = page.take(positions)
-                    target_backend, target_name = ctx.resolve(target)
-                    target_backend.upsert(target_name, part)
-                    sides[target] = sides[target].add(part, normalise[target])
-            read[sources[index]] = read.get(sources[index], 0) + len(page)
-            if cursor is None:
-                index += 1
-            ctx.save(len(page), source_index=index, cursor=cursor, read=read, copied=index == len(sources),
-                     sides={ref: side.to_dict() for ref, side in sides.items()})
+            # The saved cursor belongs to the source the interrupted run was reading.
+            resume = ctx.state.get("cursor") if index == start else None
+            for page, cursor in backend.pages(name, ctx.batch_size, resume):
+                if len(page):
+                    page.check_finite(f"{self.op_name} {sources[index]}")
+                    groups: dict[str | None, list[int]] = {}
+                    for i, target in enumerate(route(sources[index], page)):
+                        groups.setdefault(target, []).append(i)
+                    if None in groups and self.unrouted_problem([], 0) is not None:
+                        example = self.describe_record(page, groups[None][0])
+                        raise InvalidDataError(f"{self.op_name}: {sources[index]} changed since it was checked: "
+                                               f"{len(groups[None])} records match no target (e.g. {example})")
+                    self.before_write(ctx, index, page)
+                    for target, positions in groups.items():
+                        if target is None:
+                            continue
+                        part = page.take(positions)
+                        target_backend, target_name = ctx.resolve(target)
+                        target_backend.upsert(target_name, part)
+                        sides[target] = sides[target].add(part, normalise[target])
+                read[sources[index]] = read.get(sources[index], 0) + len(page)
+                # Past a source's last page the checkpoint points at the start of the next one.
+                done = index + 1 if cursor is None else index
+                ctx.save(len(page), source_index=done, cursor=cursor, read=read, copied=done == len(sources),
+                         sides={ref: side.to_dict() for ref, side in sides.items()})
 
     def _check(self, ctx: StepContext) -> None:
         """Counts always; with verification on, id sets and digests of every target too."""
@@ -336,13 +338,14 @@ class Repartition(Op):
 
     def _empty(self, ctx: StepContext, ref: str) -> None:
         backend, name = ctx.resolve(ref)
-        while backend.has_collection(name):
-            page, _ = backend.scan(name, ctx.batch_size)
-            if not len(page):
-                ctx.know_digest(ref, EMPTY)
-                return
-            backend.delete(name, page.ids)
-            ctx.save(len(page))
+        if not backend.has_collection(name):
+            return
+        # Deleting behind the cursor does not shift the pages after it (see delete_records).
+        for page, _ in backend.pages(name, ctx.batch_size):
+            if len(page):
+                backend.delete(name, page.ids)
+                ctx.save(len(page))
+        ctx.know_digest(ref, EMPTY)
 
 
 def _describe_all(ctx: StepContext, refs: list[str]) -> dict[str, CollectionInfo]:
@@ -351,16 +354,6 @@ def _describe_all(ctx: StepContext, refs: list[str]) -> dict[str, CollectionInfo
         backend, name = ctx.require(ref)
         infos[ref] = backend.describe(name)
     return infos
-
-
-def _pages(backend: Any, name: str, batch_size: int) -> Iterator[Batch]:
-    cursor = None
-    while True:
-        page, cursor = backend.scan(name, batch_size, cursor)
-        if len(page):
-            yield page
-        if cursor is None:
-            return
 
 
 def _value_key(value: Any) -> tuple[str, Any] | None:

@@ -353,16 +353,12 @@ class ReembedOp(CollectionOp):
         """Copy every record into the snapshot, refusing a page with a text-less record before it
         is copied (so the rerun after fixing the data reads that page again)."""
         ctx.snapshots.begin_records(ctx.snapshot, backend.describe(name))
-        cursor = ctx.state.get("snapshot_scan")
-        while True:
-            page, cursor = backend.scan(name, ctx.batch_size, cursor)
+        for page, cursor in backend.pages(name, ctx.batch_size, ctx.state.get("snapshot_scan")):
             if len(page):
                 self._texts(page)
                 ctx.snapshots.add_records(ctx.snapshot, page)
             # Rows count embedded records only, so ledger throughput is records per second.
             ctx.save(snapshot_scan=cursor, snapshot_done=cursor is None)
-            if cursor is None:
-                return
 
     def _check_snapshot(self, ctx: StepContext, backend: Backend, name: str) -> None:
         """Before the collection is dropped: the snapshot must hold exactly what the collection holds."""

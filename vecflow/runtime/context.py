@@ -94,9 +94,7 @@ class StepContext:
         backend, name = self.require(ref)
         if self.state.get(f"{key}_done"):
             return
-        cursor = self.state.get(key)
-        while True:
-            page, cursor = backend.scan(name, self.batch_size, cursor)
+        for page, cursor in backend.pages(name, self.batch_size, self.state.get(key)):
             changed = transform(page) if len(page) else None
             if changed is not None and len(changed):
                 if metadata_only:
@@ -104,8 +102,6 @@ class StepContext:
                 else:
                     backend.upsert(name, changed)
             self.save(len(page), **{key: cursor, f"{key}_done": cursor is None})
-            if cursor is None:
-                return
 
     def copy_into_snapshot(self, ref: str, key: str = "snapshot_scan") -> None:
         """Stream every record of a collection into this step's records snapshot."""
@@ -113,14 +109,10 @@ class StepContext:
         self.snapshots.begin_records(self.snapshot, backend.describe(name), backend.layout_of(name).layout.name)
         if self.state.get(f"{key}_done"):
             return
-        cursor = self.state.get(key)
-        while True:
-            page, cursor = backend.scan(name, self.batch_size, cursor)
+        for page, cursor in backend.pages(name, self.batch_size, self.state.get(key)):
             if len(page):
                 self.snapshots.add_records(self.snapshot, page)
             self.save(len(page), **{key: cursor, f"{key}_done": cursor is None})
-            if cursor is None:
-                return
 
     def rewrite_from_values(self, ref: str, snapshot: str, rewrite: Callable[[dict, Any, int | None], dict],
                             key: str = "after") -> None:

@@ -145,15 +145,12 @@ def collection_digests(backend: Any, name: str, batch_size: int = 1000,
     if not backend.has_collection(name):
         return DigestPair(Digest.absent(), Digest.absent())
     logical, native = Digest.empty(), Digest.empty()
-    cursor = None
-    while True:
-        page, cursor = backend.scan_native(name, batch_size, cursor)
+    for page, _ in backend.native_pages(name, batch_size):
         logical = logical + batch_digest(page.batch)
         native = native + native_digest(page)
         if on_page is not None:
             on_page()
-        if cursor is None:
-            return DigestPair(logical, native)
+    return DigestPair(logical, native)
 
 
 def collection_digest(backend: Any, name: str, batch_size: int = 1000,
@@ -163,11 +160,8 @@ def collection_digest(backend: Any, name: str, batch_size: int = 1000,
     if not backend.has_collection(name):
         return Digest.absent()
     total = Digest.empty()
-    cursor = None
-    while True:
-        batch, cursor = backend.scan(name, batch_size, cursor)
+    for batch, _ in backend.pages(name, batch_size):
         total = total + batch_digest(batch)
         if on_page is not None:
             on_page()
-        if cursor is None:
-            return total
+    return total

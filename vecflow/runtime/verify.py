@@ -99,31 +99,23 @@ class VerificationReport:
 
 def read_side(backend: Backend, name: str, batch_size: int, normalise: bool) -> SideDigest:
     total = SideDigest.empty()
-    cursor = None
-    while True:
-        page, cursor = backend.scan(name, batch_size, cursor)
+    for page, _ in backend.pages(name, batch_size):
         total = total.add(page, normalise)
-        if cursor is None:
-            return total
+    return total
 
 
 def read_ids(backend: Backend, name: str, batch_size: int) -> set[str]:
     ids: set[str] = set()
-    cursor = None
-    while True:
-        page, cursor = backend.scan(name, batch_size, cursor)
+    for page, _ in backend.pages(name, batch_size):
         ids.update(page.ids)
-        if cursor is None:
-            return ids
+    return ids
 
 
 def normalised_vectors_off(source: Backend, source_name: str, target: Backend, target_name: str,
                            batch_size: int) -> list[str]:
     """Ids whose unit-length vectors differ by more than the tolerance between the two sides."""
     off: list[str] = []
-    cursor = None
-    while True:
-        page, cursor = target.scan(target_name, batch_size, cursor)
+    for page, _ in target.pages(target_name, batch_size):
         if len(page):
             original = source.get(source_name, page.ids)
             position = {rid: i for i, rid in enumerate(original.ids)}
@@ -131,8 +123,7 @@ def normalised_vectors_off(source: Backend, source_name: str, target: Backend, t
                 if rid in position and not np.allclose(_unit(page.vectors[i]), _unit(original.vectors[position[rid]]),
                                                        rtol=0, atol=NORMALISED_TOLERANCE):
                     off.append(rid)
-        if cursor is None:
-            return off
+    return off
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:
@@ -190,11 +181,10 @@ def _sample_ids(backend: Backend, name: str, queries: int, seed: int) -> list[st
     """A reproducible sample of record ids, drawn from the first pages (no full id scan)."""
     if queries <= 0:
         return []
-    pool, cursor = [], None
-    while len(pool) < 50 * queries:
-        page, cursor = backend.scan(name, 1000, cursor)
+    pool: list[str] = []
+    for page, _ in backend.pages(name, 1000):
         pool += page.ids
-        if cursor is None:
+        if len(pool) >= 50 * queries:
             break
     rng = np.random.default_rng(seed)
     return [pool[i] for i in rng.choice(len(pool), size=min(queries, len(pool)), replace=False)] if pool else []
