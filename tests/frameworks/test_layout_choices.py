@@ -118,3 +118,18 @@ def test_a_copy_names_the_qdrant_target_vector_and_the_application_opens_it_by_t
         d["id"]: (d["text"], d["metadata"]) for d in docs}
     (point, *_) = apps.native_records_qdrant(qdrant, "docs")
     assert [name for name, _ in point.vectors] == ["dense"]
+
+
+def test_reembed_to_a_new_dimension_keeps_the_llamaindex_layout(tmp_path):
+    chroma, _, project = chroma_and_qdrant(tmp_path)
+    docs = apps.sample_docs(8, lists=False)
+    apps.write_llamaindex_chroma(chroma, "docs", docs)
+    before = apps.native_records_chroma(chroma, "docs")
+    project.write_python("r1", None, 'op.reembed("docs", "tests.ops.sample_embedders:hash12()")')
+    project.run("upgrade", "head")
+    nodes = apps.llamaindex_nodes_chroma(chroma, "docs")
+    assert {node.node_id: (node.get_content(), node.metadata) for node in nodes.values()} == {
+        d["id"]: (d["text"], d["metadata"]) for d in docs}, "the rebuilt collection is still LlamaIndex's"
+    assert {node.ref_doc_id for node in nodes.values()} == {apps.ref_doc_id(d) for d in docs}
+    project.run("downgrade", "base")
+    assert apps.native_records_chroma(chroma, "docs") == before

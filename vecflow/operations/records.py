@@ -253,7 +253,7 @@ def _put_back(backend: Backend, name: str, prior: Batch) -> None:
         elif current.metadatas[j] != prior.metadatas[i]:
             metadata_only.append(i)
     if upserts:
-        backend.upsert(name, Batch(prior.ids, vectors, prior.documents, prior.metadatas).take(upserts))
+        backend.upsert(name, Batch(prior.ids, vectors, prior.documents, prior.metadatas, prior.extras).take(upserts))
     if metadata_only:
         backend.update_metadata(name, [prior.ids[i] for i in metadata_only],
                                 [prior.metadatas[i] for i in metadata_only])
@@ -370,7 +370,8 @@ class MapRecordsOp(CollectionOp):
         originals = ctx.snapshots.lookup_records(ctx.snapshot, page.ids)
         given = Batch(page.ids, page.vectors,
                       [originals[rid][0] if rid in originals else page.documents[i] for i, rid in enumerate(page.ids)],
-                      [originals[rid][1] if rid in originals else page.metadatas[i] for i, rid in enumerate(page.ids)])
+                      [originals[rid][1] if rid in originals else page.metadatas[i] for i, rid in enumerate(page.ids)],
+                      page.extras)
         documents, metadatas = list(given.documents), list(given.metadatas)
         position = {rid: i for i, rid in enumerate(page.ids)}
         result = self.mapped(function, given)
@@ -383,7 +384,7 @@ class MapRecordsOp(CollectionOp):
             return
         ctx.snapshots.add_records(ctx.snapshot, given.take(sorted(new_documents + new_metadata)))
         if new_documents:
-            backend.upsert(name, Batch(page.ids, page.vectors, documents, metadatas).take(new_documents))
+            backend.upsert(name, Batch(page.ids, page.vectors, documents, metadatas, page.extras).take(new_documents))
         if new_metadata:
             backend.update_metadata(name, [page.ids[i] for i in new_metadata], [metadatas[i] for i in new_metadata])
 

@@ -285,7 +285,7 @@ def quarantine_batch(page: Batch, reasons: list[str], step: str, dim: int) -> Ba
             meta[QUARANTINE_VECTOR] = base64.b64encode(page.vectors[i].astype("<f4").tobytes()).decode()
             vectors[i] = 0
         metadatas.append(meta)
-    return Batch(page.ids, vectors, page.documents, metadatas)
+    return Batch(page.ids, vectors, page.documents, metadatas, page.extras)
 
 
 def _canonical(metadata: dict[str, Any]) -> str:

@@ -231,13 +231,16 @@ def _digest_of_snapshot(ctx: StepContext, snapshot: str) -> Digest:
     return total
 
 
-def _rebuild(backend: Backend, name: str, dim: int, metric: str, params: dict[str, Any]) -> None:
-    """Make `name` an empty collection of dimension dim, dropping one of another dimension.
-    Safe to repeat after a crash at any point: a collection with the wanted dimension is kept."""
+def _rebuild(backend: Backend, name: str, dim: int, metric: str, params: dict[str, Any],
+             layout: str | None) -> None:
+    """Make `name` an empty collection of dimension dim, dropping one of another dimension, in the
+    layout its records were in (so the application still finds them). Safe to repeat after a crash
+    at any point: a collection with the wanted dimension is kept."""
     if backend.has_collection(name) and backend.describe(name).dim != dim:
         backend.drop_collection(name)
     if not backend.has_collection(name):
-        backend.create_collection(name, dim, metric, **params)
+        backend.create_collection(name, dim, metric, layout=layout if layout in backend.layouts else None,
+                                  **params)
 
 
 # ops ---------------------------------------------------------------------------------------------
@@ -313,7 +316,7 @@ class ReembedOp(CollectionOp):
             if dim != info.dim:
                 if backend.has_collection(name) and backend.describe(name).dim == info.dim:
                     self._check_snapshot(ctx, backend, name)
-                _rebuild(backend, name, dim, info.metric, info.params)
+                _rebuild(backend, name, dim, info.metric, info.params, ctx.snapshots.records_layout(ctx.snapshot))
             ctx.save(rebuilt=True)
         after = ctx.state.get("embed_after", 0)
         while after is not None:
@@ -323,7 +326,7 @@ class ReembedOp(CollectionOp):
                 if vectors.shape[1] != dim:
                     raise OperationError(f"reembed {self.collection}: embedder {embedder.label} returned "
                                          f"{vectors.shape[1]}-d vectors, its probe {dim}-d")
-                page = Batch(page.ids, vectors, page.documents, page.metadatas)
+                page = Batch(page.ids, vectors, page.documents, page.metadatas, page.extras)
                 page.check_finite(f"reembed {self.collection}")
                 backend.upsert(name, page)
             ctx.save(len(page), embed_after=after)
@@ -352,7 +355,7 @@ class ReembedOp(CollectionOp):
     def _snapshot(self, ctx: StepContext, backend: Backend, name: str) -> None:
         """Copy every record into the snapshot, refusing a page with a text-less record before it
         is copied (so the rerun after fixing the data reads that page again)."""
-        ctx.snapshots.begin_records(ctx.snapshot, backend.describe(name))
+        ctx.snapshots.begin_records(ctx.snapshot, backend.describe(name), backend.layout_of(name).layout.name)
         for page, cursor in backend.pages(name, ctx.batch_size, ctx.state.get("snapshot_scan")):
             if len(page):
                 self._texts(page)
@@ -417,7 +420,7 @@ class NormalizeVectorsOp(CollectionOp):
 
     def run(self, ctx: StepContext) -> None:
         backend, name = ctx.require(self.collection)
-        ctx.snapshots.begin_records(ctx.snapshot, backend.describe(name))
+        ctx.snapshots.begin_records(ctx.snapshot, backend.describe(name), backend.layout_of(name).layout.name)
 
         def transform(page: Batch) -> Batch | None:
             vectors = page.vectors.astype(np.float64)
@@ -428,7 +431,7 @@ class NormalizeVectorsOp(CollectionOp):
             old = page.take(positions)
             ctx.snapshots.add_records(ctx.snapshot, old)
             unit = vectors[positions] / norms[positions, None]
-            return Batch(old.ids, unit.astype(np.float32), old.documents, old.metadatas)
+            return Batch(old.ids, unit.astype(np.float32), old.documents, old.metadatas, old.extras)
 
         ctx.rewrite_records(self.collection, transform)
 
@@ -458,7 +461,7 @@ class RestoreVectorsOp(CollectionOp):
             info = ctx.snapshots.records_info(self.snapshot)
             if not ctx.resumed:
                 ctx.require(self.collection)
-            _rebuild(backend, name, info.dim, info.metric, info.params)
+            _rebuild(backend, name, info.dim, info.metric, info.params, ctx.snapshots.records_layout(self.snapshot))
             ctx.save(rebuilt=True)
         ctx.restore_from_snapshot(self.collection, self.snapshot)
         if self.collection_metadata is not None:
