@@ -1,11 +1,14 @@
-"""FAISS adapter: the shared contract (flat and HNSW stores), plus what is specific to FAISS:
-the index file is a derived cache of the SQLite sidecar, written atomically and rebuilt when it is
-missing, stale or torn."""
+"""FAISS adapter: the shared contract (flat and HNSW sidecar stores, and LangChain folders), plus
+what is specific to FAISS: the index file is a derived cache of the SQLite sidecar, written
+atomically and rebuilt when it is missing, stale or torn; a LangChain folder is read only with
+allow_pickle, written as LangChain writes it, and its two files change together or not at all."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import pickle
 import sqlite3
 from pathlib import Path
 
@@ -13,8 +16,9 @@ import faiss
 import numpy as np
 import pytest
 
-from tests.backends.contract import DIM, BackendContract, make_batch
-from vecflow.backends import faiss_index, open_backend
+from tests.backends.contract import DIM, BackendContract, make_batch, scan_all
+from tests.conftest import unavailable
+from vecflow.backends import CollectionInfo, faiss_index, faiss_langchain, open_backend
 from vecflow.backends.faiss import INDEX_FILE, INDEX_META, SIDECAR, FaissBackend
 from vecflow.batch import Batch
 from vecflow.errors import (
@@ -26,6 +30,18 @@ from vecflow.errors import (
     InvalidDataError,
     OperationError,
 )
+from vecflow.state import VecflowState
+
+
+def needs_langchain() -> None:
+    if importlib.util.find_spec("langchain_community") is None:
+        unavailable("langchain-community is not installed (pip install langchain-community)")
+
+
+def read_pickle(folder: Path, index_name: str = "index"):
+    """(docstore, index_to_docstore_id) as LangChain's load_local unpickles them."""
+    with open(folder / f"{index_name}.pkl", "rb") as file:
+        return pickle.load(file)
 
 
 def sidecar_rows(store: FaissBackend, name: str, table: str) -> list[dict]:
@@ -61,6 +77,29 @@ class TestFaissHnswContract(FaissPlainClient, BackendContract):
     @pytest.fixture
     def open_store(self, tmp_path):
         return lambda: FaissBackend(path=str(tmp_path / "faiss"), index_type="hnsw", hnsw_m="16")
+
+
+class TestFaissLangChainFolderContract(BackendContract):
+    """The same contract on LangChain folders (a store whose new collections are LangChain's)."""
+
+    def plain_records(self, backend, name):
+        docstore, positions = read_pickle(backend.root / name)
+        return [{"position": position, "id": rid, "document": docstore._dict[rid].model_dump()}
+                for position, rid in positions.items()]
+
+    def plain_collection_metadata(self, backend, name):
+        return sorted(path.name for path in (backend.root / name).iterdir())
+
+    @pytest.fixture
+    def open_store(self, tmp_path):
+        needs_langchain()
+
+        def open_store():
+            backend = FaissBackend(path=str(tmp_path / "faiss"), allow_pickle="true")
+            backend.set_layout_option("langchain")
+            return backend
+
+        return open_store
 
 
 @pytest.fixture
@@ -433,3 +472,284 @@ def test_metadata_that_is_not_json_is_refused_before_writing(store):
     with pytest.raises(InvalidDataError, match="'b'"):
         store.upsert("alpha", batch)
     assert store.count("alpha") == 0
+
+
+# LangChain folders ---------------------------------------------------------------------------
+
+
+class Crash(BaseException):
+    """A process dying at this point (nothing catches a BaseException on the way out)."""
+
+
+def save_with_langchain(folder: Path, batch: Batch, index: str = "flat", index_name: str = "index") -> None:
+    """What an application does: FAISS.from_embeddings (or a FAISS over its own index) + save_local."""
+    needs_langchain()
+    from langchain_community.docstore.in_memory import InMemoryDocstore
+    from langchain_community.vectorstores import FAISS
+    from langchain_core.embeddings import FakeEmbeddings
+
+    pairs = list(zip(batch.documents, batch.vectors.tolist()))
+    if index == "flat":
+        store = FAISS.from_embeddings(pairs, FakeEmbeddings(size=batch.dim), metadatas=batch.metadatas,
+                                      ids=batch.ids)
+    else:
+        store = FAISS(FakeEmbeddings(size=batch.dim), faiss.IndexHNSWFlat(batch.dim, 8), InMemoryDocstore(), {})
+        store.add_embeddings(pairs, metadatas=batch.metadatas, ids=batch.ids)
+    store.save_local(str(folder), index_name=index_name)
+
+
+def load_with_langchain(folder: Path, index_name: str = "index"):
+    from langchain_community.vectorstores import FAISS
+    from langchain_core.embeddings import FakeEmbeddings
+
+    index = faiss.read_index(str(folder / f"{index_name}.faiss"))
+    return FAISS.load_local(str(folder), FakeEmbeddings(size=index.d), index_name=index_name,
+                            allow_dangerous_deserialization=True)
+
+
+def as_langchain_sees_it(folder: Path, index_name: str = "index") -> dict:
+    """{id: (position, Document.id, page_content, metadata, vector bytes)} after FAISS.load_local."""
+    store = load_with_langchain(folder, index_name)
+    vectors = store.index.reconstruct_n(0, store.index.ntotal)
+    assert sorted(store.index_to_docstore_id) == list(range(store.index.ntotal))
+    out = {}
+    for position, rid in store.index_to_docstore_id.items():
+        doc = store.docstore.search(rid)
+        out[rid] = (position, doc.id, doc.page_content, doc.metadata, vectors[position].tobytes())
+    return out
+
+
+def file_stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns
+
+
+@pytest.fixture
+def folders(tmp_path):
+    """A store with allow_pickle whose new collections are LangChain folders, and its state."""
+    needs_langchain()
+    state = VecflowState(tmp_path / "state.db")
+    opened = []
+
+    def connect(**options) -> FaissBackend:
+        backend = FaissBackend(path=str(tmp_path / "faiss"), **{"allow_pickle": "true", **options})
+        backend.set_layout_option("langchain")
+        backend.attach_state(state)
+        opened.append(backend)
+        return backend
+
+    yield connect
+    for backend in opened:
+        backend.close()
+    state.close()
+
+
+def test_allow_pickle_and_index_name_are_checked_when_the_store_opens(tmp_path):
+    for options in ({"allow_pickle": "maybe"}, {"index_name": "a/b"}, {"index_name": ".hidden"}, {"index_name": ""}):
+        with pytest.raises(ConfigError):
+            FaissBackend(path=str(tmp_path / "s"), **options)
+    assert FaissBackend(path=str(tmp_path / "s"), allow_pickle="Yes").allow_pickle is True
+
+
+def test_a_langchain_folder_is_listed_and_detected_but_never_unpickled_without_allow_pickle(tmp_path, monkeypatch):
+    save_with_langchain(tmp_path / "faiss" / "docs", make_batch(5))
+    store = FaissBackend(path=str(tmp_path / "faiss"))
+    store.create_collection("own", DIM, "l2")
+    monkeypatch.setattr(faiss_langchain.pickle, "load", lambda *a: pytest.fail("unpickled without allow_pickle"))
+    assert store.list_collections() == ["docs", "own"]
+    detected = store.layout_of("docs")
+    assert detected.layout.name == "langchain"
+    assert detected.reason == "index.faiss + index.pkl: a LangChain FAISS.save_local folder"
+    assert (store.layout_of("own").layout.name, store.layout_of("own").reason) == (
+        "raw", "records.db: vecflow's own FAISS format")
+    for call in (lambda: store.count("docs"), lambda: store.scan("docs", 10), lambda: store.describe("docs")):
+        with pytest.raises(ConfigError) as caught:
+            call()
+        message = str(caught.value)
+        assert "\n" not in message and "allow_pickle = true" in message and "index.pkl" in message
+    store.close()
+
+
+def test_vecflow_reads_a_folder_langchain_saved_exactly(tmp_path, folders):
+    batch = make_batch(25)
+    save_with_langchain(tmp_path / "faiss" / "docs", batch)
+    store = folders()
+    assert store.describe("docs") == CollectionInfo("docs", DIM, "l2", {"index_type": "flat"})
+    assert store.count("docs") == 25
+    got = scan_all(store, "docs", batch_size=7)
+    assert got.ids == batch.ids  # position order
+    assert got.vectors.tobytes() == batch.vectors.tobytes()
+    assert (got.documents, got.metadatas) == (batch.documents, batch.metadatas)
+    assert store.query("docs", batch.vectors[[3]], 1)[0][0] == ("r00003", 0.0)
+    assert store.search_is_exact("docs")
+
+
+def test_what_vecflow_writes_is_what_load_local_reads(tmp_path, folders):
+    store = folders()
+    store.create_collection("docs", DIM, "l2")
+    store.upsert("docs", make_batch(10))
+    store.delete("docs", ["r00002", "r00005"])
+    changed = make_batch(3, start=7, seed=9)
+    store.upsert("docs", changed)  # in place, new vectors
+    store.update_metadata("docs", ["r00000"], [{"kept": [1, "a"]}])
+    seen = as_langchain_sees_it(tmp_path / "faiss" / "docs")
+    expected = make_batch(10).take([0, 1, 3, 4, 6, 7, 8, 9])
+    assert list(seen) == expected.ids  # positions renumbered in order, as LangChain's delete does
+    for position, (rid, (at, doc_id, text, metadata, vector)) in enumerate(seen.items()):
+        assert (at, doc_id, text) == (position, rid, expected.documents[position])
+        assert metadata == ({"kept": [1, "a"]} if rid == "r00000" else expected.metadatas[position])
+        assert vector == (changed.vectors[changed.ids.index(rid)] if rid in changed.ids
+                          else expected.vectors[position]).tobytes()
+    app = load_with_langchain(tmp_path / "faiss" / "docs")
+    assert [d.id for d in app.similarity_search_by_vector(changed.vectors[1].tolist(), k=1)] == ["r00008"]
+
+
+def test_update_metadata_and_same_vector_upserts_write_only_the_pickle(tmp_path, folders):
+    store = folders()
+    store.create_collection("docs", DIM, "ip")
+    store.upsert("docs", make_batch(10))
+    index_file, pickle_file = tmp_path / "faiss" / "docs" / "index.faiss", tmp_path / "faiss" / "docs" / "index.pkl"
+    before, pickled = file_stamp(index_file), file_stamp(pickle_file)
+    store.update_metadata("docs", ["r00001"], [{"x": 1}])
+    same = make_batch(10)
+    same.documents = ["new text"] * 10
+    store.upsert("docs", same)
+    assert file_stamp(index_file) == before and file_stamp(pickle_file) != pickled
+    assert isinstance(faiss.read_index(str(index_file)), faiss.IndexFlatIP)
+    assert {v[2] for v in as_langchain_sees_it(tmp_path / "faiss" / "docs").values()} == {"new text"}
+
+
+def test_a_connection_rereads_a_folder_the_application_saved_meanwhile(tmp_path, folders):
+    store = folders()
+    save_with_langchain(tmp_path / "faiss" / "docs", make_batch(5))
+    assert store.count("docs") == 5
+    save_with_langchain(tmp_path / "faiss" / "docs", make_batch(8, seed=3))
+    assert store.count("docs") == 8
+    assert store.get("docs", ["r00007"]).vectors.tobytes() == make_batch(8, seed=3).vectors[[7]].tobytes()
+
+
+def test_an_interrupted_two_file_write_is_finished_on_the_next_open(tmp_path, folders, monkeypatch):
+    store = folders()
+    store.create_collection("docs", DIM, "l2")
+    store.upsert("docs", make_batch(10))
+    real_replace, calls = os.replace, []
+
+    def dies_after_the_first_rename(src, dst):
+        calls.append(Path(dst).name)
+        if len(calls) == 2:
+            raise Crash()
+        real_replace(src, dst)
+
+    monkeypatch.setattr(faiss_langchain.os, "replace", dies_after_the_first_rename)
+    with pytest.raises(Crash):
+        store.upsert("docs", make_batch(5, start=10, seed=1))
+    monkeypatch.undo()
+    assert calls == ["index.faiss", "index.pkl"]
+    folder = tmp_path / "faiss" / "docs"
+    assert faiss.read_index(str(folder / "index.faiss")).ntotal == 15 and len(read_pickle(folder)[1]) == 10
+    reopened = folders()  # the next open finishes the write
+    assert reopened.count("docs") == 15
+    assert len(as_langchain_sees_it(folder)) == 15
+    assert sorted(p.name for p in folder.iterdir()) == ["index.faiss", "index.pkl"]
+
+
+def test_after_a_crash_a_folder_the_application_saved_since_wins(tmp_path, folders, monkeypatch):
+    store = folders()
+    store.create_collection("docs", DIM, "l2")
+    store.upsert("docs", make_batch(4))
+    real_replace = os.replace
+    monkeypatch.setattr(faiss_langchain.os, "replace", lambda src, dst: (_ for _ in ()).throw(Crash()))
+    with pytest.raises(Crash):
+        store.upsert("docs", make_batch(3, start=4))
+    monkeypatch.setattr(faiss_langchain.os, "replace", real_replace)
+    save_with_langchain(tmp_path / "faiss" / "docs", make_batch(6, seed=5))
+    assert folders().count("docs") == 6
+    assert sorted(p.name for p in (tmp_path / "faiss" / "docs").iterdir()) == ["index.faiss", "index.pkl"]
+
+
+def test_scan_cursor_follows_deletes_behind_it_and_survives_a_restart(folders):
+    store = folders()
+    store.create_collection("docs", DIM, "l2")
+    store.upsert("docs", make_batch(30))
+    seen, cursor = [], None
+    while True:
+        page, cursor = folders().scan("docs", 7, cursor)  # a new connection per page
+        seen += page.ids
+        store.delete("docs", page.ids[::2])  # behind the cursor, the page's last record included
+        if cursor is None:
+            break
+    assert seen == make_batch(30).ids
+    with pytest.raises(BackendError, match="cursor"):
+        store.scan("docs", 5, "17")
+
+
+def test_metadata_that_cannot_be_pickled_is_refused_before_writing(tmp_path, folders):
+    store = folders()
+    store.create_collection("docs", 2, "l2")
+    pickle_file = tmp_path / "faiss" / "docs" / "index.pkl"
+    before = pickle_file.read_bytes()
+    batch = Batch(["a", "b"], np.zeros((2, 2), np.float32), ["x", "y"], [{"n": np.int64(3)}, {"f": lambda: 1}])
+    with pytest.raises(InvalidDataError, match="'b'"):
+        store.upsert("docs", batch)
+    assert pickle_file.read_bytes() == before and store.count("docs") == 0
+    store.upsert("docs", batch.take([0]))
+    assert type(read_pickle(tmp_path / "faiss" / "docs")[0]._dict["a"].metadata["n"]) is int
+
+
+def test_a_cosine_folder_is_an_l2_index_over_unit_vectors_as_with_normalize_l2(tmp_path, folders):
+    store = folders()
+    store.create_collection("docs", DIM, "cosine")
+    batch = make_batch(20)
+    store.upsert("docs", batch)
+    index = faiss.read_index(str(tmp_path / "faiss" / "docs" / "index.faiss"))
+    assert isinstance(index, faiss.IndexFlatL2)
+    assert np.allclose(np.linalg.norm(index.reconstruct_n(0, 20), axis=1), 1, atol=1e-6)
+    assert store.describe("docs").metric == "cosine"
+    assert scan_all(store, "docs").vectors.tobytes() == batch.vectors.tobytes()  # exact bits, from the state
+    [(rid, distance)] = store.query("docs", batch.vectors[[4]] * 3, 1)[0]
+    assert rid == "r00004" and abs(distance) < 1e-6
+    stateless = FaissBackend(path=str(tmp_path / "faiss"), allow_pickle="true")  # no vecflow state
+    assert stateless.describe("docs").metric == "l2"
+    assert np.allclose(np.linalg.norm(stateless.get("docs", ["r00001"]).vectors, axis=1), 1, atol=1e-6)
+    stateless.close()
+
+
+def test_folders_other_than_flat_l2_or_ip_or_with_a_broken_pickle_are_refused(tmp_path, folders):
+    save_with_langchain(tmp_path / "faiss" / "graph", make_batch(5), index="hnsw")
+    save_with_langchain(tmp_path / "faiss" / "torn", make_batch(5))
+    docstore, positions = read_pickle(tmp_path / "faiss" / "torn")
+    with open(tmp_path / "faiss" / "torn" / "index.pkl", "wb") as file:
+        pickle.dump((docstore, {i: positions[i] for i in range(3)}), file)
+    store = folders()
+    with pytest.raises(BackendError, match="IndexHNSWFlat"):
+        store.count("graph")
+    with pytest.raises(BackendError, match="does not map each of the index's 5 positions"):
+        store.count("torn")
+    with pytest.raises(OperationError, match="flat index"):
+        store.create_collection("new", DIM, "l2", index_type="hnsw")
+
+
+def test_index_name_picks_the_files_and_a_shared_directory_keeps_the_others(tmp_path, folders):
+    folder = tmp_path / "faiss" / "shared"
+    save_with_langchain(folder, make_batch(4), index_name="index")
+    save_with_langchain(folder, make_batch(6, seed=2), index_name="other")
+    other = folders(index_name="other")
+    assert other.count("shared") == 6 and folders().count("shared") == 4
+    other.rename_collection("shared", "moved")  # others' files share the directory: copy, then drop
+    assert sorted(p.name for p in folder.iterdir()) == ["index.faiss", "index.pkl"]
+    assert sorted(p.name for p in (tmp_path / "faiss" / "moved").iterdir()) == ["other.faiss", "other.pkl"]
+    assert scan_all(other, "moved").vectors.tobytes() == make_batch(6, seed=2).vectors.tobytes()
+    other.drop_collection("moved")
+    assert not (tmp_path / "faiss" / "moved").exists() and folders().count("shared") == 4
+
+
+def test_a_new_folder_never_overwrites_files_already_there(tmp_path, folders):
+    store = folders()
+    (tmp_path / "faiss" / "notes").mkdir(parents=True)
+    (tmp_path / "faiss" / "notes" / "index.faiss").write_bytes(b"someone else's")
+    with pytest.raises(CollectionExistsError):
+        store.create_collection("notes", DIM, "l2")
+    assert (tmp_path / "faiss" / "notes" / "index.faiss").read_bytes() == b"someone else's"
+    store.create_collection("fresh", DIM, "l2")
+    store.rename_collection("fresh", "renamed")  # the directory holds only the folder: renamed whole
+    assert sorted(p.name for p in (tmp_path / "faiss").iterdir()) == ["notes", "renamed"]

@@ -1,15 +1,19 @@
-"""FAISS store: a directory per collection, a SQLite sidecar as the source of truth, and a FAISS
-index file derived from it.
+"""FAISS store: a directory per collection, in one of two formats, which are its layouts.
 
-FAISS keeps only vectors and int64 ids, so every record lives in the sidecar (records.db): its
-id, raw float32 vector bytes, document and JSON metadata, under an integer `fid` that is also its
-FAISS id. upsert and delete are SQLite transactions; that commit is the durable write. Each write
-bumps the collection's version; vecflow/backends/faiss_index.py brings the index up to it when a
-query needs it. The sidecar holds only what the store needs to work (dim, metric, index params,
-the records); what vecflow remembers about a collection is in its state (vecflow/state.py).
+- `raw`, vecflow's own: a SQLite sidecar (records.db) as the source of truth and a FAISS index file
+  derived from it. FAISS keeps only vectors and int64 ids, so every record lives in the sidecar: its
+  id, raw float32 vector bytes, document and JSON metadata, under an integer `fid` that is also its
+  FAISS id. upsert and delete are SQLite transactions; that commit is the durable write. Each write
+  bumps the collection's version; vecflow/backends/faiss_index.py brings the index up to it when a
+  query needs it. The sidecar holds only what the store needs to work (dim, metric, index params,
+  the records).
+- `langchain`: a LangChain `save_local` folder (`<index_name>.faiss` + `<index_name>.pkl`), read and
+  written whole by vecflow/backends/faiss_langchain.py; reading one means unpickling, so only with
+  the store's `allow_pickle`.
 
-Layouts: `raw` only, the sidecar format below. LangChain FAISS folders (index.faiss + a pickled
-docstore) are the next step. See docs/backends/faiss.md.
+The files decide a collection's layout: records.db makes it raw, the two LangChain files make it
+langchain. What vecflow remembers about a collection is in its state (vecflow/state.py). See
+docs/backends/faiss.md.
 """
 
 from __future__ import annotations
@@ -29,8 +33,19 @@ import numpy as np
 import sqlite_utils
 
 from vecflow.backends import faiss_index
-from vecflow.backends.base import Backend, CollectionInfo, Hit
+from vecflow.backends.base import Backend, CollectionInfo, Hit, NativePage
 from vecflow.backends.faiss_index import OpenCollection, fsync_directory, vectors_of, write_transaction
+from vecflow.backends.faiss_langchain import (
+    FLAT_PARAMS,
+    INDEX_NAME,
+    LangChainFolder,
+    create_folder,
+    drop_folder,
+    folder_files,
+    holds_only_the_folder,
+    is_folder,
+    load_folder,
+)
 from vecflow.backends.helpers import json_default
 from vecflow.batch import Batch
 from vecflow.errors import (
@@ -42,6 +57,7 @@ from vecflow.errors import (
     InvalidDataError,
     OperationError,
 )
+from vecflow.layouts import Detected, get_layout
 
 SIDECAR = "records.db"
 INDEX_FILE, INDEX_META = faiss_index.INDEX_FILE, faiss_index.INDEX_META
@@ -104,17 +120,18 @@ def _sqlite_errors(method: F) -> F:
 class FaissBackend(Backend):
     """A directory of FAISS collections. Options arrive from vecflow.ini as strings.
 
-    index_type ("flat" or "hnsw") and the hnsw_* numbers are defaults for new collections;
-    create_collection(..., index_type=..., hnsw_m=...) overrides them per collection. One
-    instance must be used by one thread at a time.
+    index_type ("flat" or "hnsw") and the hnsw_* numbers are defaults for new raw collections;
+    create_collection(..., index_type=..., hnsw_m=...) overrides them per collection. index_name
+    names the files of LangChain folders; allow_pickle lets vecflow read them (unpickling runs
+    code from the file). One instance must be used by one thread at a time.
     """
 
     name = "faiss"
-    # The sidecar format is the raw layout; LangChain folders are the next step.
-    layouts: ClassVar[tuple[str, ...]] = ("raw",)
+    layouts: ClassVar[tuple[str, ...]] = ("raw", "langchain")
 
     def __init__(self, path: str, index_type: str = "flat", hnsw_m: str | int = 32,
-                 hnsw_ef_construction: str | int = 40, hnsw_ef_search: str | int = 64) -> None:
+                 hnsw_ef_construction: str | int = 40, hnsw_ef_search: str | int = 64,
+                 allow_pickle: str | bool = False, index_name: str = INDEX_NAME) -> None:
         # Absolute, so the state scope of a collection does not depend on the working directory.
         self.root = Path(os.path.abspath(path))
         self._where = str(self.root)
@@ -122,11 +139,15 @@ class FaissBackend(Backend):
                                           "hnsw_ef_construction": hnsw_ef_construction,
                                           "hnsw_ef_search": hnsw_ef_search}
         _index_params(self._defaults, ConfigError)
+        self.allow_pickle = _flag("allow_pickle", allow_pickle)
+        self.index_name = _index_name(index_name)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise BackendError(f"cannot create the faiss store directory {self.root}: {exc}") from exc
         self._open: dict[str, OpenCollection] = {}
+        self._folders: dict[str, LangChainFolder] = {}
+        self._new_layout = "raw"
 
     def search_is_exact(self, name: str) -> bool:
         return self.describe(name).params.get("index_type") == "flat"
@@ -134,15 +155,37 @@ class FaissBackend(Backend):
     def close(self) -> None:
         for name in list(self._open):
             self._forget(name)
+        self._folders.clear()
+
+    def create_collection(self, name: str, dim: int, metric: str = "cosine", layout: str | None = None,
+                          **params: Any) -> None:
+        # The layout chooses the format on disk, which the base does not pass to _create_collection.
+        self._new_layout = self._layout_for_new(name, layout)
+        try:
+            super().create_collection(name, dim, metric, layout, **params)
+        finally:
+            self._new_layout = "raw"
+
+    def _resolve_layout(self, name: str) -> Detected:
+        """The files decide (the store's `layout` option only chooses the format of new collections)."""
+        files = self._folder_files(name)
+        if files is None:
+            return Detected(get_layout("raw"), f"{SIDECAR}: vecflow's own FAISS format")
+        index_file, pickle_file = files
+        return Detected(get_layout("langchain"),
+                        f"{index_file.name} + {pickle_file.name}: a LangChain FAISS.save_local folder")
 
     # collections ---------------------------------------------------------------------------
 
     def _list_collections(self) -> list[str]:
         return [entry.name for entry in os.scandir(self.root)
-                if not entry.name.startswith(".") and os.path.isfile(os.path.join(entry.path, SIDECAR))]
+                if not entry.name.startswith(".") and entry.is_dir() and self._holds_collection(Path(entry.path))]
 
     def _has_collection(self, name: str) -> bool:
-        return (self._directory(name) / SIDECAR).is_file()
+        return self._holds_collection(self._directory(name))
+
+    def _holds_collection(self, directory: Path) -> bool:
+        return (directory / SIDECAR).is_file() or is_folder(directory, self.index_name)
 
     def _create_collection(self, name: str, dim: int, metric: str, params: dict[str, Any]) -> None:
         directory = self._directory(name)
@@ -150,6 +193,13 @@ class FaissBackend(Backend):
         if unknown:
             raise OperationError(f"unknown faiss collection parameter(s) {unknown} for {name!r}; "
                                  f"known: {sorted(self._defaults)}")
+        if self._new_layout == "langchain":
+            if _index_params({**self._defaults, "index_type": "flat", **params}, OperationError) != FLAT_PARAMS:
+                raise OperationError(f"faiss collection {name!r}: a LangChain folder has a flat index "
+                                     f"(what FAISS.from_texts builds); {params} cannot apply")
+            self._folders[name] = create_folder(directory, self.index_name, dim, metric, self.state,
+                                                self.scope(name))
+            return
         index_params = _index_params({**self._defaults, **params}, OperationError)
         # Build in a hidden directory and rename it into place: a crash never leaves half a
         # collection under a real name.
@@ -168,6 +218,9 @@ class FaissBackend(Backend):
 
     def _drop_collection(self, name: str) -> None:
         self._forget(name)
+        if self._folder_files(name) is not None:
+            drop_folder(self._directory(name), self.index_name)
+            return
         # Rename first so the collection disappears atomically even if the removal is cut short.
         trash = self.root / f".dropped-{uuid.uuid4().hex}"
         os.rename(self._directory(name), trash)
@@ -179,6 +232,8 @@ class FaissBackend(Backend):
         # os.rename would silently replace an empty directory.
         if target.exists():
             raise CollectionExistsError(f"cannot rename faiss collection {old!r}: {target} exists")
+        if self._folder_files(old) is not None and not holds_only_the_folder(self._directory(old), self.index_name):
+            return False  # other files share the directory: copy into a new one, then drop
         self._forget(old)
         self._forget(new)
         os.rename(self._directory(old), target)
@@ -187,10 +242,14 @@ class FaissBackend(Backend):
 
     @_sqlite_errors
     def _count(self, name: str) -> int:
+        if folder := self._folder(name):
+            return folder.count()
         return self._collection(name).conn.execute("SELECT count(*) FROM records").fetchone()[0]
 
     @_sqlite_errors
     def _describe(self, name: str) -> CollectionInfo:
+        if folder := self._folder(name):
+            return folder.info(name)
         collection = self._collection(name)
         return CollectionInfo(name, collection.dim, collection.metric, dict(collection.params))
 
@@ -198,6 +257,9 @@ class FaissBackend(Backend):
 
     @_sqlite_errors
     def _scan(self, name: str, batch_size: int, cursor: str | None) -> tuple[Batch, str | None]:
+        if folder := self._folder(name):
+            page, cursor = folder.scan(batch_size, cursor)
+            return page.batch, cursor
         collection = self._collection(name)
         try:
             after = -1 if cursor is None else int(cursor)
@@ -211,8 +273,15 @@ class FaissBackend(Backend):
         next_cursor = str(rows[batch_size - 1][0]) if len(rows) > batch_size else None
         return _to_batch([row[1:] for row in rows[:batch_size]], collection.dim), next_cursor
 
+    def _scan_native(self, name: str, batch_size: int, cursor: str | None) -> tuple[NativePage, str | None]:
+        if folder := self._folder(name):
+            return folder.scan(batch_size, cursor)
+        return super()._scan_native(name, batch_size, cursor)
+
     @_sqlite_errors
     def _upsert(self, name: str, batch: Batch) -> None:
+        if folder := self._folder(name):
+            return folder.upsert(batch)
         collection = self._collection(name)
         if batch.dim != collection.dim:
             raise DimensionMismatchError(f"faiss collection {name!r} has dimension {collection.dim}; "
@@ -227,6 +296,8 @@ class FaissBackend(Backend):
 
     @_sqlite_errors
     def _update_metadata(self, name: str, ids: list[str], metadatas: list[dict[str, Any]]) -> None:
+        if folder := self._folder(name):
+            return folder.update_metadata(ids, metadatas)
         collection = self._collection(name)
         rows = [(_dump_metadata(m, rid), rid) for rid, m in zip(ids, metadatas)]
         # The index does not depend on metadata: no version bump, so no index work follows.
@@ -235,6 +306,8 @@ class FaissBackend(Backend):
 
     @_sqlite_errors
     def _delete(self, name: str, ids: list[str]) -> None:
+        if folder := self._folder(name):
+            return folder.delete(ids)
         collection = self._collection(name)
         conn = collection.conn
         with write_transaction(conn):
@@ -253,6 +326,8 @@ class FaissBackend(Backend):
 
     @_sqlite_errors
     def _get(self, name: str, ids: list[str]) -> Batch:
+        if folder := self._folder(name):
+            return folder.get(ids).batch
         collection = self._collection(name)
         rows = collection.conn.execute(f"SELECT id, vector, document, metadata FROM records WHERE {_IDS_IN}",
                                        (json.dumps(ids),)).fetchall()
@@ -261,6 +336,8 @@ class FaissBackend(Backend):
 
     @_sqlite_errors
     def _query(self, name: str, vectors: np.ndarray, k: int) -> list[list[Hit]]:
+        if folder := self._folder(name):
+            return folder.query(vectors, k)
         collection = self._collection(name)
         if vectors.shape[1] != collection.dim:
             raise DimensionMismatchError(f"faiss collection {name!r} has dimension {collection.dim}; "
@@ -313,9 +390,30 @@ class FaissBackend(Backend):
         return collection
 
     def _forget(self, name: str) -> None:
+        self._folders.pop(name, None)
         collection = self._open.pop(name, None)
         if collection is not None:
             collection.conn.close()
+
+    def _folder_files(self, name: str) -> tuple[Path, Path] | None:
+        """The LangChain files of a collection, or None for a sidecar (or missing) one."""
+        directory = self._directory(name)
+        if (directory / SIDECAR).is_file() or not is_folder(directory, self.index_name):
+            return None
+        return folder_files(directory, self.index_name)
+
+    def _folder(self, name: str) -> LangChainFolder | None:
+        """The collection's LangChain folder, loaded (again when its files changed), or None when
+        it is a sidecar collection."""
+        if self._folder_files(name) is None:
+            return None
+        folder = self._folders.get(name)
+        if folder is None or not folder.is_current():
+            self._folders.pop(name, None)
+            folder = load_folder(self._directory(name), self.index_name, self.state, self.scope(name),
+                                 self.allow_pickle)
+            self._folders[name] = folder
+        return folder
 
 
 # sidecar ---------------------------------------------------------------------------------------
@@ -364,6 +462,23 @@ def _index_params(options: dict[str, Any], error: type[Exception]) -> dict[str, 
         for key in ("hnsw_m", "hnsw_ef_construction", "hnsw_ef_search"):
             params[key] = _positive_int(key, options[key], error)
     return params
+
+
+def _flag(key: str, value: Any) -> bool:
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise ConfigError(f"faiss option {key} must be true or false, got {value!r}")
+
+
+def _index_name(value: Any) -> str:
+    name = str(value).strip()
+    if not name or name.startswith(".") or any(s in name for s in ("/", "\\", "\x00")):
+        raise ConfigError(f"faiss option index_name must be a plain file name (LangChain's default is "
+                          f"{INDEX_NAME!r}), got {value!r}")
+    return name
 
 
 def _positive_int(key: str, value: Any, error: type[Exception]) -> int:

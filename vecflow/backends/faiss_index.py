@@ -133,18 +133,29 @@ def for_index(vectors: np.ndarray, metric: str) -> np.ndarray:
 
 def write_atomically(path: Path, data: bytes | memoryview) -> None:
     """Temp file in the same directory, fsync, rename over path, fsync the directory."""
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temp = write_temp(path, data)
     try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
         os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
         raise
     fsync_directory(path.parent)
+
+
+def write_temp(path: Path, data: bytes | memoryview) -> Path:
+    """data in a new fsynced temp file beside path (`.<name>.*.tmp`), ready to be renamed over it."""
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+    return Path(temp)
 
 
 def fsync_directory(path: Path) -> None:
