@@ -39,7 +39,7 @@ def inspect_collection(backend: Backend, name: str, sample_size: int = SAMPLE) -
         "params": info.params,
         "layout": detected.layout.name,
         "layout_reason": detected.reason,
-        "text": detected.layout.where_text_lives(backend.has_text_slot),
+        "text": backend.text_location(name),
         "sampled": len(records),
         "documents_present": documents,
         "id_kinds": dict(Counter(_id_kind(record.id) for record in records)),

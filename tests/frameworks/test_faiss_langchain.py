@@ -98,6 +98,7 @@ def test_vecflow_reads_a_folder_langchain_saved_and_inspect_says_why_it_is_langc
     lines = project.run("inspect", "faiss:docs")
     assert lines[1] == "docs: 24 records, dim 16, l2"
     assert lines[2] == "  layout: langchain (index.faiss + index.pkl: a LangChain FAISS.save_local folder)"
+    assert lines[3].startswith("  text: in Document.page_content in index.pkl (LangChain's pickled docstore)")
 
 
 def test_without_allow_pickle_the_folder_is_not_read_and_the_error_is_one_line(tmp_path):

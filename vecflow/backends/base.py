@@ -232,6 +232,10 @@ class Backend(ABC):
                                  f"{self.name} supports {', '.join(self.layouts)}")
         self._layouts()[name] = Detected(get_layout(layout), reason)
 
+    def text_location(self, name: str) -> str:
+        """Where the application keeps a record's text in this collection (for `vecflow inspect`)."""
+        return self.layout_of(name).layout.where_text_lives(self.has_text_slot)
+
     # records -------------------------------------------------------------------------------------
 
     def scan(self, name: str, batch_size: int, cursor: str | None = None) -> tuple[Batch, str | None]:

@@ -175,6 +175,12 @@ class FaissBackend(Backend):
         return Detected(get_layout("langchain"),
                         f"{index_file.name} + {pickle_file.name}: a LangChain FAISS.save_local folder")
 
+    def text_location(self, name: str) -> str:
+        files = self._folder_files(name)
+        if files is None:
+            return f"the {SIDECAR} sidecar's document column"
+        return f"Document.page_content in {files[1].name} (LangChain's pickled docstore)"
+
     # collections ---------------------------------------------------------------------------
 
     def _list_collections(self) -> list[str]:
