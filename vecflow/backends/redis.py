@@ -1,24 +1,27 @@
-"""Redis adapter: one HASH per record, in the RedisVL / LangChain hash layout (vecflow's `raw`
-layout on Redis).
+"""Redis adapter: a collection is the set of HASHes under one key prefix, whoever wrote them.
 
-Keys (documented in docs/backends/redis.md):
-  {key_prefix}{collection}:{id}         HASH  id, vector (float32 LE bytes), text, metadata (JSON),
-                                              plus every scalar metadata value as a flat field
-  {key_prefix}vecflow:ids:{collection}  ZSET  every id with score 0, for ordered, resumable scans
-  {key_prefix}vecflow:collections       HASH  collection -> JSON {dim, metric, prefix, params,
-                                              index}
+vecflow's own hashes (the `raw` layout: id, vector, text, metadata JSON and flat copies), those of
+langchain-redis and langchain_community (`langchain`) and of LlamaIndex (`llamaindex`,
+`llama_index/vector_<id>`) are all read and written as their writer does; see
+vecflow/backends/redis_layouts.py. Where a collection's hashes are and which field holds the
+vector and the text (its *shape*) comes from vecflow's state for collections vecflow created,
+from `FT.INFO` where the search module indexes them, else from the store's options and the
+layout's key scheme (vecflow/backends/redis_schema.py).
 
-The record hashes hold only the record: no field of vecflow's. The id zset and the registry are
-keys of their own beside them (they move into vecflow's state with the Redis layouts, next). What
-vecflow remembers about a collection (its collection metadata) is in its state (vecflow/state.py).
-Search (KNN through the search module, or exact) is in vecflow/backends/redis_search.py.
+Nothing of vecflow's is written into Redis: the catalogue of the collections vecflow created, like
+everything else it remembers, is in its state (vecflow/state.py). A scan pages through a sorted
+snapshot of the collection's keys taken when a pass starts (`SCAN` gives no order and may repeat
+a key), so a cursor is the last id of a page, valid in any process, and a page costs O(log n +
+batch). Search (KNN through the search module, or exact) is in vecflow/backends/redis_search.py.
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -26,29 +29,35 @@ import redis
 from redis.connection import parse_url
 
 from vecflow.backends import redis_search
-from vecflow.backends.base import Backend, CollectionInfo, Hit
-from vecflow.backends.helpers import json_default, one_line, redacted
-from vecflow.batch import Batch, Metadata
+from vecflow.backends.base import DETECTION_SAMPLE, Backend, CollectionInfo, Hit, NativePage
+from vecflow.backends.helpers import one_line, redacted
+from vecflow.backends.redis_layouts import HashLayout, detect, hash_layout, index_name_of, plain_collection
+from vecflow.backends.redis_schema import (
+    KeyScheme,
+    Shape,
+    count_keys,
+    default_fields,
+    first_keys,
+    found_shape,
+    hashes,
+    overlapping,
+    snapshot,
+)
+from vecflow.batch import Batch
 from vecflow.errors import (
     BackendError,
     CollectionExistsError,
     CollectionNotFoundError,
     ConfigError,
     DimensionMismatchError,
-    InvalidDataError,
 )
+from vecflow.layouts import AUTO, Detected, Logical
 
-ID, VECTOR, TEXT, METADATA = redis_search.ID_FIELD, redis_search.VECTOR_FIELD, "text", "metadata"
-RESERVED_FIELDS = frozenset((ID, VECTOR, TEXT, METADATA))
 SEARCH_MODES = ("auto", "native", "exact")
-_RECORD_FIELDS = (ID, VECTOR, TEXT, METADATA)
-_PAGE = 1000  # ids per round trip (and per rename or drop transaction) when walking a collection
+_PAGE = 1000  # records per round trip (and per rename or drop transaction) when walking a collection
+_CATALOGUE = "redis collections"  # the state entry (per store) of the collections vecflow created
 
 _F = TypeVar("_F", bound=Callable[..., Any])
-
-
-
-
 
 
 def _translated(method: _F) -> _F:
@@ -64,62 +73,34 @@ def _translated(method: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
-
-
-def _flat_value(value: Any) -> str | None:
-    """The flat hash field for a scalar metadata value (bools as "1"/"0"); None for the rest."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, str):
-        return value
-    return None
-
-
-def record_fields(rid: str, vector: bytes, document: str | None, metadata: Metadata) -> dict:
-    """The hash fields of one record. The JSON `metadata` field is what reads trust; the flat
-    copies of scalar values exist so RediSearch / LangChain filters can see them."""
-    try:
-        encoded = json.dumps(metadata, ensure_ascii=False, separators=(",", ":"), default=json_default)
-    except (TypeError, ValueError) as exc:
-        raise InvalidDataError(f"record {rid!r}: metadata is not JSON ({exc})") from exc
-    fields: dict[str, str | bytes] = {}
-    for key, value in metadata.items():
-        flat = _flat_value(value)
-        if flat is not None and str(key) not in RESERVED_FIELDS:
-            fields[str(key)] = flat
-    fields[ID] = rid
-    fields[VECTOR] = vector
-    fields[METADATA] = encoded
-    if document is not None:
-        fields[TEXT] = document
-    return fields
-
-
 class RedisBackend(Backend):
     """A Redis server (standalone; not cluster). Options come from vecflow.ini as strings.
 
     `db` and `password` apply when the URL does not set them. `search` is auto (KNN through the
     search module when the server has one, exact otherwise), native (require the module) or
-    exact (always exact, in vecflow)."""
+    exact (always exact, in vecflow). `separator`, `vector_field`, `text_field`, `vector_dtype`,
+    `metric` and `collections` describe hashes vecflow did not create (docs/backends/redis.md)."""
 
     name = "redis"
-    # The hash layout above is the raw layout; framework layouts for Redis hashes come next.
-    layouts: ClassVar[tuple[str, ...]] = ("raw",)
+    has_text_slot = True  # the text field
+    layouts: ClassVar[tuple[str, ...]] = ("raw", "langchain", "llamaindex")
 
     def __init__(self, url: str = "redis://127.0.0.1:6379", db: int | str | None = None, key_prefix: str = "",
                  password: str | None = None, username: str | None = None, search: str = "auto",
-                 socket_timeout: float | str = 30.0) -> None:
+                 socket_timeout: float | str = 30.0, separator: str | None = None, vector_field: str | None = None,
+                 text_field: str | None = None, vector_dtype: str = "float32", metric: str = "cosine",
+                 collections: str | None = None) -> None:
         self._where = redacted(url)
         if search not in SEARCH_MODES:
             raise ConfigError(f"redis store: search must be one of {', '.join(SEARCH_MODES)}, not {search!r}")
         self._search = search
         self._key_prefix = key_prefix or ""
+        self._scheme = KeyScheme.from_options(self._key_prefix, separator, vector_field, text_field, vector_dtype,
+                                              metric, collections)
+        self._shapes: dict[str, Shape] = {}  # per connection; forgotten when vecflow changes one
+        self._formats: dict[tuple[str, str], HashLayout] = {}
+        self._snapshots: dict[str, list[bytes]] = {}  # key prefix -> sorted key suffixes of this pass
+        self._creating_layout: str | None = None
         try:
             from_url = parse_url(url)
             options: dict[str, Any] = {"decode_responses": False, "socket_timeout": float(socket_timeout),
@@ -152,47 +133,119 @@ class RedisBackend(Backend):
         return f"{self._where} db {db} key prefix {self._key_prefix!r}"
 
     def search_is_exact(self, name: str) -> bool:
-        return not self._native_search
+        shape = self._shape(name)
+        return not (self._native_search and shape is not None and shape.index)
 
     def close(self) -> None:
         self._client.close()
 
-    # keys and the registry -----------------------------------------------------------------
+    def create_collection(self, name: str, dim: int, metric: str = "cosine", layout: str | None = None,
+                          **params: Any) -> None:
+        # The layout decides the new collection's key scheme and fields; the base does not hand it on.
+        self._creating_layout = self._layout_for_new(name, layout)
+        try:
+            super().create_collection(name, dim, metric, layout=layout, **params)
+        finally:
+            self._creating_layout = None
+
+    # shapes: where a collection's hashes are ---------------------------------------------------
 
     @property
-    def _registry(self) -> bytes:
+    def _store_scope(self) -> str:
+        return f"{self.name}|{self._scope_location()}"
+
+    def _catalogue(self) -> dict[str, dict]:
+        return dict(self.state.get_collection(self._store_scope, _CATALOGUE) or {})
+
+    def _record(self, name: str, shape: Shape | None) -> None:
+        entries = self._catalogue()
+        if shape is None:
+            entries.pop(name, None)
+        else:
+            entries[name] = shape.to_entry()
+        self.state.put_collection(self._store_scope, _CATALOGUE, entries or None)
+        self._forget(name)
+
+    def _forget(self, name: str) -> None:
+        shape = self._shapes.pop(name, None)
+        if shape is not None:
+            self._snapshots.pop(shape.prefix, None)
+        self._formats = {key: value for key, value in self._formats.items() if key[0] != name}
+        self._forget_layout(name)
+
+    def _shape(self, name: str) -> Shape | None:
+        if name not in self._shapes:
+            entry = self._catalogue().get(name)
+            shape = (Shape.from_entry(entry) if entry else None) or self._legacy_shape(name) \
+                or self._indexed_shape(name) or found_shape(self._client, self._scheme, name, self._option_layout)
+            if shape is None:
+                return None
+            self._shapes[name] = shape
+        return self._shapes[name]
+
+    def _existing(self, name: str) -> Shape:
+        shape = self._shape(name)
+        if shape is None:
+            raise CollectionNotFoundError(f"redis store {self.location} has no collection {name!r}")
+        return shape
+
+    @property
+    def _legacy_registry(self) -> bytes:
+        """The registry hash earlier vecflow versions kept beside the records (read, never written)."""
         return f"{self._key_prefix}vecflow:collections".encode()
 
-    def _ids_key(self, name: str) -> bytes:
-        return f"{self._key_prefix}vecflow:ids:{name}".encode()
+    def _legacy_shape(self, name: str) -> Shape | None:
+        raw = self._client.hget(self._legacy_registry, name)
+        return None if raw is None else Shape.from_legacy(json.loads(raw))
 
-    def _entry(self, name: str) -> dict | None:
-        raw = self._client.hget(self._registry, name)
-        return None if raw is None else json.loads(raw)
+    def _forget_legacy(self, name: str) -> None:
+        with self._client.pipeline(transaction=True) as pipe:
+            pipe.hdel(self._legacy_registry, name)
+            pipe.delete(f"{self._key_prefix}vecflow:ids:{name}")
+            pipe.execute()
 
-    def _existing(self, name: str) -> dict:
-        entry = self._entry(name)
-        if entry is None:
-            raise CollectionNotFoundError(f"redis store {self.location} has no collection {name!r}")
-        return entry
+    def _indexed_shape(self, name: str) -> Shape | None:
+        """The shape FT.INFO gives an application's index named `{key_prefix}{name}`."""
+        if not self._has_search_module:
+            return None
+        index = f"{self._key_prefix}{name}"
+        info = redis_search.index_info(self._client, index)
+        if info is None or info["key_type"] != "HASH" or not info["prefixes"] or info["vector"] is None:
+            return None
+        keys = first_keys(self._client, info["prefixes"][0], DETECTION_SAMPLE)
+        return self._scheme.indexed(index, info, keys, hashes(self._client, keys), self._option_layout)
 
-    def _exists_error(self, name: str) -> CollectionExistsError:
-        return CollectionExistsError(f"redis store {self.location} already has collection {name!r}")
+    @property
+    def _option_layout(self) -> str | None:
+        return None if self._layout_option in (None, AUTO) else self._layout_option
 
-    def _check_free(self, name: str) -> str:
-        """The record prefix of a new collection; refuses names whose keys would mix with others."""
+    def _new_shape(self, name: str, layout: str, dim: int, metric: str, params: dict[str, Any]) -> Shape:
+        """The shape of a collection vecflow creates: the declared prefix, else the layout's."""
         if not name or name == "vecflow" or name.startswith("vecflow:"):
             raise BackendError(f"redis collection name {name!r} is reserved for vecflow's own keys")
-        prefix = f"{self._key_prefix}{name}:"
-        for other, raw in self._client.hgetall(self._registry).items():
-            other_name, other_prefix = other.decode(), json.loads(raw)["prefix"]
-            if other_name == name:
-                raise self._exists_error(name)
-            if prefix.startswith(other_prefix) or other_prefix.startswith(prefix):
-                raise BackendError(f"redis collection {name!r} would share keys with collection "
-                                   f"{other_name!r} (prefixes {prefix!r} and {other_prefix!r}); "
-                                   "choose a name that is not the other plus ':'")
-        return prefix
+        declared = self._scheme.declared.get(name)
+        prefix = self._scheme.derived(name, layout)[0] if declared is None else \
+            self._scheme.completed(declared, None, layout)
+        others = {other: Shape.from_entry(entry).prefix for other, entry in self._catalogue().items() if other != name}
+        others.update((other.decode(), json.loads(raw)["prefix"])
+                      for other, raw in self._client.hgetall(self._legacy_registry).items())
+        clash = overlapping(prefix, others)
+        if clash is not None:
+            raise BackendError(f"redis collection {name!r} would share keys with collection {clash!r} (prefixes "
+                               f"{prefix!r} and {others[clash]!r}); choose a name that is not the other plus ':'")
+        vector, text = default_fields(layout)
+        return Shape(prefix, self._scheme.vector_field or vector, self._scheme.text_field or text,
+                     self._scheme.dtype, dim, metric, dict(params))
+
+    def _indexed(self, name: str, shape: Shape, layout: str) -> Shape:
+        """The new collection with its search index, created where the server has the module."""
+        if not self._native_search:
+            return shape
+        index = f"{self._key_prefix}{name}"
+        self._client.execute_command(*redis_search.index_create_args(
+            index, shape.prefix, shape.vector_field, shape.text_field, shape.dtype, int(shape.dim or 0),
+            shape.metric, shape.params, layout))
+        return replace(shape, index=index, index_owned=True)
 
     @functools.cached_property
     def _has_search_module(self) -> bool:
@@ -202,193 +255,242 @@ class RedisBackend(Backend):
     def _native_search(self) -> bool:
         return self._search != "exact" and self._has_search_module
 
-    def _create_index(self, name: str, entry: dict) -> str | None:
-        if not self._native_search:
-            return None
-        index = f"{self._key_prefix}{name}"
-        self._client.execute_command(*redis_search.index_create_args(
-            index, entry["prefix"], entry["dim"], entry["metric"], entry["params"]))
-        return index
+    # layouts -----------------------------------------------------------------------------------
 
-    # collections ---------------------------------------------------------------------------
+    def _resolve_layout(self, name: str) -> Detected:
+        """The base's choice (store option, recorded layout), else detection from sampled hashes;
+        the reason also says where the keys are and how vecflow found them."""
+        shape = self._existing(name)
+        if self._option_layout or self.state.get_collection(self.scope(name), "layout"):
+            detected = super()._resolve_layout(name)
+        else:
+            detected, _ = detect(self._sample(shape))
+        return Detected(detected.layout, f"{detected.reason}; keys {shape.prefix}<id>, {shape.origin}")
+
+    def text_location(self, name: str) -> str:
+        return f"the hash field {self._existing(name).text_field!r}"
+
+    def _format(self, name: str, shape: Shape) -> HashLayout:
+        layout = self._layout(name).name
+        if (name, layout) not in self._formats:
+            sample = self._sample(shape) if layout != "llamaindex" else []
+            self._formats[name, layout] = hash_layout(
+                layout, shape.vector_field, shape.text_field, plain=plain_collection(sample, layout),
+                index_name=index_name_of(sample, shape.index or f"{self._key_prefix}{name}"))
+        return self._formats[name, layout]
+
+    def _sample(self, shape: Shape) -> list[dict[bytes, bytes]]:
+        keys = first_keys(self._client, shape.prefix, DETECTION_SAMPLE)
+        return [fields for fields in hashes(self._client, keys) if fields]
+
+    # collections -------------------------------------------------------------------------------
 
     @_translated
     def _list_collections(self) -> list[str]:
-        return [key.decode() for key in self._client.hkeys(self._registry)]
+        names = set(self._catalogue()) | {key.decode() for key in self._client.hkeys(self._legacy_registry)}
+        if self._has_search_module:
+            names.update(index[len(self._key_prefix):] for index in redis_search.list_indexes(self._client)
+                         if index.startswith(self._key_prefix) and self._shape(index[len(self._key_prefix):]))
+        names.update(name for name in self._scheme.declared if self._shape(name) is not None)
+        return list(names)
 
     @_translated
     def _has_collection(self, name: str) -> bool:
-        return bool(self._client.hexists(self._registry, name))
+        return self._shape(name) is not None
 
     @_translated
     def _create_collection(self, name: str, dim: int, metric: str, params: dict[str, Any]) -> None:
         redis_search.check_index_params(name, params)
-        entry = {"dim": dim, "metric": metric, "prefix": self._check_free(name), "params": params}
-        entry["index"] = self._create_index(name, entry)
-        if not self._client.hsetnx(self._registry, name, json.dumps(entry)):
-            raise self._exists_error(name)
+        layout = self._creating_layout or "raw"
+        self._record(name, self._indexed(name, self._new_shape(name, layout, dim, metric, params), layout))
 
     @_translated
     def _drop_collection(self, name: str) -> None:
-        entry = self._existing(name)
-        ids_key, prefix = self._ids_key(name), entry["prefix"].encode()
-        # Records go first, in chunks; the registry entry goes last, so a crash mid-way leaves a
+        shape = self._existing(name)
+        # Records go first, in chunks; the catalogue entry goes last, so a crash mid-way leaves a
         # smaller collection that a second drop finishes.
-        while members := self._client.zrange(ids_key, 0, _PAGE - 1):
-            with self._client.pipeline(transaction=True) as pipe:
-                pipe.delete(*(prefix + member for member in members))
-                pipe.zrem(ids_key, *members)
-                pipe.execute()
-        redis_search.drop_index(self._client, entry.get("index"))
-        with self._client.pipeline(transaction=True) as pipe:
-            pipe.delete(ids_key)
-            pipe.hdel(self._registry, name)
-            pipe.execute()
+        for chunk in _chunks(snapshot(self._client, shape.prefix), _PAGE):
+            self._client.delete(*(shape.prefix.encode() + suffix for suffix in chunk))
+        if shape.index_owned:
+            redis_search.drop_index(self._client, shape.index)
+        self._forget_legacy(name)
+        self._record(name, None)
 
     @_translated
     def _rename_collection(self, old: str, new: str) -> bool:
-        """Native RENAME of every key, in transactions of _PAGE records.
+        """Native RENAME of every key, in transactions of _PAGE records, except in the langchain
+        layout (its `_index_name` field names the collection: the base copies the records).
 
-        The new registry entry is written first and remembers `renaming_from`; each transaction
-        moves keys and their zset members together, so both collections stay consistent, and
-        calling rename again after a crash resumes where it stopped."""
-        entry = self._entry(new)
-        if entry is None or entry.get("renaming_from") != old:
-            source = self._existing(old)
-            entry = {**source, "prefix": self._check_free(new), "renaming_from": old}
-            entry["index"] = self._create_index(new, entry)
-            if not self._client.hsetnx(self._registry, new, json.dumps(entry)):
-                raise self._exists_error(new)
+        The new catalogue entry is written first and remembers `renaming_from`, so calling rename
+        again after a crash resumes where it stopped."""
+        layout = self._layout(old).name
+        if layout == "langchain":
+            return False
         source = self._existing(old)
-        old_ids, new_ids = self._ids_key(old), self._ids_key(new)
-        old_prefix, new_prefix = source["prefix"].encode(), entry["prefix"].encode()
-        while members := self._client.zrange(old_ids, 0, _PAGE - 1):
+        entry = self._catalogue().get(new)
+        if entry is not None and entry.get("renaming_from") == old:
+            target = Shape.from_entry(entry)
+        else:
+            if self._shape(new) is not None:
+                raise CollectionExistsError(f"redis store {self.location} already has collection {new!r}")
+            fresh = replace(self._new_shape(new, layout, int(source.dim or 0), source.metric, source.params),
+                            vector_field=source.vector_field, text_field=source.text_field, dtype=source.dtype)
+            target = replace(self._indexed(new, fresh, layout), renaming_from=old)
+            self._record(new, target)
+        old_prefix, new_prefix = source.prefix.encode(), target.prefix.encode()
+        for chunk in _chunks(snapshot(self._client, source.prefix), _PAGE):
             with self._client.pipeline(transaction=True) as pipe:
-                for member in members:
-                    pipe.rename(old_prefix + member, new_prefix + member)
-                pipe.zrem(old_ids, *members)
-                pipe.zadd(new_ids, dict.fromkeys(members, 0))
+                for suffix in chunk:
+                    pipe.rename(old_prefix + suffix, new_prefix + suffix)
                 for result in pipe.execute(raise_on_error=False):
-                    # A missing record hash (deleted behind vecflow's back) only drops its id.
+                    # A record deleted behind vecflow's back since the snapshot is simply gone.
                     if isinstance(result, Exception) and "no such key" not in str(result).lower():
                         raise result
-        redis_search.drop_index(self._client, source.get("index"))
-        del entry["renaming_from"]
-        with self._client.pipeline(transaction=True) as pipe:
-            pipe.delete(old_ids)
-            pipe.hdel(self._registry, old)
-            pipe.hset(self._registry, new, json.dumps(entry))
-            pipe.execute()
+        if source.index_owned:
+            redis_search.drop_index(self._client, source.index)
+        self._forget_legacy(old)
+        self._record(old, None)
+        self._record(new, replace(target, renaming_from=None))
         return True
 
     @_translated
     def _count(self, name: str) -> int:
-        return int(self._client.zcard(self._ids_key(name)))
+        return count_keys(self._client, self._existing(name).prefix)
 
     @_translated
     def _describe(self, name: str) -> CollectionInfo:
-        entry = self._existing(name)
-        return CollectionInfo(name, int(entry["dim"]), entry["metric"], dict(entry["params"]))
+        shape = self._existing(name)
+        return CollectionInfo(name, int(shape.dim or 0), shape.metric, dict(shape.params))
 
-    # records -------------------------------------------------------------------------------
+    # reading -----------------------------------------------------------------------------------
 
     @_translated
     def _scan(self, name: str, batch_size: int, cursor: str | None) -> tuple[Batch, str | None]:
-        entry = self._existing(name)
-        # One id more than asked tells whether another page exists, so the last page ends with None.
-        members = next(self._pages(name, batch_size + 1, cursor), [])
-        page = members[:batch_size]
-        return self._batch(entry, page), page[-1].decode() if len(members) > batch_size else None
+        page, cursor = self._scan_native(name, batch_size, cursor)
+        return page.batch, cursor
+
+    @_translated
+    def _scan_native(self, name: str, batch_size: int, cursor: str | None) -> tuple[NativePage, str | None]:
+        """One page in byte order of the ids; the cursor is the page's last id. The sorted id list
+        is taken when a pass starts (or this connection has none), then each page is one round trip."""
+        shape = self._existing(name)
+        suffixes = self._suffixes(shape, refresh=cursor is None)
+        start = 0 if cursor is None else bisect.bisect_right(suffixes, cursor.encode("utf-8", "surrogateescape"))
+        chunk = suffixes[start:start + batch_size]
+        more = start + batch_size < len(suffixes)
+        return self._read(name, shape, chunk), shape.record_id(chunk[-1]) if more else None
+
+    @_translated
+    def _get(self, name: str, ids: list[str]) -> Batch:
+        return self._read(name, self._existing(name), [rid.encode("utf-8", "surrogateescape") for rid in ids]).batch
+
+    def _suffixes(self, shape: Shape, refresh: bool) -> list[bytes]:
+        if refresh or shape.prefix not in self._snapshots:
+            self._snapshots[shape.prefix] = snapshot(self._client, shape.prefix)
+        return self._snapshots[shape.prefix]
+
+    def _read(self, name: str, shape: Shape, suffixes: list[bytes]) -> NativePage:
+        """The records with these key suffixes that exist, in that order, read through the layout."""
+        fmt = self._format(name, shape)
+        keys = [shape.prefix.encode() + suffix for suffix in suffixes]
+        ids, native_ids, natives, rows = [], [], [], []
+        for suffix, key, stored in zip(suffixes, keys, hashes(self._client, keys)):
+            if not stored:
+                continue
+            vector, native = fmt.native(stored)
+            if vector is None:
+                raise BackendError(f"redis key {key.decode(errors='replace')!r} has no vector field "
+                                   f"{shape.vector_field!r}; name it with the store's vector_field option")
+            ids.append(shape.record_id(suffix))
+            native_ids.append(key.decode("utf-8", "surrogateescape"))
+            natives.append(native)
+            rows.append((key, vector))
+        logicals = [fmt.read(native) for native in natives]
+        batch = Batch(ids, shape.vectors(rows) if rows else np.zeros((0, shape.dim or 0), np.float32),
+                      [lg.document for lg in logicals], [lg.metadata for lg in logicals],
+                      [lg.extras for lg in logicals])
+        return NativePage(batch, native_ids, natives)
+
+    # writing -----------------------------------------------------------------------------------
 
     @_translated
     def _upsert(self, name: str, batch: Batch) -> None:
-        entry = self._existing(name)
-        if batch.dim != entry["dim"]:
-            raise DimensionMismatchError(f"redis collection {name!r} has dimension {entry['dim']}; "
-                                         f"the batch has vectors of dimension {batch.dim}")
-        vectors = batch.vectors.astype("<f4", copy=False)
-        prefix = entry["prefix"].encode()
-        mappings = [record_fields(rid, vectors[i].tobytes(), batch.documents[i], batch.metadatas[i])
-                    for i, rid in enumerate(batch.ids)]
+        """Each record replaces its hash in the collection's layout: only the fields that change
+        are written, fields the layout does not own stay, and an unchanged vector keeps its bytes."""
+        shape = self._existing(name)
+        self._check_dim(name, shape, batch.dim, "the batch has vectors of dimension")
+        fmt = self._format(name, shape)
+        keys = [shape.key(rid) for rid in batch.ids]
+        writes = []  # all planned before any is sent: bad metadata stops the batch before a write
+        for i, (rid, key, stored) in enumerate(zip(batch.ids, keys, hashes(self._client, keys))):
+            old_vector, old = fmt.native(stored) if stored else (None, None)
+            native = fmt.write(rid, Logical(batch.documents[i], batch.metadatas[i], batch.extras[i]), old)
+            writes.append((key, stored, fmt.hash(rid, native, shape.vector_bytes(batch.vectors[i], old_vector))))
+        self._write(writes)
+
+    @_translated
+    def _update_metadata(self, name: str, ids: list[str], metadatas: list[dict[str, Any]]) -> None:
+        """The fields that hold the metadata change; the vector and the text are not sent."""
+        shape = self._existing(name)
+        fmt = self._format(name, shape)
+        keys = [shape.key(rid) for rid in ids]
+        writes = []
+        for rid, key, stored, metadata in zip(ids, keys, hashes(self._client, keys), metadatas):
+            if stored:
+                vector, old = fmt.native(stored)
+                writes.append((key, stored, fmt.hash(rid, fmt.with_metadata(old, metadata), vector)))
+        self._write(writes)
+
+    def _write(self, writes: list[tuple[bytes, dict[bytes, bytes], dict[bytes, bytes]]]) -> None:
+        """One MULTI/EXEC: per hash, HDEL of the fields it loses and HSET of those that change."""
         with self._client.pipeline(transaction=True) as pipe:
-            for rid, mapping in zip(batch.ids, mappings):
-                key = prefix + rid.encode()
-                pipe.delete(key)  # drops flat fields and text the new version no longer has
-                pipe.hset(key, mapping=mapping)
-            pipe.zadd(self._ids_key(name), {rid.encode(): 0 for rid in batch.ids})
+            for key, old, new in writes:
+                gone = [field for field in old if field not in new]
+                changed = {field: value for field, value in new.items() if old.get(field) != value}
+                if gone:
+                    pipe.hdel(key, *gone)
+                if changed:
+                    pipe.hset(key, mapping=changed)
             pipe.execute()
 
     @_translated
     def _delete(self, name: str, ids: list[str]) -> None:
-        entry = self._existing(name)
-        members = [rid.encode() for rid in ids]
+        shape = self._existing(name)
         with self._client.pipeline(transaction=True) as pipe:
-            pipe.delete(*(entry["prefix"].encode() + member for member in members))
-            pipe.zrem(self._ids_key(name), *members)
+            for chunk in _chunks(ids, _PAGE):
+                pipe.delete(*(shape.key(rid) for rid in chunk))
             pipe.execute()
 
-    @_translated
-    def _get(self, name: str, ids: list[str]) -> Batch:
-        return self._batch(self._existing(name), [rid.encode() for rid in ids])
+    # search ------------------------------------------------------------------------------------
 
     @_translated
     def _query(self, name: str, vectors: np.ndarray, k: int) -> list[list[Hit]]:
-        entry = self._existing(name)
-        if vectors.shape[1] != entry["dim"]:
-            raise DimensionMismatchError(f"redis collection {name!r} has dimension {entry['dim']}; "
-                                         f"the queries have dimension {vectors.shape[1]}")
-        if entry.get("index") and self._native_search:
-            return redis_search.knn(self._client, entry["index"], entry["metric"], vectors, k)
-        return redis_search.exact_top_k(vectors, entry["metric"], k, self._id_vector_pages(name, entry))
+        shape = self._existing(name)
+        self._check_dim(name, shape, vectors.shape[1], "the queries have dimension")
+        if shape.index and self._native_search:
+            prefix = shape.prefix.encode()
+            return [[(shape.record_id(key[len(prefix):]), score) for key, score in row if key.startswith(prefix)]
+                    for row in redis_search.knn(self._client, shape.index, shape.vector_field, shape.metric,
+                                                vectors, k)]
+        return redis_search.exact_top_k(vectors, shape.metric, k, self._id_vector_pages(shape))
 
-    # reading -------------------------------------------------------------------------------
-
-    def _pages(self, name: str, page_size: int, cursor: str | None = None) -> Iterator[list[bytes]]:
-        """Ids in byte order, page_size at a time, after cursor: O(log n + page) per page."""
-        low = b"-" if cursor is None else b"(" + cursor.encode()
-        while members := self._client.zrangebylex(self._ids_key(name), low, b"+", 0, page_size):
-            yield members
-            low = b"(" + members[-1]
-
-    def _id_vector_pages(self, name: str, entry: dict) -> Iterator[tuple[list[str], np.ndarray]]:
+    def _id_vector_pages(self, shape: Shape) -> Iterator[tuple[list[str], np.ndarray]]:
         """(ids, vectors) of the whole collection, in id order, _PAGE records at a time."""
-        for members in self._pages(name, _PAGE):
-            rows = self._fetch(entry, members, (ID, VECTOR))
+        for chunk in _chunks(snapshot(self._client, shape.prefix), _PAGE):
+            keys = [shape.prefix.encode() + suffix for suffix in chunk]
+            with self._client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hget(key, shape.vector_field)
+                blobs = pipe.execute()
+            rows = [(key, blob) for key, blob in zip(keys, blobs) if blob is not None]
             if rows:
-                yield [_record_id(row) for row in rows], self._vectors(entry, rows, 2)
+                yield [shape.record_id(key[len(shape.prefix.encode()):]) for key, _ in rows], shape.vectors(rows)
 
-    def _fetch(self, entry: dict, members: list[bytes], fields: tuple[str, ...]) -> list[list]:
-        """HMGET of the given fields for each id, in one round trip; missing records are dropped."""
-        if not members:
-            return []
-        prefix = entry["prefix"].encode()
-        with self._client.pipeline(transaction=False) as pipe:
-            for member in members:
-                pipe.hmget(prefix + member, fields)
-            rows = pipe.execute()
-        present = fields.index(VECTOR)
-        return [[member, *row] for member, row in zip(members, rows) if row[present] is not None]
-
-    def _vectors(self, entry: dict, rows: list[list], column: int) -> np.ndarray:
-        dim = int(entry["dim"])
-        for row in rows:
-            if len(row[column]) != 4 * dim:
-                key = entry["prefix"] + row[0].decode()
-                raise BackendError(f"redis key {key!r} holds a vector of {len(row[column])} bytes, "
-                                   f"not {dim} float32 values")
-        joined = b"".join(row[column] for row in rows)
-        return np.frombuffer(joined, "<f4").reshape(len(rows), dim).copy()
-
-    def _batch(self, entry: dict, members: list[bytes]) -> Batch:
-        rows = self._fetch(entry, members, _RECORD_FIELDS)
-        return Batch(
-            [_record_id(row) for row in rows],
-            self._vectors(entry, rows, 2),
-            [None if row[3] is None else row[3].decode() for row in rows],
-            [{} if row[4] is None else json.loads(row[4]) for row in rows],
-        )
+    def _check_dim(self, name: str, shape: Shape, dim: int, what: str) -> None:
+        if shape.dim and dim != shape.dim:
+            raise DimensionMismatchError(f"redis collection {name!r} has dimension {shape.dim}; {what} {dim}")
 
 
-def _record_id(row: list) -> str:
-    """The id field of a fetched row (row[1]), or the id the key was looked up by (row[0])."""
-    return (row[0] if row[1] is None else row[1]).decode()
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for lo in range(0, len(items), size):
+        yield items[lo:lo + size]
