@@ -83,7 +83,9 @@ class RedisRawLayout(Layout):
         return {key for key in metadata if key in fields and key not in self.reserved}
 
     def _json_fields(self, record_id: str | None, old_json: str | None, metadata: dict[str, Any]) -> dict[str, Any]:
-        encoded = _dumps(record_id, metadata, ensure_ascii=False, separators=(",", ":"))
+        # Sorted keys: vecflow's own JSON then has the same bytes whichever store the record came
+        # from (Chroma and Qdrant do not keep metadata key order).
+        encoded = _dumps(record_id, metadata, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
         fields: dict[str, Any] = {RAW_METADATA: _kept(old_json, encoded)}
         fields.update((key, value) for key, value in metadata.items()
                       if key not in self.reserved and raw_value(value) is not None)
