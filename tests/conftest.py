@@ -108,7 +108,7 @@ def fast_tmp_path(tmp_path):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-BACKENDS = ["chroma", "faiss", "redis", "qdrant"]
+BACKENDS = ["chroma", "faiss", "redis", "qdrant", "files"]
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ and a check that nothing of vecflow's is in it."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from typing import Any
 
@@ -30,6 +31,18 @@ def plain_view(backend: Backend, name: str) -> dict[str, Any]:
         raw = backend._client
         keys = sorted(raw.scan_iter(match=f"{backend._key_prefix}{name}:*", count=1000))
         return {"records": [raw.hgetall(key) for key in keys], "collection": None}
+    if backend.name == "files":
+        import pyarrow.parquet as pq
+
+        folder = backend.root / name
+        records = []
+        for path in sorted(folder.iterdir()):
+            if path.suffix == ".parquet":
+                records += pq.read_table(path).to_pylist()
+            elif path.suffix == ".jsonl":
+                records += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        manifests = {p.name: json.loads(p.read_text(encoding="utf-8")) for p in folder.glob("*.json")}
+        return {"records": records, "collection": manifests}
     raise AssertionError(f"no plain view for {backend.name}")
 
 

@@ -19,7 +19,7 @@ from vecflow.errors import VecflowError
 COMMANDS: list[Callable[..., Any]] = [
     command.init, command.revision, command.merge, command.upgrade, command.downgrade, command.current,
     command.history, command.heads, command.branches, command.show, command.stamp, command.check,
-    command.inspect,
+    command.inspect, command.export, command.import_,
 ]
 
 # How each parameter of a command function appears on the command line: (flags, argparse kwargs).
@@ -45,6 +45,11 @@ PARAMETERS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "target": ((), {"nargs": "?", "default": "", "metavar": "STORE[:COLLECTION]",
                     "help": "store, or store:collection (default: the default store)"}),
     "as_json": (("--json",), {"action": "store_true", "help": "print the report as JSON"}),
+    "collection": ((), {"metavar": "STORE:COLLECTION",
+                        "help": "the collection: store:collection, or a collection of the default store"}),
+    "path": ((), {"metavar": "PATH", "help": "the export folder (a VDF folder, or VDF_FOLDER/INDEX, for import)"}),
+    "file_format": (("--format",), {"choices": ["parquet", "vdf", "jsonl"],
+                                    "help": "file format: parquet, vdf (vector-io) or jsonl (default: parquet)"}),
 }
 
 

@@ -8,13 +8,24 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from vecflow.config import DEFAULT_CONFIG_NAME, Config
-from vecflow.errors import CollectionNotFoundError, LedgerError, MultipleHeadsError, RevisionError, VecflowError
+from vecflow.backends import backend_class
+from vecflow.config import DEFAULT_CONFIG_NAME, Config, StoreConfig
+from vecflow.errors import (
+    CollectionNotFoundError,
+    ConfigError,
+    LedgerError,
+    MultipleHeadsError,
+    OperationError,
+    RevisionError,
+    VecflowError,
+)
 from vecflow.inspection import format_report, inspect_store
-from vecflow.runtime.ledger import Ledger, Owner
+from vecflow.operations.moves import CopyCollectionOp
+from vecflow.runtime.ledger import DONE, FAILED, Ledger, Owner
 from vecflow.runtime.runner import DOWNGRADE, UPGRADE, Runner
 from vecflow.runtime.snapshots import SnapshotStore
 from vecflow.runtime.stores import Stores
@@ -288,3 +299,122 @@ def check(config: Config, repair: bool = False, out: Out = print) -> None:
                 out(f"error: {problem}")
             raise VecflowError(f"check failed: {len(problems)} problem(s)")
         out(f"OK: {len(graph)} revisions, head {', '.join(graph.heads) or '<none>'}, ledger matches the scripts")
+
+
+# export and import: one checkpointed copy between a store and a folder of files ------------------
+
+EXPORT, IMPORT = "export", "import"
+
+
+def export(config: Config, collection: str, path: str, file_format: str = "parquet", out: Out = print) -> None:
+    """Copy a collection into a folder of Parquet, VDF (vector-io) or JSON lines files.
+
+    The folder gets a manifest with the collection's count, dimension, metric, layout, embedding
+    model and digest. Recorded in the ledger, resumable (rerun the same command), verified like
+    copy_collection."""
+    root, name = backend_class("files").export_location(path)
+    with open_runner(_with_files_store(config, EXPORT, root, file_format), out) as runner:
+        source, target = runner.stores.canonical(collection), f"@{EXPORT}:{name}"
+        files = runner.stores.backend(f"@{EXPORT}")
+        folder = root / name
+
+        def precheck() -> None:
+            backend, source_name = runner.stores.resolve(source)
+            if not backend.has_collection(source_name):
+                raise CollectionNotFoundError(f"store {source.partition(':')[0]!r} has no collection {source_name!r}")
+            if files.has_collection(name) and files.count(name):
+                raise OperationError(f"{folder} already holds an export of {files.count(name)} records; remove it or "
+                                     "export to another folder")
+            if folder.is_dir() and any(folder.iterdir()) and not files.has_collection(name):
+                raise OperationError(f"{folder} is a folder that is not empty; export to a new or empty folder")
+
+        def seal() -> None:
+            backend, source_name = runner.stores.resolve(source)
+            files.seal(name, backend.collection_metadata(source_name), backend.name)
+
+        label = shlex.join([source, str(folder), *(["--format", file_format] if file_format != "parquet" else [])])
+        step = CopyCollectionOp(source=source, target=target, target_params={"format": file_format})
+        _run_copy(runner, EXPORT, label, step, precheck, seal)
+        manifest = files.manifest(name)
+        out(f"Exported {source} to {folder}: {manifest['count']} records ({manifest['format']}), "
+            f"digest {manifest['digest']}")
+
+
+def import_(config: Config, path: str, collection: str, out: Out = print) -> None:
+    """Copy an export folder (or a VDF folder vector-io wrote) into a collection.
+
+    Every file is first checked against the digests in its manifest: a folder that does not
+    match is refused. Recorded in the ledger, resumable (rerun the same command), verified like
+    copy_collection."""
+    root, name = backend_class("files").import_location(path)
+    with open_runner(_with_files_store(config, IMPORT, root, "parquet"), out) as runner:
+        source, target = f"@{IMPORT}:{name}", runner.stores.canonical(collection)
+        files = runner.stores.backend(f"@{IMPORT}")
+        folder = root / name
+        out(f"Checked {folder}: {files.check_integrity(name)}")
+
+        def precheck() -> None:
+            backend, target_name = runner.stores.resolve(target)
+            if backend.has_collection(target_name) and backend.count(target_name):
+                raise OperationError(f"{target} already holds {backend.count(target_name)} records; import into a "
+                                     "new or empty collection")
+
+        def carry_metadata() -> None:
+            metadata = files.exported_collection_metadata(name)
+            if metadata:
+                backend, target_name = runner.stores.resolve(target)
+                backend.update_collection_metadata(target_name, metadata)
+
+        _run_copy(runner, IMPORT, shlex.join([str(folder), target]), CopyCollectionOp(source=source, target=target),
+                  precheck, carry_metadata)
+        backend, target_name = runner.stores.resolve(target)
+        out(f"Imported {folder} into {target}: {backend.count(target_name)} records")
+
+
+# `import` is a keyword: the function has another name, the command this one.
+import_.__name__ = import_.__qualname__ = IMPORT
+
+
+def _with_files_store(config: Config, direction: str, root: Path, file_format: str) -> Config:
+    """The config plus the files store `@export` or `@import` at root, for this run only."""
+    name = f"@{direction}"
+    if name in config.stores:
+        raise ConfigError(f"{config.config_file.name}: [store:{name}] is the name vecflow {direction} gives its "
+                          "files store; rename that section")
+    files = StoreConfig(name=name, backend="files", options={"path": str(root), "format": file_format})
+    return config.model_copy(update={"stores": {**config.stores, name: files}})
+
+
+def _run_copy(runner: Runner, direction: str, label: str, step: CopyCollectionOp, precheck: Callable[[], None],
+              finish: Callable[[], None]) -> None:
+    """Run one copy step as an attempt of its own in the ledger: revision `label` (the command's
+    arguments, so the resume hint vecflow prints is the command itself), direction `export` or
+    `import`. It checkpoints and resumes like a migration step and never joins the applied set.
+    `precheck` runs before a new attempt starts, `finish` after the copy verified."""
+    ledger = runner.ledger
+    with _holding_lease(runner) as owner:
+        unfinished = ledger.unfinished_attempts()
+        mine = [row for row in unfinished if (row["revision"], row["direction"]) == (label, direction)]
+        others = [row for row in unfinished if row not in mine]
+        if others:
+            row = others[-1]
+            raise LedgerError(f"the {row['direction']} of {row['revision']} started {row['started_at']} by "
+                              f"{row['user']}@{row['host']} did not finish ({row['outcome']}); run 'vecflow "
+                              f"{row['direction']} {row['revision']}' to resume it, or 'vecflow stamp current' to "
+                              f"abandon it, before this {direction}")
+        if mine:
+            attempt_id = mine[-1]["id"]
+            ledger.resume_attempt(attempt_id, owner)
+            runner.out(f"Resuming {direction} {label}")
+        else:
+            precheck()
+            attempt_id = ledger.begin_attempt(label, direction, owner, "")
+            runner.out(f"{direction.capitalize()} {label}")
+        try:
+            # The revision only says where a step's user code would be found: the script directory.
+            runner.run_step(step, 0, 1, attempt_id, owner, Revision(direction), verify=True)
+            finish()
+            ledger.finish_attempt(attempt_id, DONE)
+        except VecflowError as exc:
+            ledger.finish_attempt(attempt_id, FAILED, str(exc))
+            raise

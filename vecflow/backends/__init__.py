@@ -18,6 +18,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "faiss": ("vecflow.backends.faiss:FaissBackend", "pip install faiss-cpu"),
     "redis": ("vecflow.backends.redis:RedisBackend", "pip install redis"),
     "qdrant": ("vecflow.backends.qdrant:QdrantBackend", "pip install qdrant-client"),
+    "files": ("vecflow.backends.files:FilesBackend", "pip install pyarrow"),
 }
 
 

@@ -206,7 +206,7 @@ class Runner:
             self.out(f"Resuming {item.direction} {item.label}")
         try:
             for index, step in enumerate(item.steps):
-                self._run_step(step, index, len(item.steps), attempt_id, owner, rev, verify)
+                self.run_step(step, index, len(item.steps), attempt_id, owner, rev, verify)
             if item.direction == UPGRADE:
                 self.ledger.mark_applied(rev.revision, checksum, rev.path or "")
             else:
@@ -220,7 +220,7 @@ class Runner:
             self.ledger.finish_attempt(attempt_id, FAILED, str(exc))
             raise
 
-    def _run_step(self, step: Op, index: int, total: int, attempt_id: int, owner: Owner, rev: Revision,
+    def run_step(self, step: Op, index: int, total: int, attempt_id: int, owner: Owner, rev: Revision,
                   verify: bool) -> None:
         row = self.ledger.step(attempt_id, index)
         if row is not None and row["status"] == DONE:
