@@ -34,7 +34,7 @@ import sqlite_utils
 
 from vecflow.backends import faiss_index
 from vecflow.backends.base import Backend, CollectionInfo, Hit, NativePage
-from vecflow.backends.faiss_index import OpenCollection, fsync_directory, vectors_of, write_transaction
+from vecflow.backends.faiss_index import OpenCollection, vectors_of, write_transaction
 from vecflow.backends.faiss_langchain import (
     FLAT_PARAMS,
     INDEX_NAME,
@@ -46,7 +46,7 @@ from vecflow.backends.faiss_langchain import (
     is_folder,
     load_folder,
 )
-from vecflow.backends.helpers import json_default
+from vecflow.backends.helpers import fsync_directory, json_default, option_bool
 from vecflow.batch import Batch
 from vecflow.errors import (
     BackendError,
@@ -139,7 +139,7 @@ class FaissBackend(Backend):
                                           "hnsw_ef_construction": hnsw_ef_construction,
                                           "hnsw_ef_search": hnsw_ef_search}
         _index_params(self._defaults, ConfigError)
-        self.allow_pickle = _flag("allow_pickle", allow_pickle)
+        self.allow_pickle = bool(option_bool("faiss", "allow_pickle", allow_pickle))
         self.index_name = _index_name(index_name)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -470,13 +470,6 @@ def _index_params(options: dict[str, Any], error: type[Exception]) -> dict[str, 
     return params
 
 
-def _flag(key: str, value: Any) -> bool:
-    text = str(value).strip().lower()
-    if text in ("true", "yes", "on", "1"):
-        return True
-    if text in ("false", "no", "off", "0"):
-        return False
-    raise ConfigError(f"faiss option {key} must be true or false, got {value!r}")
 
 
 def _index_name(value: Any) -> str:

@@ -26,6 +26,8 @@ from typing import Any
 import faiss
 import numpy as np
 
+from vecflow.backends.helpers import fsync_directory
+
 INDEX_FILE = "index.faiss"
 INDEX_META = "index.json"
 _READ_CHUNK = 10_000
@@ -158,12 +160,6 @@ def write_temp(path: Path, data: bytes | memoryview) -> Path:
     return Path(temp)
 
 
-def fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _new_index(collection: OpenCollection) -> Any:

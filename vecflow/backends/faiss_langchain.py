@@ -39,8 +39,8 @@ import numpy as np
 
 from vecflow.backends import exact
 from vecflow.backends.base import CollectionInfo, Hit, NativePage
-from vecflow.backends.faiss_index import for_index, fsync_directory, write_atomically, write_temp
-from vecflow.backends.helpers import one_line
+from vecflow.backends.faiss_index import for_index, write_atomically, write_temp
+from vecflow.backends.helpers import fsync_directory, one_line
 from vecflow.batch import Batch
 from vecflow.errors import (
     BackendError,

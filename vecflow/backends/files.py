@@ -38,7 +38,7 @@ from vecflow.backends import files_folder as folder_io
 from vecflow.backends.base import Backend, CollectionInfo, Hit
 from vecflow.backends.files_folder import MANIFEST, NOT_PROVIDED, VDF_META, Part, View, vdf_entries
 from vecflow.backends.files_formats import CODECS
-from vecflow.backends.helpers import one_line
+from vecflow.backends.helpers import fsync_directory, one_line
 from vecflow.batch import Batch
 from vecflow.errors import (
     BackendError,
@@ -161,7 +161,7 @@ class FilesBackend(Backend):
                                         "plain folder name")
         self._forget(old)
         os.rename(view.folder, target)
-        folder_io.fsync_directory(self.root)
+        fsync_directory(self.root)
         if view.format == "vdf":
             self._commit(self._writable(new))  # VDF_META.json names the index after the collection
         return True

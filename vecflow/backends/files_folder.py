@@ -40,6 +40,7 @@ from typing import Any, BinaryIO
 import pyarrow.parquet as pq
 
 from vecflow.backends.files_formats import CODECS, Codec, Columns, VdfCodec, parquet_groups
+from vecflow.backends.helpers import fsync_directory
 from vecflow.batch import Batch
 from vecflow.errors import BackendError, CollectionExistsError
 from vecflow.runtime.digest import Digest, batch_digest
@@ -233,12 +234,6 @@ def write_json(path: Path, value: Any) -> None:
     write_atomically(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
-def fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # where collections are (for `vecflow export` and `vecflow import`) ----------------------------------

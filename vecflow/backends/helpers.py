@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
+
+from vecflow.errors import ConfigError
 
 
 def one_line(exc: BaseException) -> str:
@@ -36,3 +40,24 @@ def json_default(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"{type(value).__name__} value {value!r} is not JSON-serialisable")
+
+
+def option_bool(backend: str, option: str, value: bool | str | None) -> bool | None:
+    """A boolean store option as vecflow.ini spells it (true/false, yes/no, on/off, 1/0)."""
+    if value is None or isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{backend} store option {option}={value!r} is not a boolean (true or false)")
+
+
+def fsync_directory(path: Path) -> None:
+    """Make a rename or a new file in this folder durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

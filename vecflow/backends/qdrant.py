@@ -22,7 +22,7 @@ from qdrant_client import QdrantClient, models
 
 from vecflow.backends import exact
 from vecflow.backends.base import Backend, CollectionInfo, Hit, NativePage
-from vecflow.backends.helpers import redacted
+from vecflow.backends.helpers import option_bool, redacted
 from vecflow.backends.qdrant_points import (
     CLIENT_ERRORS,
     VECFLOW_NAMESPACE,
@@ -56,15 +56,6 @@ _MAX_CHUNK = 1000
 T = TypeVar("T")
 
 
-def _parse_bool(option: str, value: bool | str | None) -> bool | None:
-    if value is None or isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"qdrant store option {option}={value!r} is not a boolean (true or false)")
 
 
 def _parse_number(option: str, value: Any, kind: type, low: float, high: float) -> Any:
@@ -99,7 +90,7 @@ class QdrantBackend(Backend):
         path, url, api_key = (value or None for value in (path, url, api_key))
         if (path is None) == (url is None):
             raise ConfigError("qdrant store needs exactly one of 'path' (a local-mode folder) or 'url' (a server)")
-        grpc_preferred = _parse_bool("prefer_grpc", prefer_grpc)
+        grpc_preferred = option_bool("qdrant", "prefer_grpc", prefer_grpc)
         seconds = _parse_number("timeout", timeout, float, 0, float("inf"))
         port = _parse_number("grpc_port", grpc_port, int, 0, 65536)
         self._vector_option = vector_name or None
