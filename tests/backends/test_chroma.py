@@ -253,6 +253,48 @@ class ChromaSpecifics:
         backend.upsert("floats", batch)
         assert collection_digest(backend, "floats", batch_size=100) == batch_digest(batch)
 
+    # metadata key order ----------------------------------------------------------------------
+
+    @pytest.mark.parametrize("layout", ["raw", "langchain"])
+    def test_metadata_keys_come_back_in_the_order_written(self, backend, connect, layout):
+        # chromadb 1.5.9 returns a record's keys in a new random order on every read.
+        backend.create_collection("alpha", 2, "l2", layout=layout)
+        written = [{"b": 1, "a": 2, "c": 3}, {"z": None, "y": {"k": 1}, "x": "s"}, {"a": 1, "b": 2}]
+        ids = ["o1", "o2", "o3"]
+        backend.upsert("alpha", Batch(ids, np.ones((3, 2), np.float32), ["t"] * 3, written))
+        other = connect()
+        try:
+            for reader in (backend, other, other):
+                assert [list(m) for m in reader.get("alpha", ids).metadatas] == [list(m) for m in written]
+                assert [list(m) for m in scan_all(reader, "alpha").metadatas] == [list(m) for m in written]
+        finally:
+            other.close()
+        # Kept only where sorted order (how a record without an entry reads) would not give it.
+        assert sorted(backend.state.get_records(backend.scope("alpha"), "order", ids)) == ["o1", "o2"]
+        self.assert_no_vecflow_trace(backend, "alpha")
+
+    def test_update_metadata_keeps_a_new_order_of_the_same_keys(self, backend):
+        backend.create_collection("alpha", 2, "l2")
+        backend.upsert("alpha", Batch(["a"], np.ones((1, 2), np.float32), [None], [{"b": 1, "a": 2, "c": 3}]))
+        backend.update_metadata("alpha", ["a"], [{"c": 3, "b": 1, "a": 2}])
+        assert list(backend.get("alpha", ["a"]).metadatas[0]) == ["c", "b", "a"]
+        backend.update_metadata("alpha", ["a"], [{"a": 2, "b": 1, "c": 3}])
+        assert list(backend.get("alpha", ["a"]).metadatas[0]) == ["a", "b", "c"]
+        assert not backend.state.has_records(backend.scope("alpha"), "order")
+
+    def test_keys_the_application_changed_read_in_sorted_order(self, backend):
+        backend.create_collection("alpha", 2, "l2")
+        backend.upsert("alpha", Batch(["a", "b"], np.ones((2, 2), np.float32), [None, None],
+                                      [{"b": 1, "a": 2, "c": 3}, {"b": 1, "a": 2}]))
+        raw = backend.client.get_collection("alpha")
+        raw.update(ids=["a"], metadatas=[{"d": 4}])
+        raw.update(ids=["b"], metadatas=[{"b": 5}])  # same keys: the written order still applies
+        got = backend.get("alpha", ["a", "b"]).metadatas
+        assert got == [{"a": 2, "b": 1, "c": 3, "d": 4}, {"b": 5, "a": 2}]
+        assert [list(m) for m in got] == [["a", "b", "c", "d"], ["b", "a"]]
+        backend.delete("alpha", ["a", "b"])
+        assert not backend.state.has_records(backend.scope("alpha"), "order")
+
     # collections -----------------------------------------------------------------------------
 
     def test_dropping_a_collection_leaves_no_list_values_behind(self, backend):

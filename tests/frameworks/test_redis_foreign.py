@@ -267,6 +267,20 @@ def test_legacy_langchain_hashes_are_read_through_the_key_prefix_and_copied_as_l
     assert every_hash(client) == before
 
 
+def test_langchain_hashes_moved_to_chroma_downgrade_to_the_same_bytes(tmp_path, client, redis_server):
+    # Chroma returns metadata keys in a random order; `_metadata_json` is rebuilt in the written one.
+    docs = redis_docs(12, lists=True)
+    write_langchain_redis(client, "lc_docs", docs)
+    before = every_hash(client)
+    project = project_with(tmp_path, redis_server)
+    project.write_python("r1", None, 'op.move_collection("redis:lc_docs", "main:lc_docs")')
+    project.run("upgrade", "head")
+    assert not client.dbsize(), "moved: the Redis hashes are gone"
+    lines = project.run("downgrade", "base")
+    assert any("restored exactly (native records" in line for line in lines), lines
+    assert every_hash(client) == before
+
+
 @pytest.mark.slow
 def test_llamaindex_redis_to_chroma_to_qdrant_survives_a_kill_and_downgrades_to_the_same_bytes(
         fast_tmp_path, client, redis_server):

@@ -6,9 +6,10 @@ handled here and described in docs/backends/chroma.md: metadata holds only flat 
 of one type (vecflow/backends/chroma_values.py writes other values as an application would and
 keeps the originals in vecflow's state); upsert merges metadata and keeps old documents (writes
 send a None for each key to remove); cosine collections return vectors a few ulps off (the written
-bits are kept in vecflow's state); offset paging is O(offset) (scans page through a sorted id list
-fetched once per pass); a dropped collection's list values leak into later records (its records
-are deleted first). Nothing of vecflow's goes into records or collection metadata.
+bits are kept in vecflow's state); metadata keys come back in a random order (the written order
+is kept in vecflow's state, vecflow/backends/chroma_order.py); offset paging is O(offset) (scans
+page through a sorted id list fetched once per pass); a dropped collection's list values leak into
+later records (its records are deleted first). Nothing of vecflow's goes into records or collection metadata.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import httpx
 import numpy as np
 from chromadb.errors import ChromaError, InvalidArgumentError, NotFoundError
 
+from vecflow.backends import chroma_order as order
 from vecflow.backends import chroma_values as values
 from vecflow.backends import exact
 from vecflow.backends.base import Backend, CollectionInfo, Hit, NativePage
@@ -54,6 +56,7 @@ class _Write:
     encoded: list[values.Encoded]
     cleared: list[str]  # records whose document goes back to None: deleted, then written anew
     new_ids: list[str]
+    orders: dict[str, bytes | None]  # the records' `order` entries (none for unordered layouts)
 
 
 class ChromaBackend(Backend):
@@ -213,8 +216,13 @@ class ChromaBackend(Backend):
             vectors = exact.apply_bits(self.state, scope, present, vectors)
         entries = self._entries(scope, present)
         layout = self._layout(name)
-        logicals = [layout.read(Native(native.text, values.decode(native.fields, entries.get(rid, {}))), True)
-                    for rid, native in zip(present, natives)]
+        orders = self.state.get_records(scope, order.KIND, present) if layout.name in order.ORDERED_LAYOUTS else None
+        logicals = []
+        for rid, native in zip(present, natives):
+            fields = values.decode(native.fields, entries.get(rid, {}))
+            if orders is not None:
+                fields = order.restore(fields, orders.get(rid))
+            logicals.append(layout.read(Native(native.text, fields), True))
         batch = Batch(present, vectors, [r.document for r in logicals], [r.metadata for r in logicals],
                       [r.extras for r in logicals])
         return NativePage(batch, present, natives)
@@ -238,7 +246,7 @@ class ChromaBackend(Backend):
 
     def _plan(self, collection: Any, name: str, layout: Layout, chunk: Batch) -> _Write:
         held = self._held(collection, name, chunk.ids)
-        texts, encoded, cleared = [], [], []
+        texts, encoded, cleared, orders = [], [], [], {}
         for i, rid in enumerate(chunk.ids):
             logical = Logical(chunk.documents[i], chunk.metadatas[i], chunk.extras[i])
             old = held.get(rid)
@@ -250,7 +258,9 @@ class ChromaBackend(Backend):
                 old = values.Held(Native(None, {}), old.entries)
             encoded.append(values.encode(native.fields, rid, name, old))
             texts.append(native.text)
-        return _Write(chunk, texts, encoded, cleared, [rid for rid in chunk.ids if rid not in held])
+            if layout.name in order.ORDERED_LAYOUTS:
+                orders[rid] = order.entry(native.fields)
+        return _Write(chunk, texts, encoded, cleared, [rid for rid in chunk.ids if rid not in held], orders)
 
     def _write(self, collection: Any, name: str, plan: _Write, cosine: bool) -> None:
         ids = plan.batch.ids
@@ -267,6 +277,7 @@ class ChromaBackend(Backend):
             returned = np.asarray(back["embeddings"], dtype=np.float32)[[position[rid] for rid in ids]]
             exact.record_bits(self.state, self.scope(name), ids, plan.batch.vectors, returned)
         self._settle(name, dict(zip(ids, plan.encoded)), back if pending else None)
+        self.state.put_records(self.scope(name), order.KIND, plan.orders)
         self._remember_ids(collection, plan.new_ids)
 
     def _update_metadata(self, name: str, ids: list[str], metadatas: list[dict[str, Any]]) -> None:
@@ -275,10 +286,13 @@ class ChromaBackend(Backend):
         collection, layout = self._collection(name), self._layout(name)
         wanted = dict(zip(ids, metadatas))
         planned: list[tuple[str, values.Encoded]] = []  # all of them first: refused before writing
+        orders: dict[str, bytes | None] = {}
         for chunk in _chunks(list(wanted), self._max_batch):
             for rid, old in self._held(collection, name, chunk).items():
                 new = layout.with_metadata(old.decoded(), wanted[rid], True)
                 planned.append((rid, values.encode(new.fields, rid, name, old)))
+                if layout.name in order.ORDERED_LAYOUTS:
+                    orders[rid] = order.entry(new.fields)
         for lo in range(0, len(planned), self._max_batch):
             chunk = planned[lo:lo + self._max_batch]
             changed = [(rid, encoded) for rid, encoded in chunk if encoded.sent]
@@ -288,6 +302,9 @@ class ChromaBackend(Backend):
                     collection.update(ids=[rid for rid, _ in changed], metadatas=[e.sent for _, e in changed])
                 back = collection.get(ids=pending, include=["metadatas"]) if pending else None
             self._settle(name, dict(chunk), back)
+            # A new order of the same keys changes nothing in Chroma, only this entry.
+            self.state.put_records(self.scope(name), order.KIND,
+                                   {rid: orders[rid] for rid, _ in chunk if rid in orders})
 
     def _held(self, collection: Any, name: str, ids: list[str]) -> dict[str, values.Held]:
         """The records with these ids that exist, as Chroma holds them (no vectors)."""
@@ -417,12 +434,6 @@ def _decode_cursor(collection: str, cursor: str) -> str:
     raise BackendError(f"scan of Chroma collection {collection!r}: invalid cursor {cursor[:80]!r}")
 
 
-
-
-
-
-
-
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
     for lo in range(0, len(items), size):
         yield items[lo:lo + size]
@@ -433,6 +444,3 @@ def _raise_if_name_rejected(name: str, exc: ChromaError) -> None:
     if isinstance(exc, InvalidArgumentError) and "Expected a name" in text:
         rule = text[text.index("Expected a name"):].split(" Got")[0]
         raise BackendError(f"Chroma rejected collection name {name!r}: {rule}") from exc
-
-
-
