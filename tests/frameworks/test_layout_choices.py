@@ -133,3 +133,13 @@ def test_reembed_to_a_new_dimension_keeps_the_llamaindex_layout(tmp_path):
     assert {node.ref_doc_id for node in nodes.values()} == {apps.ref_doc_id(d) for d in docs}
     project.run("downgrade", "base")
     assert apps.native_records_chroma(chroma, "docs") == before
+
+
+def test_inspect_reads_the_layout_a_files_export_recorded(tmp_path):
+    chroma, _, project = chroma_and_qdrant(tmp_path)
+    apps.write_llamaindex_chroma(chroma, "docs", apps.sample_docs(6, lists=False))
+    project.run("export", "main:docs", str(tmp_path / "export"))
+    files = Project(tmp_path / "reader", {"path": str(tmp_path)}, backend="files")
+    lines = files.run("inspect", "main:export")
+    assert lines[1] == "export: 6 records, dim 16, l2", lines
+    assert lines[2].startswith("  layout: llamaindex"), lines
