@@ -1,0 +1,44 @@
+"""Every backend option is documented on its page, and the store sections shown there are valid."""
+
+from __future__ import annotations
+
+import inspect
+import textwrap
+
+import pytest
+
+from tests.test_docs import DOCS, code_blocks, read
+from vecflow.backends import backend_class, known_backends
+from vecflow.config import load_config
+
+STORE_OPTIONS_OF_EVERY_BACKEND = {"backend", "layout"}
+
+
+def constructor_options(backend: str) -> set[str]:
+    return {name for name in inspect.signature(backend_class(backend).__init__).parameters if name != "self"}
+
+
+@pytest.mark.parametrize("backend", known_backends())
+def test_every_option_of_a_backend_is_documented_on_its_page(backend):
+    page = read(f"backends/{backend}.md")
+    missing = sorted(option for option in constructor_options(backend) if f"`{option}`" not in page)
+    assert not missing, f"docs/backends/{backend}.md does not document option(s) {missing}"
+
+
+def test_the_layout_option_is_documented_for_every_store():
+    assert "| `layout` |" in read("configuration.md")
+
+
+@pytest.mark.parametrize("page", sorted(p.name for p in (DOCS / "backends").glob("*.md")))
+def test_store_sections_shown_on_backend_pages_load_and_name_real_options(page, tmp_path, monkeypatch):
+    for secret in ("CHROMA_TOKEN", "QDRANT_API_KEY", "REDIS_PASSWORD"):
+        monkeypatch.setenv(secret, "s3cret")
+    blocks = [body for lang, body in code_blocks(read(f"backends/{page}")) if lang == "ini"]
+    assert blocks, f"docs/backends/{page} shows no store section"
+    for body in blocks:
+        ini = tmp_path / "vecflow.ini"
+        ini.write_text("[vecflow]\nscript_location = %(here)s/versions\n\n" + textwrap.dedent(body), encoding="utf-8")
+        config = load_config(ini)
+        for name, store in config.stores.items():
+            unknown = set(store.options) - constructor_options(store.backend) - STORE_OPTIONS_OF_EVERY_BACKEND
+            assert not unknown, f"docs/backends/{page} [store:{name}] uses unknown option(s) {sorted(unknown)}"
