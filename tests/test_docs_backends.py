@@ -10,6 +10,7 @@ import pytest
 from tests.test_docs import DOCS, code_blocks, read
 from vecflow.backends import backend_class, known_backends
 from vecflow.config import load_config
+from vecflow.layouts import LAYOUT_NAMES
 
 STORE_OPTIONS_OF_EVERY_BACKEND = {"backend", "layout"}
 
@@ -42,3 +43,13 @@ def test_store_sections_shown_on_backend_pages_load_and_name_real_options(page, 
         for name, store in config.stores.items():
             unknown = set(store.options) - constructor_options(store.backend) - STORE_OPTIONS_OF_EVERY_BACKEND
             assert not unknown, f"docs/backends/{page} [store:{name}] uses unknown option(s) {sorted(unknown)}"
+
+
+@pytest.mark.parametrize("layout", LAYOUT_NAMES)
+def test_every_layout_is_documented_in_layouts_md_with_the_backends_that_write_it(layout):
+    text = read("layouts.md")
+    assert f"`{layout}`" in text
+    for backend in known_backends():
+        if layout in backend_class(backend).layouts:
+            page = read(f"backends/{backend}.md")
+            assert layout in page, f"docs/backends/{backend}.md does not mention its {layout} layout"
