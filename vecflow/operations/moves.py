@@ -1,10 +1,11 @@
 """Copy and move collections between any two stores, streamed in checkpointed batches.
 
 A copy writes into a new collection (or an existing empty one with the same dimension and
-metric), then verifies it: counts, id sets, digests and search parity. A move is a verified copy
-followed by dropping the source; the source is only read until the copy is verified. The inverse
-of a move is the move back (recreating the source with its original parameters); the inverse of a
-copy removes what it wrote.
+metric), then verifies it: counts, id sets, digests and search parity (the target's recall
+against the exact top-k of the source, see runtime/verify.py). A move is a verified copy followed
+by dropping the source; the source is only read until the copy is verified. The inverse of a move
+is the move back (recreating the source with its original parameters); the inverse of a copy
+removes what it wrote.
 """
 
 from __future__ import annotations

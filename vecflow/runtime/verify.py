@@ -1,4 +1,9 @@
-"""Verification of a copy: counts, id sets, digests and search parity between two collections."""
+"""Verification of a copy: counts, id sets, digests, and search parity measured against ground truth.
+
+Search parity is the recall@k of the target's search against the exact top-k of the source's
+logical records (brute force over the streamed source), not the overlap of two indexes' answers:
+two HNSW graphs over identical data disagree with each other far more than either misses the
+truth, so an overlap measures the graphs, not the copy."""
 
 from __future__ import annotations
 
@@ -8,12 +13,15 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from vecflow.backends import Backend
+from vecflow.backends.base import Hit
 from vecflow.batch import Batch
 from vecflow.runtime.digest import Digest, batch_digest
 
 NORMALISED_TOLERANCE = 1e-6
-EXACT_THRESHOLD = 0.99
-APPROXIMATE_THRESHOLD = 0.90
+# The recall@k an exact target must reach (the op's parity_threshold replaces it).
+EXACT_FLOOR = 0.99
+# How far an approximate target's recall may fall below an approximate source's on the same queries.
+RECALL_TOLERANCE = 0.05
 PARITY_K = 10
 
 
@@ -49,6 +57,42 @@ class SideDigest:
 
 
 @dataclass
+class SearchParity:
+    """Recall@k of both sides' search against the exact top-k of the source, and the bar the
+    target had to reach; or why the search was not measured (skipped)."""
+
+    target_recall: float | None = None
+    source_recall: float | None = None
+    floor: float | None = None
+    required: float | None = None
+    rule: str = ""
+    queries: int = 0
+    record_queries: int = 0
+    missed: list[str] = field(default_factory=list)
+    skipped: str | None = None
+
+    @property
+    def problem(self) -> str | None:
+        if self.target_recall is None or self.required is None or self.target_recall >= self.required:
+            return None
+        source = "exact" if self.source_recall is None else f"{self.source_recall:.3f}"
+        return (f"search parity: the target's recall@{PARITY_K} is {self.target_recall:.3f}, below the required "
+                f"{self.required:.3f} ({self.rule}; the source's own recall: {source}, over {self.queries} queries); "
+                f"{len(self.missed)} true neighbours not found in the target (e.g. {self.missed[:5]})")
+
+    def summary(self) -> str:
+        if self.skipped:
+            return f"search parity not measured: {self.skipped}"
+        if self.target_recall is None:
+            return "search parity n/a (no queries)"
+        source = "" if self.source_recall is None else f", source {self.source_recall:.3f}"
+        bar = "no bar" if self.required is None else f"required {self.required:.3f}"
+        return (f"search parity: recall@{PARITY_K} target {self.target_recall:.3f}{source} over {self.queries} "
+                f"queries ({self.record_queries} records, {self.queries - self.record_queries} random directions; "
+                f"{bar}: {self.rule})")
+
+
+@dataclass
 class VerificationReport:
     source_count: int
     target_count: int
@@ -58,9 +102,7 @@ class VerificationReport:
     source_digest: str
     target_digest: str
     normalised: bool
-    parity: float | None
-    parity_threshold: float
-    queries: int
+    search: SearchParity
     vectors_off: list[str] = field(default_factory=list)
 
     @property
@@ -80,21 +122,34 @@ class VerificationReport:
         if self.vectors_off:
             found.append(f"{len(self.vectors_off)} vectors differ beyond {NORMALISED_TOLERANCE} after normalising "
                          f"(e.g. {self.vectors_off[:5]})")
-        if self.parity is not None and self.parity < self.parity_threshold:
-            found.append(f"search parity {self.parity:.3f} is below the threshold {self.parity_threshold}")
+        if problem := self.search.problem:
+            found.append(problem)
         return found
 
+    @property
+    def parity(self) -> float | None:
+        """The target's recall@k (the old name)."""
+        return self.search.target_recall
+
+    @property
+    def parity_threshold(self) -> float | None:
+        """The recall floor applied (the old name)."""
+        return self.search.floor
+
     def summary(self) -> str:
-        parity = "n/a" if self.parity is None else f"{self.parity:.3f} over {self.queries} queries"
         how = f"vectors within {NORMALISED_TOLERANCE} after normalising" if self.normalised else "exact"
-        return (f"{self.target_count} records, ids equal, digest equal ({how}), "
-                f"top-{PARITY_K} parity {parity} (threshold {self.parity_threshold})")
+        return f"{self.target_count} records, ids equal, digest equal ({how}), {self.search.summary()}"
 
     def to_dict(self) -> dict:
+        """The report as saved in the step's state. parity, parity_threshold and queries keep
+        their old names: the target's recall, the recall floor applied, the number of queries."""
         data = asdict(self)
+        search = data.pop("search")
+        search["missed"] = search["missed"][:20]
         for key in ("missing_ids", "extra_ids", "vectors_off"):
             data[key] = data[key][:20]
-        return data
+        return {**data, "parity": self.search.target_recall, "parity_threshold": self.search.floor,
+                "queries": self.search.queries, "search": search}
 
 
 def read_side(backend: Backend, name: str, batch_size: int, normalise: bool) -> SideDigest:
@@ -136,24 +191,129 @@ def copy_normalises(source: Backend, source_name: str, target: Backend) -> bool:
     return source.describe(source_name).metric == "cosine" and (source.normalises_cosine or target.normalises_cosine)
 
 
-def search_parity(source: Backend, source_name: str, target: Backend, target_name: str,
-                  sample_ids: list[str]) -> float | None:
-    """Mean overlap of the top-10 neighbours of sampled records' vectors in both collections."""
-    if not sample_ids:
+def query_vectors(source: Backend, name: str, queries: int, seed: int) -> tuple[np.ndarray, int]:
+    """Seeded search-parity queries and how many of them are records' own vectors: half sampled
+    records (where the index is densest), half random directions at the records' typical length
+    (where it is not)."""
+    own = source.get(name, _sample_ids(source, name, (queries + 1) // 2, seed)).vectors
+    dim = source.describe(name).dim
+    rng = np.random.default_rng(seed + 1)
+    directions = rng.standard_normal((queries // 2, dim))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    length = float(np.linalg.norm(own, axis=1).mean()) if len(own) else 1.0
+    return np.vstack([own.reshape(-1, dim), directions * length]).astype(np.float32), len(own)
+
+
+def _ranking_keys(queries: np.ndarray, vectors: np.ndarray, metric: str) -> np.ndarray:
+    """(queries, vectors) keys that sort best first, as Backend.query ranks: squared L2 distance,
+    1 - cosine similarity, or the negated dot product (ip is larger-is-closer)."""
+    if metric == "l2":
+        return (queries ** 2).sum(1)[:, None] - 2 * queries @ vectors.T + (vectors ** 2).sum(1)[None, :]
+    if metric == "cosine":
+        return 1 - _units(queries) @ _units(vectors).T
+    return -(queries @ vectors.T)
+
+
+def _units(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.where(norms > 0, norms, 1)
+
+
+class GroundTruth:
+    """The exact top-k of each query over a stream of pages, ties broken by id. Holds only
+    queries x k (key, id) pairs, never the collection."""
+
+    def __init__(self, queries: np.ndarray, k: int, metric: str):
+        self.queries, self.k, self.metric = queries.astype(np.float64), k, metric
+        self.best: list[list[tuple[float, str]]] = [[] for _ in range(len(queries))]
+
+    def add(self, page: Batch) -> None:
+        if not len(page):
+            return
+        keys = _ranking_keys(self.queries, page.vectors.astype(np.float64), self.metric)
+        for best, row in zip(self.best, keys):
+            cut = np.partition(row, self.k - 1)[self.k - 1] if len(row) > self.k else np.inf
+            if len(best) == self.k:
+                cut = min(cut, best[-1][0])
+            best.extend((float(row[i]), page.ids[i]) for i in np.flatnonzero(row <= cut))
+            best.sort()
+            del best[self.k:]
+
+    def key(self, query: int, vector: np.ndarray) -> float:
+        """The ranking key of one record for one query."""
+        return float(_ranking_keys(self.queries[query:query + 1], vector[None, :].astype(np.float64),
+                                   self.metric)[0, 0])
+
+
+def ground_truth(source: Backend, name: str, queries: np.ndarray, k: int, batch_size: int) -> GroundTruth:
+    """Exact top-k over the source's logical records, streamed page by page."""
+    truth = GroundTruth(queries, k, source.describe(name).metric)
+    for page, _ in source.pages(name, batch_size):
+        truth.add(page)
+    return truth
+
+
+def recall_at_k(hits: list[list[Hit]], truth: GroundTruth, source: Backend, name: str) -> tuple[float, list[str]]:
+    """Mean recall of these hits against the ground truth, and the true neighbours they missed.
+
+    A returned record outside the true top-k still counts when, in the source, it ties the k-th
+    true neighbour: which of equal neighbours a search returns is arbitrary."""
+    wanted = [{rid for _, rid in best} for best in truth.best]
+    outside = sorted({rid for found, want in zip(hits, wanted) for rid, _ in found if rid not in want})
+    known = source.get(name, outside) if outside else None
+    vectors = dict(zip(known.ids, known.vectors)) if known is not None else {}
+    recalls, missed = [], []
+    for query, (found, best, want) in enumerate(zip(hits, truth.best, wanted)):
+        returned = {rid for rid, _ in found}
+        last = best[-1][0]
+        ties = sum(1 for rid in returned - want
+                   if rid in vectors and truth.key(query, vectors[rid]) <= last + 1e-9 * max(1.0, abs(last)))
+        recalls.append(min(len(best), len(returned & want) + ties) / len(best))
+        missed += [rid for _, rid in best if rid not in returned]
+    return float(np.mean(recalls)), list(dict.fromkeys(missed))
+
+
+def same_index(source: Backend, source_name: str, target: Backend, target_name: str) -> str | None:
+    """Why both sides are the same kind of index, or None when they are not."""
+    a, b = source.describe(source_name), target.describe(target_name)
+    if type(source) is not type(target) or (a.metric, a.params) != (b.metric, b.params):
         return None
-    queries = source.get(source_name, sample_ids).vectors
-    k = min(PARITY_K, source.count(source_name))
-    before = source.query(source_name, queries, k)
-    after = target.query(target_name, queries, k)
-    overlaps = [len({h[0] for h in a} & {h[0] for h in b}) / max(len(a), 1) for a, b in zip(before, after)]
-    return float(np.mean(overlaps))
+    return f"both are {source.name} {a.metric} indexes with the same parameters {a.params or '(defaults)'}"
+
+
+def search_parity(source: Backend, source_name: str, target: Backend, target_name: str, *, queries: int,
+                  floor: float | None, seed: int, batch_size: int) -> SearchParity:
+    """Recall@k of the target's search (and of an approximate source's) against the exact top-k of
+    the source's records, and the bar the target must reach: the floor (EXACT_FLOOR by default
+    for an exact target), and for an approximate source its own recall minus RECALL_TOLERANCE."""
+    if floor is None and target.search_is_exact(target_name):
+        floor = EXACT_FLOOR
+    count = source.count(source_name)
+    if queries <= 0 or not count:
+        return SearchParity(floor=floor, rule="no queries")
+    vectors, records = query_vectors(source, source_name, queries, seed)
+    k = min(PARITY_K, count)
+    truth = ground_truth(source, source_name, vectors, k, batch_size)
+    target_recall, missed = recall_at_k(target.query(target_name, vectors, k), truth, source, source_name)
+    source_recall = None
+    if not source.search_is_exact(source_name):
+        source_recall, _ = recall_at_k(source.query(source_name, vectors, k), truth, source, source_name)
+    bars = [(floor, f"the floor {floor}")] if floor is not None else []
+    if source_recall is not None:
+        bars.append((source_recall - RECALL_TOLERANCE, f"the source's recall minus {RECALL_TOLERANCE}"))
+    required, rule = max(bars) if bars else (None, "an exact source and an approximate target give no recall "
+                                                  "to compare with; parity_threshold sets a floor")
+    return SearchParity(target_recall, source_recall, floor, required, rule, len(vectors), records, missed)
 
 
 def verify_copy(source: Backend, source_name: str, target: Backend, target_name: str, *, batch_size: int,
                 queries: int = 20, threshold: float | None = None, seed: int = 0,
                 source_side: SideDigest | None = None) -> VerificationReport:
     """Compare a copy with its source. source_side, when the copy loop accumulated it, spares a
-    second scan of the source; ids are listed one by one only when the id digests differ."""
+    second scan of the source for digests; ids are listed one by one only when the id digests
+    differ. threshold: the recall floor of search parity (None: EXACT_FLOOR for exact targets).
+    The search is not measured when the digests prove the data identical and both sides are the
+    same kind of index with the same parameters."""
     normalise = copy_normalises(source, source_name, target)
     src = source_side or read_side(source, source_name, batch_size, normalise)
     dst = read_side(target, target_name, batch_size, normalise)
@@ -162,17 +322,19 @@ def verify_copy(source: Backend, source_name: str, target: Backend, target_name:
     if src.ids != dst.ids or src.records.count != dst.records.count:
         source_ids, target_ids = read_ids(source, source_name, batch_size), read_ids(target, target_name, batch_size)
         missing, extra = sorted(source_ids - target_ids), sorted(target_ids - source_ids)
-    sample = _sample_ids(source, source_name, queries, seed)
-    exact = source.search_is_exact(source_name) and target.search_is_exact(target_name)
-    if threshold is None:
-        threshold = EXACT_THRESHOLD if exact else APPROXIMATE_THRESHOLD
+    identical = not normalise and src == dst
+    same = same_index(source, source_name, target, target_name) if identical else None
+    if same:
+        search = SearchParity(floor=threshold, skipped=f"the digests prove the data identical and {same}")
+    else:
+        search = search_parity(source, source_name, target, target_name, queries=queries, floor=threshold,
+                               seed=seed, batch_size=batch_size)
     return VerificationReport(
         source_count=src.records.count or 0, target_count=dst.records.count or 0,
         source_count_now=source.count(source_name),
         missing_ids=missing, extra_ids=extra,
         source_digest=src.records.to_text(), target_digest=dst.records.to_text(), normalised=normalise,
-        parity=search_parity(source, source_name, target, target_name, sample),
-        parity_threshold=threshold, queries=len(sample),
+        search=search,
         vectors_off=normalised_vectors_off(source, source_name, target, target_name, batch_size) if normalise else [],
     )
 
