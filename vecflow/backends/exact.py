@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
+from collections.abc import Callable
 
 import numpy as np
 
@@ -37,15 +38,7 @@ def record_bits(state: VecflowState, scope: str, ids: list[str], written: np.nda
 
 def apply_bits(state: VecflowState, scope: str, ids: list[str], returned: np.ndarray) -> np.ndarray:
     """The vectors as written, where vecflow knows them; the others as the store returned them."""
-    corrections = state.get_records(scope, KIND, ids) if len(ids) else {}
-    if not corrections:
-        return returned
-    out = np.array(returned, dtype=np.float32, copy=True)
-    for i, rid in enumerate(ids):
-        payload = corrections.get(rid)
-        if payload is not None:
-            out[i] = corrected(out[i], payload)
-    return out
+    return _apply(state, scope, KIND, ids, returned, corrected)
 
 
 def bits_for(written: np.ndarray, returned: np.ndarray) -> bytes | None:
@@ -80,17 +73,27 @@ def record_written(state: VecflowState, scope: str, ids: list[str], written: np.
 
 def apply_written(state: VecflowState, scope: str, ids: list[str], returned: np.ndarray) -> np.ndarray:
     """The written vectors where vecflow knows them and the store's still point the same way."""
-    known = state.get_records(scope, WRITTEN, ids) if len(ids) else {}
-    if not known:
+    return _apply(state, scope, WRITTEN, ids, returned, _written_if_same_direction)
+
+
+def _written_if_same_direction(stored: np.ndarray, raw: bytes) -> np.ndarray:
+    if len(raw) != 4 * stored.shape[0]:
+        return stored
+    written = np.frombuffer(raw, dtype="<f4")
+    return written if _same_direction(written, stored) else stored
+
+
+def _apply(state: VecflowState, scope: str, kind: str, ids: list[str], returned: np.ndarray,
+           fix: Callable[[np.ndarray, bytes], np.ndarray]) -> np.ndarray:
+    """returned, with fix(vector, entry) applied to every vector that has an entry of this kind."""
+    entries = state.get_records(scope, kind, ids) if len(ids) else {}
+    if not entries:
         return returned
     out = np.array(returned, dtype=np.float32, copy=True)
     for i, rid in enumerate(ids):
-        raw = known.get(rid)
-        if raw is None or len(raw) != 4 * out.shape[1]:
-            continue
-        written = np.frombuffer(raw, dtype="<f4")
-        if _same_direction(written, out[i]):
-            out[i] = written
+        entry = entries.get(rid)
+        if entry is not None:
+            out[i] = fix(out[i], entry)
     return out
 
 
