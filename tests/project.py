@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from vecflow import command
+from vecflow.backends import Backend
+from vecflow.batch import Batch
 from vecflow.config import Config, load_config
 from vecflow.runtime.digest import collection_digest
 from vecflow.runtime.stores import Stores
@@ -87,6 +91,23 @@ class Project:
                         "author": ["ada", "grace", "linus"][i % 3], "rank": i % 5, "score": i / 9,
                         "draft": i % 2 == 0, "tags": ["a", "b"] if i % 4 == 0 else []}}) + "\n")
         return path
+
+    @contextlib.contextmanager
+    def opened(self, ref: str = "docs") -> Iterator[tuple[Backend, str]]:
+        """(backend, collection name) of ref, on connections closed afterwards."""
+        stores = Stores(self.config)
+        try:
+            yield stores.resolve(ref)
+        finally:
+            stores.close()
+
+    def seed(self, ref: str, batch: Batch, metric: str = "cosine", page: int = 1000) -> str:
+        """Create ref and write batch into it directly (no revision); its digest."""
+        with self.opened(ref) as (backend, name):
+            backend.create_collection(name, batch.dim, metric)
+            for start in range(0, len(batch), page):
+                backend.upsert(name, batch.take(list(range(start, min(start + page, len(batch))))))
+        return self.digest(ref)
 
     def digest(self, collection: str) -> str:
         stores = Stores(self.config)

@@ -27,15 +27,7 @@ def clustered_batch(n: int, dim: int, seed: int = 0, prefix: str = "chunk") -> B
 
 
 def seed(project: Project, ref: str, batch: Batch, metric: str = "cosine") -> str:
-    stores = Stores(project.config)
-    try:
-        backend, name = stores.resolve(ref)
-        backend.create_collection(name, batch.dim, metric)
-        for start in range(0, len(batch), 2000):
-            backend.upsert(name, batch.take(list(range(start, min(start + 2000, len(batch))))))
-    finally:
-        stores.close()
-    return project.digest(ref)
+    return project.seed(ref, batch, metric, page=2000)
 
 
 @pytest.fixture

