@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from vecflow.errors import OperationError
+from vecflow.errors import IrreversibleError, OperationError
 
 if TYPE_CHECKING:
     from vecflow.runtime.context import StepContext
@@ -29,10 +29,21 @@ OP_REGISTRY: dict[str, type[Op]] = {}
 
 @dataclass(frozen=True)
 class StepRecord:
-    """What a finished step left in the ledger, from which its inverse is built."""
+    """What a step left in the ledger, from which its inverse is built.
+
+    before: for each of the op's own collection references (as in `collections()`), the digest
+    text recorded before the step ran; "absent" when the collection did not exist.
+    finished: False when the step stopped part-way (killed, or failed with an error).
+    """
 
     snapshot: str | None = None
     state: dict[str, Any] = field(default_factory=dict)
+    before: dict[str, str] = field(default_factory=dict)
+    finished: bool = True
+
+    def existed_before(self, ref: str) -> bool:
+        """Whether the collection `ref` existed before the step (True when nothing was recorded)."""
+        return self.before.get(ref) != "absent"
 
     @classmethod
     def hypothetical(cls) -> StepRecord:
@@ -62,6 +73,17 @@ class Op(BaseModel):
     def reverse(self, record: StepRecord) -> Op | None:
         """The op undoing this one, or None when it cannot be undone."""
         return None
+
+    def reverse_interrupted(self, record: StepRecord) -> list[Op]:
+        """The ops undoing a run of this op that stopped part-way (record.finished is False), in
+        order; empty when the interrupted run cannot have changed anything. Afterwards every
+        collection of the step must be as it was before it (the runner checks the digests).
+
+        Raises IrreversibleError when the op has no inverse."""
+        inverse = self.reverse(record)
+        if inverse is None:
+            raise IrreversibleError(f"{self.describe()} cannot be reversed")
+        return [inverse]
 
     @property
     def reversible(self) -> bool:
