@@ -121,8 +121,14 @@ def test_downgrade_reports_data_changed_since_upgrade_loudly(project):
     backend, name = stores.resolve("docs")
     backend.delete(name, ["id-000007"])
     stores.close()
-    with pytest.raises(DigestMismatchError, match=r"main:docs is 119:.*was 120:"):
+    with pytest.raises(DigestMismatchError, match=r"main:docs is 119:.*was 120:.*run 'vecflow stamp r1'"):
         project.run("downgrade", "r1")
+    # Not restored exactly, so not recorded as undone: a rerun verifies again and says so again.
+    assert project.run("current") == ["r2 (head)"]
+    with pytest.raises(DigestMismatchError, match=r"main:docs is 119:"):
+        project.run("downgrade", "r1")
+    # The advice works: accept the data as it is, and go on down.
+    assert project.cli("stamp", "r1").returncode == 0
     assert project.run("current") == ["r1"]
     assert project.cli("downgrade", "base", "--no-verify").returncode == 0
 
@@ -138,8 +144,6 @@ def test_a_failed_step_keeps_its_progress_and_resumes_after_the_fix(project):
     backend.update_metadata(name, page.ids, [{**page.metadatas[0], "writer": "clash"}])
     with pytest.raises(InvalidDataError, match="record 'id-000100' has both 'author' and 'writer'"):
         project.run("upgrade", "head")
-    with pytest.raises(LedgerError, match="the upgrade of revision r2 .* did not finish \\(failed\\)"):
-        project.run("downgrade", "base")
     backend.update_metadata(name, page.ids, page.metadatas)
     stores.close()
     lines = project.run("upgrade", "head")
@@ -150,6 +154,28 @@ def test_a_failed_step_keeps_its_progress_and_resumes_after_the_fix(project):
     with pytest.raises(DigestMismatchError):
         project.run("downgrade", "r1")
     assert project.digest("docs") == original
+
+
+def test_a_failed_upgrade_is_rolled_back_by_downgrade(project):
+    from vecflow.runtime.stores import Stores
+
+    project.run("upgrade", "r1")
+    stores = Stores(project.config)
+    backend, name = stores.resolve("docs")
+    page = backend.get(name, ["id-000100"])
+    backend.update_metadata(name, page.ids, [{**page.metadatas[0], "writer": "clash"}])
+    stores.close()
+    before_r2 = project.digest("docs")
+    with pytest.raises(InvalidDataError, match="record 'id-000100' has both"):
+        project.run("upgrade", "head")
+    assert project.digest("docs") != before_r2  # 100 records were renamed before the clash
+    lines = project.run("downgrade", "r1")
+    assert lines[0] == "Rolling back the unfinished upgrade of r2 (revision r2) (failed, 0 of 2 steps done)"
+    assert any(line.startswith("  verified: main:docs restored exactly") for line in lines)
+    assert project.digest("docs") == before_r2
+    assert project.run("current") == ["r1"]
+    outcomes = [(a["direction"], a["outcome"]) for a in Ledger(project.config.ledger).attempts("r2")]
+    assert outcomes == [("upgrade", "rolled-back"), ("rollback", "done")]
 
 
 def test_show_lists_upgrade_and_derived_downgrade(project):

@@ -18,6 +18,7 @@ from vecflow.errors import (
     CollectionNotFoundError,
     ConfigError,
     LedgerError,
+    LockError,
     MultipleHeadsError,
     OperationError,
     RevisionError,
@@ -41,7 +42,7 @@ def open_runner(config: Config, out: Out = print) -> Iterator[Runner]:
     scripts = ScriptDirectory(config.script_location)
     ledger = Ledger(config.ledger)
     snapshots = SnapshotStore(config.ledger.parent / "snapshots.db")
-    stores = Stores(config)
+    stores = Stores(config, out=out)
     try:
         yield Runner(config, scripts, ledger, snapshots, stores, out)
     finally:
@@ -54,9 +55,11 @@ def open_runner(config: Config, out: Out = print) -> Iterator[Runner]:
 def _holding_lease(runner: Runner) -> Iterator[Owner]:
     owner = Owner.current()
     runner.ledger.acquire_lease(owner, runner.config.lock_lease_seconds)
+    runner.stores.guard_writes(runner.ledger.check_lease)
     try:
         yield owner
     finally:
+        runner.stores.guard_writes(None)
         runner.ledger.release_lease(owner)
 
 
@@ -110,8 +113,9 @@ def _migrate(config: Config, direction: str, target: str, dry_run: bool, verify:
                 out(line)
             return
         with _holding_lease(runner) as owner:
+            settled = runner.settle_unfinished(direction, target, owner, verify)
             plan = runner.plan(direction, target)
-            if not plan and not runner.ledger.unfinished_attempts():
+            if not plan and not settled:
                 out("Nothing to do: already at the target.")
             runner.run(plan, owner, verify=verify)
 
@@ -415,6 +419,8 @@ def _run_copy(runner: Runner, direction: str, label: str, step: CopyCollectionOp
             runner.run_step(step, 0, 1, attempt_id, owner, Revision(direction), verify=True)
             finish()
             ledger.finish_attempt(attempt_id, DONE)
+        except LockError:
+            raise  # the lease is gone: record nothing more
         except VecflowError as exc:
             ledger.finish_attempt(attempt_id, FAILED, str(exc))
             raise

@@ -14,6 +14,11 @@ Two views of a record:
   other; adapters of stores with framework layouts (Chroma, Qdrant) implement `_scan_native`.
 
 What vecflow must remember to be exact lives in `self.state` (vecflow/state.py), never in the store.
+
+Transient failures (the store unreachable, timing out, answering 5xx) are retried here, around
+each primitive a public method calls, as the store's retry policy says (vecflow/backends/retry.py,
+set by runtime/stores.py from [vecflow] retries); adapters only report their client's exceptions
+as BackendError raised from them.
 """
 
 from __future__ import annotations
@@ -23,10 +28,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 import numpy as np
 
+from vecflow.backends.retry import RetryPolicy
 from vecflow.batch import Batch
 from vecflow.errors import CollectionExistsError, CollectionNotFoundError, InvalidDataError, OperationError
 from vecflow.layouts import AUTO, Detected, Layout, Native, check_layout_name, detect_layout, get_layout
@@ -61,6 +67,7 @@ class NativePage:
 # Euclidean) and cosine (1 - cosine similarity), smaller is closer; similarity (dot product) for
 # ip, larger is closer. Results are sorted best first.
 Hit = tuple[str, float]
+T = TypeVar("T")
 
 
 class Backend(ABC):
@@ -80,8 +87,20 @@ class Backend(ABC):
     _state_root: Path | None = None
     _layout_option: str | None = None
     _layout_cache: dict[str, Detected] | None = None
+    _retry_policy: RetryPolicy | None = None
+    _in_retried_call: bool = False
+    # Set by the runner while it holds the migration lease: raises LockError once the lease is
+    # lost, so a runner that lost it stops before its next write to the store (fencing).
+    write_guard: Callable[[], None] | None = None
 
     # configuration shared by every adapter ------------------------------------------------------
+
+    def _before_write(self) -> None:
+        if self.write_guard is not None:
+            self.write_guard()
+
+    # Long scans (digests, verification, snapshots) renew the lease the same way, page by page.
+    _keep_lease = _before_write
 
     @property
     def state(self) -> VecflowState:
@@ -125,34 +144,48 @@ class Backend(ABC):
                                  f"{self.name} supports {', '.join(self.layouts)}")
         self._layout_option = layout
 
+    def set_retry_policy(self, policy: RetryPolicy | None) -> None:
+        """Retry this store's transient failures as policy says (None, the default: never)."""
+        self._retry_policy = policy
+
+    @property
+    def retried_calls(self) -> int:
+        """How many calls to this store failed transiently and were tried again, so far."""
+        return self._retry_policy.retried if self._retry_policy is not None else 0
+
     # collections ---------------------------------------------------------------------------------
 
     def list_collections(self) -> list[str]:
         """Names of the collections in the store, sorted."""
-        return sorted(self._list_collections())
+        return sorted(self._retried("list_collections", self._list_collections))
 
     def has_collection(self, name: str) -> bool:
-        return self._has_collection(name)
+        return self._retried(f"has_collection {name!r}", lambda: self._has_collection(name))
 
     def create_collection(self, name: str, dim: int, metric: str = "cosine", layout: str | None = None,
                           **params: Any) -> None:
         """Create an empty collection; CollectionExistsError when it exists. `layout` is the
         framework layout its records will be written in (else the store's `layout`, else raw)."""
+        self._before_write()
         metric = check_metric(self.name, name, metric)
         dim = check_dimension(self.name, name, dim)
         chosen = self._layout_for_new(name, layout)
         if self.has_collection(name):
             raise CollectionExistsError(f"{self.name} store {self.location} already has a collection {name!r}")
         self.state.drop_scope(self.scope(name))
-        self._create_collection(name, dim, metric, dict(params))
+        # A create whose answer was lost may have taken effect: found on retry, it is done.
+        self._retried(f"create_collection {name!r}", lambda: self._create_collection(name, dim, metric, dict(params)),
+                      settled=lambda: self._has_collection(name))
         self.state.put_collection(self.scope(name), "layout", chosen)
         self.state.put_collection(self.scope(name), "dim", dim)
         self._forget_layout(name)
 
     def drop_collection(self, name: str) -> None:
         """Delete a collection and its records; CollectionNotFoundError when it is absent."""
+        self._before_write()
         self._require(name)
-        self._drop_collection(name)
+        self._retried(f"drop_collection {name!r}", lambda: self._drop_collection(name),
+                      settled=lambda: not self._has_collection(name))
         self.state.drop_scope(self.scope(name))
         self._forget_layout(name)
 
@@ -161,8 +194,11 @@ class Backend(ABC):
 
         When `new` already exists in the fallback it is taken for a partial copy left by an
         interrupted rename (callers check for a genuine name clash first), and the copy continues."""
+        self._before_write()
         self._require(old)
-        if self._rename_collection(old, new):
+        renamed = self._retried(f"rename_collection {old!r}", lambda: self._rename_collection(old, new),
+                                settled=lambda: not self._has_collection(old) and self._has_collection(new))
+        if renamed is not False:  # None: a rename whose answer was lost took effect
             self.state.rename_scope(self.scope(old), self.scope(new))
             self._forget_layout(old)
             self._forget_layout(new)
@@ -188,12 +224,12 @@ class Backend(ABC):
     def count(self, name: str) -> int:
         """Number of records in the collection."""
         self._require(name)
-        return self._count(name)
+        return self._retried(f"count {name!r}", lambda: self._count(name))
 
     def describe(self, name: str) -> CollectionInfo:
         """Dimension, metric and index parameters of the collection."""
         self._require(name)
-        return self._describe(name)
+        return self._retried(f"describe {name!r}", lambda: self._describe(name))
 
     def collection_metadata(self, name: str) -> dict[str, Any]:
         """Metadata vecflow keeps about the collection (e.g. the model behind its vectors), in its
@@ -203,6 +239,7 @@ class Backend(ABC):
 
     def update_collection_metadata(self, name: str, values: dict[str, Any]) -> None:
         """Merge values into the collection's metadata; a None value removes that key."""
+        self._before_write()
         info = {**self.collection_metadata(name), **values}
         self.state.put_collection(self.scope(name), "info",
                                   {k: v for k, v in info.items() if v is not None} or None)
@@ -215,7 +252,7 @@ class Backend(ABC):
         cache = self._layouts()
         if name not in cache:
             self._require(name)
-            cache[name] = self._resolve_layout(name)
+            cache[name] = self._retried(f"layout detection {name!r}", lambda: self._resolve_layout(name))
         return cache[name]
 
     def _layouts(self) -> dict[str, Detected]:
@@ -246,12 +283,16 @@ class Backend(ABC):
         O(batch_size), not O(offset). Pass None to start from the beginning.
         """
         self._require(name)
-        return self._scan(name, check_batch_size(self.name, name, batch_size), cursor)
+        self._keep_lease()
+        size = check_batch_size(self.name, name, batch_size)
+        return self._retried(f"scan {name!r}", lambda: self._scan(name, size, cursor))
 
     def scan_native(self, name: str, batch_size: int, cursor: str | None = None) -> tuple[NativePage, str | None]:
         """Like scan, with each record's native parts (for native digests and inspect)."""
         self._require(name)
-        return self._scan_native(name, check_batch_size(self.name, name, batch_size), cursor)
+        self._keep_lease()
+        size = check_batch_size(self.name, name, batch_size)
+        return self._retried(f"scan {name!r}", lambda: self._scan_native(name, size, cursor))
 
     def pages(self, name: str, batch_size: int, cursor: str | None = None) -> Iterator[tuple[Batch, str | None]]:
         """Every page of a collection from cursor on, each with the cursor of the page after it
@@ -271,36 +312,42 @@ class Backend(ABC):
     def upsert(self, name: str, batch: Batch) -> None:
         """Insert or replace records by id (idempotent; for a repeated id the last one wins).
         Durable when it returns."""
+        self._before_write()
         self._require(name)
         if not len(batch):
             return
         batch.check_finite(f"upsert into {self.name} collection {name!r}")
-        self._upsert(name, last_of_each_id(batch))
+        unique = last_of_each_id(batch)
+        self._retried(f"upsert {name!r}", lambda: self._upsert(name, unique))
 
     def update_metadata(self, name: str, ids: list[str], metadatas: list[dict[str, Any]]) -> None:
         """Replace the whole metadata of existing records, leaving vectors and documents untouched.
 
         Unknown ids are ignored. Field operations use this, so they never rewrite vectors (some
         stores, e.g. Chroma cosine collections, change vector bits on every write)."""
+        self._before_write()
         self._require(name)
         if len(ids) != len(metadatas):
             raise InvalidDataError(f"update_metadata on {name!r}: {len(ids)} ids but {len(metadatas)} metadatas")
         wanted = dict(zip(ids, metadatas))
         if wanted:
-            self._update_metadata(name, list(wanted), list(wanted.values()))
+            self._retried(f"update_metadata {name!r}",
+                          lambda: self._update_metadata(name, list(wanted), list(wanted.values())))
 
     def delete(self, name: str, ids: list[str]) -> None:
         """Delete records by id; unknown ids are ignored."""
+        self._before_write()
         self._require(name)
         unique = list(dict.fromkeys(ids))
         if unique:
-            self._delete(name, unique)
+            self._retried(f"delete {name!r}", lambda: self._delete(name, unique))
             self.state.forget_records(self.scope(name), unique)
 
     def get(self, name: str, ids: list[str]) -> Batch:
         """The records with these ids that exist, in the order asked."""
         self._require(name)
-        return self._get(name, list(ids))
+        wanted = list(ids)
+        return self._retried(f"get {name!r}", lambda: self._get(name, wanted))
 
     def query(self, name: str, vectors: np.ndarray, k: int) -> list[list[Hit]]:
         """The k nearest records of each query vector, best first."""
@@ -314,7 +361,7 @@ class Backend(ABC):
             return []
         if not np.isfinite(queries).all():
             raise InvalidDataError(f"query on {self.name} collection {name!r}: a query vector is NaN or infinite")
-        return self._query(name, queries, int(k))
+        return self._retried(f"query {name!r}", lambda: self._query(name, queries, int(k)))
 
     def search_is_exact(self, name: str) -> bool:
         """True when query() is exact (brute force) for this collection, False for ANN indexes."""
@@ -389,6 +436,22 @@ class Backend(ABC):
         """vectors: a finite (n >= 1, d) float32 array; k >= 1. Check d against the collection's."""
 
     # helpers -------------------------------------------------------------------------------------
+
+    def _retried(self, action: str, attempt: Callable[[], T], settled: Callable[[], bool] | None = None) -> T:
+        """attempt() under the retry policy: the one place transient failures are retried.
+
+        Only the outermost call retries: an adapter primitive that calls public methods is retried
+        as a whole, so nested calls never multiply the retry budget. `settled` (see
+        RetryPolicy.call) makes a retried create, drop or rename safe when its answer was lost.
+        The lease is checked (and renewed) before every retry: a wait may outlast it."""
+        policy = self._retry_policy
+        if policy is None or self._in_retried_call:
+            return attempt()
+        self._in_retried_call = True
+        try:
+            return cast(T, policy.call(self.name, action, attempt, settled, before_retry=self._keep_lease))
+        finally:
+            self._in_retried_call = False
 
     def _require(self, name: str) -> None:
         if not self.has_collection(name):

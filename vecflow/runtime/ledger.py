@@ -1,16 +1,26 @@
 """The ledger: applied revisions, attempts, per-step checkpoints and the runner's lease.
 
-A SQLite file (sqlite-utils), WAL mode, one autocommitted write per call: when a method returns,
-what it recorded is durable. Tables:
+A SQLite file, WAL mode, synchronous=FULL: when a method returns, what it recorded is durable.
+Tables:
 
 - applied:  revision, checksum, path, applied_at        (the applied set; heads are derived)
-- attempts: one row per upgrade/downgrade of one revision (who, host, when, outcome, error)
+- attempts: one row per upgrade/downgrade/rollback of one revision (who, host, when, outcome,
+            error; `undoes`: the upgrade attempt a rollback undoes)
 - steps:    one row per step of an attempt (op, status, cursor, rows done, digests, snapshot)
-- lease:    the single migration lock (owner, host, pid, expiry, heartbeat)
+- lease:    the single migration lock (owner, host, pid, token, fence, expiry, heartbeat)
+
+Fencing: every takeover of the lease increments its `fence`. While a runner holds the lease, each
+ledger write runs in one transaction that first checks the lease is still its own (and renews it
+when half of it has run out), so a runner that lost its lease stops before its next write.
+Store writes check the same through `check_lease` (see runtime/lease.py).
+
+The file carries its format version in `PRAGMA user_version`: older ledgers are upgraded in place,
+newer ones are refused with both versions named.
 """
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -18,7 +28,8 @@ import socket
 import sqlite3
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -27,7 +38,28 @@ import sqlite_utils
 
 from vecflow.errors import LedgerError, LockError
 
-RUNNING, DONE, FAILED, ABANDONED, STAMPED = "running", "done", "failed", "abandoned", "stamped"
+RUNNING, DONE, FAILED, ABANDONED, STAMPED, ROLLED_BACK = (
+    "running", "done", "failed", "abandoned", "stamped", "rolled-back")
+ROLLBACK = "rollback"
+
+# Format 1: the tables without a version (vecflow 0.1 before fencing). Format 2: lease.fence and
+# attempts.undoes.
+LEDGER_FORMAT = 2
+_COLUMNS: dict[str, dict[str, str]] = {
+    "applied": {"revision": "TEXT PRIMARY KEY", "checksum": "TEXT", "path": "TEXT", "applied_at": "TEXT"},
+    "attempts": {"id": "INTEGER PRIMARY KEY", "revision": "TEXT", "direction": "TEXT", "user": "TEXT",
+                 "host": "TEXT", "pid": "INTEGER", "started_at": "TEXT", "finished_at": "TEXT", "outcome": "TEXT",
+                 "error": "TEXT", "checksum": "TEXT", "resumes": "INTEGER", "undoes": "INTEGER"},
+    "steps": {"attempt_id": "INTEGER", "step_index": "INTEGER", "op": "TEXT", "description": "TEXT",
+              "status": "TEXT", "cursor": "TEXT", "rows_done": "INTEGER", "digest_before": "TEXT",
+              "digest_after": "TEXT", "snapshot": "TEXT", "started_at": "TEXT", "finished_at": "TEXT"},
+    "lease": {"name": "TEXT PRIMARY KEY", "user": "TEXT", "host": "TEXT", "pid": "INTEGER", "token": "TEXT",
+              "acquired_at": "TEXT", "heartbeat_at": "TEXT", "expires_at": "FLOAT", "fence": "INTEGER"},
+}
+_PRIMARY_KEYS = {"steps": "PRIMARY KEY (attempt_id, step_index)"}
+# Columns added after format 1: added in place when an older ledger is opened.
+_ADDED_IN_FORMAT_2 = {"attempts": "undoes", "lease": "fence"}
+OPEN_RETRY_SECONDS = 30.0
 
 
 def _now() -> str:
@@ -58,46 +90,144 @@ class Owner:
         return f"{self.user}@{self.host} (pid {self.pid})"
 
 
+@dataclass
+class _Held:
+    """The lease this process holds: whose it is, its fence, and how long it lasts."""
+
+    owner: Owner
+    fence: int
+    seconds: float
+    expires_at: float = field(default=0.0)
+    lost: bool = False
+
+
 class Ledger:
     """Applied state and history of one project, stored in a SQLite file."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._held: _Held | None = None
+        deadline = time.monotonic() + OPEN_RETRY_SECONDS
+        while True:
+            try:
+                self._open()
+                return
+            except sqlite3.OperationalError as exc:
+                # Two runners creating the ledger at once: the loser retries instead of dying.
+                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                    raise LedgerError(f"cannot open ledger {self.path}: {exc}") from exc
+                time.sleep(0.05)
+            except sqlite3.DatabaseError as exc:
+                raise LedgerError(f"cannot open ledger {self.path}: {exc} (is it a vecflow ledger?)") from exc
+            except OSError as exc:
+                raise LedgerError(f"cannot open ledger {self.path}: {exc}") from exc
+
+    def _open(self) -> None:
+        if self.path.is_dir():
+            raise LedgerError(f"cannot open ledger {self.path}: it is a directory")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
         try:
-            conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout = 30000")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
-        except sqlite3.Error as exc:
-            raise LedgerError(f"cannot open ledger {self.path}: {exc}") from exc
+            self.conn = conn
+            self._create_or_upgrade()
+        except BaseException:
+            conn.close()
+            raise
         self.db = sqlite_utils.Database(conn)
-        self._create_tables()
 
     def close(self) -> None:
-        self.db.conn.close()
+        self.conn.close()
 
-    def _create_tables(self) -> None:
-        db = self.db
-        db["applied"].create(
-            {"revision": str, "checksum": str, "path": str, "applied_at": str}, pk="revision", if_not_exists=True
-        )
-        db["attempts"].create(
-            {"id": int, "revision": str, "direction": str, "user": str, "host": str, "pid": int,
-             "started_at": str, "finished_at": str, "outcome": str, "error": str, "checksum": str,
-             "resumes": int},
-            pk="id", if_not_exists=True,
-        )
-        db["steps"].create(
-            {"attempt_id": int, "step_index": int, "op": str, "description": str, "status": str,
-             "cursor": str, "rows_done": int, "digest_before": str, "digest_after": str,
-             "snapshot": str, "started_at": str, "finished_at": str},
-            pk=("attempt_id", "step_index"), if_not_exists=True,
-        )
-        db["lease"].create(
-            {"name": str, "user": str, "host": str, "pid": int, "token": str, "acquired_at": str,
-             "heartbeat_at": str, "expires_at": float},
-            pk="name", if_not_exists=True,
-        )
+    # format ------------------------------------------------------------------------------------
+
+    def _create_or_upgrade(self) -> None:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if version > LEDGER_FORMAT:
+                raise LedgerError(
+                    f"ledger {self.path} has format version {version}; this vecflow reads format {LEDGER_FORMAT} "
+                    "and older: upgrade vecflow (pip install -U vecflow)")
+            foreign = tables - set(_COLUMNS) - {"sqlite_sequence"}
+            if foreign and not tables & set(_COLUMNS):
+                raise LedgerError(f"{self.path} is not a vecflow ledger (it holds tables {', '.join(sorted(foreign))}); "
+                                  "point `ledger =` in vecflow.ini at another file")
+            for table, columns in _COLUMNS.items():
+                if table not in tables:
+                    keys = [f'"{name}" {kind}' for name, kind in columns.items()]
+                    if table in _PRIMARY_KEYS:
+                        keys.append(_PRIMARY_KEYS[table])
+                    conn.execute(f'CREATE TABLE "{table}" ({", ".join(keys)})')
+                    continue
+                have = {row[1] for row in conn.execute(f'PRAGMA table_info("{table}")')}
+                added = _ADDED_IN_FORMAT_2.get(table)
+                if added and added not in have and version < 2:
+                    conn.execute(f'ALTER TABLE "{table}" ADD COLUMN "{added}" {columns[added]}')
+                    have.add(added)
+                missing = set(columns) - have
+                if missing:
+                    raise LedgerError(
+                        f"{self.path} is not a vecflow ledger of format {max(version, 1)}: table {table} lacks "
+                        f"column(s) {', '.join(sorted(missing))}")
+            if version != LEDGER_FORMAT:
+                conn.execute(f"PRAGMA user_version = {LEDGER_FORMAT}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    @property
+    def format_version(self) -> int:
+        return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
+
+    # fenced writes -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One transaction; while this process holds the lease, it first checks the lease is still
+        its own (raising LockError otherwise) and renews it when half of it has run out."""
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if self._held is not None:
+                if self._held.lost:
+                    raise LockError(f"lost the migration lease; {self._held.owner} writes nothing more")
+                self._check_fence(conn, self._held)
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _check_fence(self, conn: sqlite3.Connection, held: _Held) -> None:
+        row = conn.execute("SELECT token, fence, user, host, pid, acquired_at FROM lease "
+                           "WHERE name = 'migration'").fetchone()
+        if row is None or row[0] != held.owner.token or (row[1] or 0) != held.fence:
+            taker = f"{row[2]}@{row[3]} (pid {row[4]}) took it over at {row[5]}" if row else "it was released"
+            held.lost = True
+            raise LockError(f"lost the migration lease ({taker}); {held.owner} stops before writing anything more")
+        now = time.time()
+        if held.expires_at - now < held.seconds / 2:
+            held.expires_at = now + held.seconds
+            conn.execute("UPDATE lease SET heartbeat_at = ?, expires_at = ? WHERE name = 'migration'",
+                         [_now(), held.expires_at])
+
+    def check_lease(self) -> None:
+        """Before a store write: raise LockError when this process no longer holds the lease;
+        renew it when half of it has run out. A no-op when no lease is held."""
+        if self._held is None:
+            return
+        if not self._held.lost and self._held.expires_at - time.time() >= self._held.seconds / 2:
+            row = self.conn.execute("SELECT token, fence FROM lease WHERE name = 'migration'").fetchone()
+            if row is not None and row[0] == self._held.owner.token and (row[1] or 0) == self._held.fence:
+                return
+        with self._write():
+            pass
 
     # applied set -------------------------------------------------------------------------------
 
@@ -106,52 +236,85 @@ class Ledger:
         return {row["revision"]: row for row in self.db["applied"].rows}
 
     def mark_applied(self, revision: str, checksum: str, path: str) -> None:
-        self.db["applied"].upsert(
-            {"revision": revision, "checksum": checksum, "path": path, "applied_at": _now()}, pk="revision"
-        )
+        with self._write() as conn:
+            self._set_applied(conn, revision, checksum, path)
+
+    @staticmethod
+    def _set_applied(conn: sqlite3.Connection, revision: str, checksum: str, path: str) -> None:
+        conn.execute("INSERT OR REPLACE INTO applied (revision, checksum, path, applied_at) VALUES (?, ?, ?, ?)",
+                     [revision, checksum, path, _now()])
 
     def mark_unapplied(self, revision: str) -> None:
-        self.db.execute("DELETE FROM applied WHERE revision = ?", [revision])
+        with self._write() as conn:
+            conn.execute("DELETE FROM applied WHERE revision = ?", [revision])
 
     def accept_checksum(self, revision: str, checksum: str) -> None:
         """Record an applied script's new checksum (check --repair), keeping when it was applied."""
-        self.db.execute("UPDATE applied SET checksum = ? WHERE revision = ?", [checksum, revision])
+        with self._write() as conn:
+            conn.execute("UPDATE applied SET checksum = ? WHERE revision = ?", [checksum, revision])
 
     def clear_applied(self) -> None:
-        self.db.execute("DELETE FROM applied")
+        with self._write() as conn:
+            conn.execute("DELETE FROM applied")
 
     # attempts and steps ------------------------------------------------------------------------
 
-    def begin_attempt(self, revision: str, direction: str, owner: Owner, checksum: str) -> int:
-        table = self.db["attempts"].insert(
-            {"revision": revision, "direction": direction, "user": owner.user, "host": owner.host,
-             "pid": owner.pid, "started_at": _now(), "finished_at": None, "outcome": RUNNING,
-             "error": None, "checksum": checksum, "resumes": 0}
-        )
-        return int(table.last_pk)
+    def begin_attempt(self, revision: str, direction: str, owner: Owner, checksum: str,
+                      undoes: int | None = None) -> int:
+        with self._write() as conn:
+            cur = conn.execute(
+                "INSERT INTO attempts (revision, direction, user, host, pid, started_at, finished_at, outcome, "
+                "error, checksum, resumes, undoes) VALUES (?, ?, ?, ?, ?, ?, NULL, ?, NULL, ?, 0, ?)",
+                [revision, direction, owner.user, owner.host, owner.pid, _now(), RUNNING, checksum, undoes])
+            return int(cur.lastrowid)
 
     def finish_attempt(self, attempt_id: int, outcome: str, error: str | None = None) -> None:
         """Close an attempt; an earlier error stays recorded when a resumed attempt succeeds."""
-        changes: dict[str, Any] = {"finished_at": _now(), "outcome": outcome}
-        if error is not None:
-            changes["error"] = error
-        self.db["attempts"].update(attempt_id, changes)
+        with self._write() as conn:
+            self._close(conn, attempt_id, outcome, error)
+
+    @staticmethod
+    def _close(conn: sqlite3.Connection, attempt_id: int, outcome: str, error: str | None) -> None:
+        if error is None:
+            conn.execute("UPDATE attempts SET finished_at = ?, outcome = ? WHERE id = ?", [_now(), outcome, attempt_id])
+        else:
+            conn.execute("UPDATE attempts SET finished_at = ?, outcome = ?, error = ? WHERE id = ?",
+                         [_now(), outcome, error, attempt_id])
+
+    def close_revision(self, attempt_id: int, direction: str, revision: str, checksum: str, path: str) -> None:
+        """A revision's attempt succeeded: change the applied set and close the attempt (and, for
+        a rollback, the attempt it undid) in one transaction."""
+        with self._write() as conn:
+            if direction == "upgrade":
+                self._set_applied(conn, revision, checksum, path)
+            elif direction == "downgrade":
+                conn.execute("DELETE FROM applied WHERE revision = ?", [revision])
+            else:
+                undone = conn.execute("SELECT undoes FROM attempts WHERE id = ?", [attempt_id]).fetchone()[0]
+                self._close(conn, undone, ROLLED_BACK, None)
+            self._close(conn, attempt_id, DONE, None)
 
     def resume_attempt(self, attempt_id: int, owner: Owner) -> None:
-        self.db.execute(
-            "UPDATE attempts SET outcome = ?, resumes = resumes + 1, user = ?, host = ?, pid = ? WHERE id = ?",
-            [RUNNING, owner.user, owner.host, owner.pid, attempt_id],
-        )
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE attempts SET outcome = ?, resumes = resumes + 1, user = ?, host = ?, pid = ? WHERE id = ?",
+                [RUNNING, owner.user, owner.host, owner.pid, attempt_id])
 
     def unfinished_attempts(self) -> list[dict[str, Any]]:
         """Attempts that crashed (still 'running' while the caller holds the lease) or failed."""
         return list(self.db["attempts"].rows_where("outcome IN (?, ?)", [RUNNING, FAILED], order_by="id"))
 
+    def attempt(self, attempt_id: int) -> dict[str, Any]:
+        return self.db["attempts"].get(attempt_id)
+
     def abandon_unfinished(self) -> list[dict[str, Any]]:
-        """Give up on unfinished attempts (stamp does this); returns them."""
+        """Give up on unfinished attempts (stamp does this); returns them. Their steps and
+        snapshots stay: a later downgrade of the revision still finds them."""
         rows = self.unfinished_attempts()
-        for row in rows:
-            self.db["attempts"].update(row["id"], {"outcome": ABANDONED, "finished_at": _now()})
+        with self._write() as conn:
+            for row in rows:
+                conn.execute("UPDATE attempts SET outcome = ?, finished_at = ? WHERE id = ?",
+                             [ABANDONED, _now(), row["id"]])
         return rows
 
     def attempts(self, revision: str | None = None) -> list[dict[str, Any]]:
@@ -159,16 +322,36 @@ class Ledger:
         return list(self.db["attempts"].rows_where(where, args, order_by="id"))
 
     def record_stamp(self, revision: str, direction: str, owner: Owner, checksum: str) -> None:
-        """A stamp is an attempt that ran no step."""
+        """A stamp is an attempt that ran no step. Stamping up a revision whose latest attempt is
+        an upgrade a stamp abandoned adopts that attempt instead (outcome 'stamped', its steps
+        kept), so a later downgrade still undoes what it did from its snapshots."""
+        latest = self._latest_finished(revision)
+        if direction == "upgrade" and latest is not None and latest["direction"] == "upgrade" \
+                and latest["outcome"] == ABANDONED:
+            with self._write() as conn:
+                self._close(conn, latest["id"], STAMPED, None)
+            return
         attempt_id = self.begin_attempt(revision, direction, owner, checksum)
         self.finish_attempt(attempt_id, STAMPED)
 
-    def last_completed_attempt(self, revision: str, direction: str) -> dict[str, Any] | None:
-        """The latest attempt that ran (not stamped) in that direction, unless a stamp came later."""
-        rows = list(self.db["attempts"].rows_where(
-            "revision = ? AND direction = ? AND outcome IN (?, ?)", [revision, direction, DONE, STAMPED],
-            order_by="id desc", limit=1))
-        return rows[0] if rows and rows[0]["outcome"] == DONE else None
+    def _latest_finished(self, revision: str) -> dict[str, Any] | None:
+        """The latest attempt of a revision that is not running or failed, ignoring abandoned
+        downgrades (a stamp that abandons a downgrade keeps the revision as it was applied)."""
+        for row in self.db["attempts"].rows_where("revision = ? AND outcome NOT IN (?, ?)", [revision, RUNNING, FAILED],
+                                                   order_by="id desc"):
+            if row["direction"] == "downgrade" and row["outcome"] == ABANDONED:
+                continue
+            return row
+        return None
+
+    def upgrade_to_undo(self, revision: str) -> dict[str, Any] | None:
+        """The upgrade attempt whose steps (and snapshots) a downgrade of `revision` undoes: its
+        latest finished attempt, when that is an upgrade which ran steps (finished, or stopped
+        part-way and adopted by a stamp). None after a downgrade, a rollback or a plain stamp."""
+        latest = self._latest_finished(revision)
+        if latest is None or latest["direction"] != "upgrade" or latest["outcome"] not in (DONE, STAMPED):
+            return None
+        return latest if self.steps(latest["id"]) else None
 
     def steps(self, attempt_id: int) -> list[dict[str, Any]]:
         return list(self.db["steps"].rows_where("attempt_id = ?", [attempt_id], order_by="step_index"))
@@ -179,39 +362,40 @@ class Ledger:
 
     def start_step(self, attempt_id: int, index: int, op: str, description: str,
                    digest_before: dict[str, str], snapshot: str | None) -> None:
-        self.db["steps"].insert(
-            {"attempt_id": attempt_id, "step_index": index, "op": op, "description": description,
-             "status": RUNNING, "cursor": None, "rows_done": 0, "digest_before": json.dumps(digest_before),
-             "digest_after": None, "snapshot": snapshot, "started_at": _now(), "finished_at": None},
-            replace=True,
-        )
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO steps (attempt_id, step_index, op, description, status, cursor, rows_done, "
+                "digest_before, digest_after, snapshot, started_at, finished_at) "
+                "VALUES (?, ?, ?, ?, ?, NULL, 0, ?, NULL, ?, ?, NULL)",
+                [attempt_id, index, op, description, RUNNING, json.dumps(digest_before), snapshot, _now()])
 
     def checkpoint(self, attempt_id: int, index: int, cursor: str | None, rows_done: int) -> None:
-        self.db.execute(
-            "UPDATE steps SET cursor = ?, rows_done = ? WHERE attempt_id = ? AND step_index = ?",
-            [cursor, rows_done, attempt_id, index],
-        )
+        with self._write() as conn:
+            conn.execute("UPDATE steps SET cursor = ?, rows_done = ? WHERE attempt_id = ? AND step_index = ?",
+                         [cursor, rows_done, attempt_id, index])
 
     def finish_step(self, attempt_id: int, index: int, digest_after: dict[str, str]) -> None:
-        self.db.execute(
-            "UPDATE steps SET status = ?, digest_after = ?, finished_at = ? WHERE attempt_id = ? AND step_index = ?",
-            [DONE, json.dumps(digest_after), _now(), attempt_id, index],
-        )
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE steps SET status = ?, digest_after = ?, finished_at = ? WHERE attempt_id = ? AND step_index = ?",
+                [DONE, json.dumps(digest_after), _now(), attempt_id, index])
 
     # lease ---------------------------------------------------------------------------------------
 
     def acquire_lease(self, owner: Owner, lease_seconds: float) -> None:
         """Take the migration lease, or raise LockError naming its live holder.
 
-        A lease is taken over when it expired, or when its holder is a dead process on this host.
+        A lease is taken over when it expired, or when its holder is a dead process on this host;
+        every takeover increments the fence, so the previous holder's next write is refused.
         """
-        conn = self.db.conn
+        conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            row = conn.execute("SELECT user, host, pid, token, acquired_at, expires_at FROM lease "
+            row = conn.execute("SELECT user, host, pid, token, acquired_at, expires_at, fence FROM lease "
                                "WHERE name = 'migration'").fetchone()
+            fence = 1
             if row is not None:
-                user, host, pid, token, acquired_at, expires_at = row
+                user, host, pid, token, acquired_at, expires_at, previous = row
                 alive = expires_at > time.time() and not (host == owner.host and not _pid_alive(pid))
                 if alive and token != owner.token:
                     raise LockError(
@@ -219,25 +403,34 @@ class Ledger:
                         f"{acquired_at}; its lease expires in {int(expires_at - time.time())} s if it stops "
                         "heartbeating. Wait for it to finish, then retry"
                     )
+                fence = (previous or 0) + 1
+            expires = time.time() + lease_seconds
             conn.execute(
-                "INSERT OR REPLACE INTO lease (name, user, host, pid, token, acquired_at, heartbeat_at, expires_at) "
-                "VALUES ('migration', ?, ?, ?, ?, ?, ?, ?)",
-                [owner.user, owner.host, owner.pid, owner.token, _now(), _now(), time.time() + lease_seconds],
+                "INSERT OR REPLACE INTO lease (name, user, host, pid, token, acquired_at, heartbeat_at, expires_at, "
+                "fence) VALUES ('migration', ?, ?, ?, ?, ?, ?, ?, ?)",
+                [owner.user, owner.host, owner.pid, owner.token, _now(), _now(), expires, fence],
             )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        self._held = _Held(owner, fence, lease_seconds, expires)
 
     def heartbeat(self, owner: Owner, lease_seconds: float) -> None:
-        cur = self.db.conn.execute(
-            "UPDATE lease SET heartbeat_at = ?, expires_at = ? WHERE name = 'migration' AND token = ?",
-            [_now(), time.time() + lease_seconds, owner.token],
-        )
-        if cur.rowcount == 0:
+        """Keep the lease: renew it when half of it has run out; LockError when another runner
+        took it over."""
+        if self._held is None or self._held.owner.token != owner.token:
+            self._held = _Held(owner, self._fence_of(owner), lease_seconds)
+        self.check_lease()
+
+    def _fence_of(self, owner: Owner) -> int:
+        row = self.conn.execute("SELECT token, fence FROM lease WHERE name = 'migration'").fetchone()
+        if row is None or row[0] != owner.token:
             raise LockError(f"lost the migration lease (taken over by another runner); {owner} stops here")
+        return row[1] or 0
 
     def release_lease(self, owner: Owner) -> None:
+        self._held = None
         self.db.execute("DELETE FROM lease WHERE name = 'migration' AND token = ?", [owner.token])
 
     def lease_holder(self) -> dict[str, Any] | None:
@@ -258,5 +451,3 @@ def _pid_alive(pid: int) -> bool:
             return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return True
-
-

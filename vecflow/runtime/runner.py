@@ -21,20 +21,20 @@ from vecflow.errors import (
     DigestMismatchError,
     IrreversibleError,
     LedgerError,
+    LockError,
     VecflowError,
 )
 from vecflow.operations.base import Op, StepRecord
 from vecflow.runtime.context import StepContext
 from vecflow.runtime.digest import Digest, DigestPair, collection_digests
 from vecflow.runtime.estimate import estimate_line, sample
-from vecflow.runtime.ledger import DONE, FAILED, Ledger, Owner
+from vecflow.runtime.ledger import DONE, FAILED, ROLLBACK, Ledger, Owner
 from vecflow.runtime.snapshots import SnapshotStore, snapshot_name
 from vecflow.runtime.stores import Stores
 from vecflow.script.directory import ScriptDirectory
 from vecflow.script.revision import Revision
 
 UPGRADE, DOWNGRADE = "upgrade", "downgrade"
-MISMATCH = "digest-mismatch"
 EMPTY_DIGEST = Digest.empty().to_text()
 
 
@@ -106,34 +106,61 @@ class Runner:
 
     def _plan_downgrade(self, rev: Revision) -> PlannedRevision:
         script = rev.script
-        up_attempt = self.ledger.last_completed_attempt(rev.revision, UPGRADE)
-        expected: dict[str, str] = {}
-        records: dict[int, StepRecord] = {}
-        if up_attempt is not None:
-            for row in self.ledger.steps(up_attempt["id"]):
-                records[row["step_index"]] = StepRecord(row["snapshot"], json.loads(row["cursor"] or "{}"))
-                for ref, digest in json.loads(row["digest_before"] or "{}").items():
-                    expected.setdefault(ref, digest)
+        up_attempt = self.ledger.upgrade_to_undo(rev.revision)
+        expected = self._digests_before(up_attempt) if up_attempt else {}
         explicit = script.downgrade_ops()
         if explicit is not None:
             return PlannedRevision(rev, DOWNGRADE, explicit, expected)
         if script.irreversible:
             raise IrreversibleError(f"revision {rev.revision} ({rev.path}) is marked irreversible and has no downgrade")
-        steps = []
-        for index, up_step in reversed(list(enumerate(script.upgrade_ops()))):
-            record = records.get(index, StepRecord())
+        return PlannedRevision(rev, DOWNGRADE, self._inverse_steps(rev, up_attempt), expected)
+
+    def _digests_before(self, attempt: dict) -> dict[str, str]:
+        """The digest of each collection an attempt touched, as it was before the attempt."""
+        expected: dict[str, str] = {}
+        for row in self.ledger.steps(attempt["id"]):
+            for ref, digest in json.loads(row["digest_before"] or "{}").items():
+                expected.setdefault(ref, digest)
+        return expected
+
+    def _inverse_steps(self, rev: Revision, attempt: dict | None) -> list[Op]:
+        """The steps undoing an upgrade attempt of rev, last step first. A step the attempt
+        finished is undone by its inverse; one it stopped part-way by `reverse_interrupted`; one it
+        never started needs nothing. Without an attempt (a stamped revision) every step is undone
+        as if it had run, which needs no snapshot."""
+        rows = {row["step_index"]: row for row in self.ledger.steps(attempt["id"])} if attempt else {}
+        steps: list[Op] = []
+        for index, up_step in reversed(list(enumerate(rev.script.upgrade_ops()))):
+            row = rows.get(index)
+            if attempt is not None and row is None:
+                continue
+            record = self._step_record(up_step, row)
+            where = f"revision {rev.revision}: step {index + 1} ({up_step.describe()})"
+            if not record.finished:
+                try:
+                    steps.extend(up_step.reverse_interrupted(record))
+                except IrreversibleError as exc:
+                    raise IrreversibleError(f"{where} stopped part-way and cannot be undone ({exc}); fix the cause "
+                                            f"and run 'vecflow upgrade {rev.revision}' to finish it instead") from exc
+                continue
             if up_step.captures_snapshot and record.snapshot is None:
                 raise IrreversibleError(
-                    f"revision {rev.revision}: step {index + 1} ({up_step.describe()}) is undone from the snapshot "
-                    "it took while running, but the ledger has none (was the revision stamped?); "
-                    f"write an explicit downgrade() in {rev.path}")
+                    f"{where} is undone from the snapshot it took while running, but the ledger has none (was the "
+                    f"revision stamped?); write an explicit downgrade() in {rev.path}")
             inverse = up_step.reverse(record)
             if inverse is None:
-                raise IrreversibleError(
-                    f"revision {rev.revision}: step {index + 1} ({up_step.describe()}) cannot be reversed; "
-                    f"write a downgrade() in {rev.path} or mark the revision irreversible = True")
+                raise IrreversibleError(f"{where} cannot be reversed; write a downgrade() in {rev.path} or mark "
+                                        "the revision irreversible = True")
             steps.append(inverse)
-        return PlannedRevision(rev, DOWNGRADE, steps, expected)
+        return steps
+
+    def _step_record(self, step: Op, row: dict | None) -> StepRecord:
+        if row is None:
+            return StepRecord()
+        before = json.loads(row["digest_before"] or "{}")
+        return StepRecord(row["snapshot"], json.loads(row["cursor"] or "{}"),
+                          {ref: before.get(self.stores.canonical(ref), "") for ref in step.collections()},
+                          finished=row["status"] == DONE)
 
     def describe_plan(self, plan: list[PlannedRevision]) -> list[str]:
         """The --dry-run report: revisions, steps, affected collections and their record counts."""
@@ -166,56 +193,128 @@ class Runner:
         sampled = sample(backend, name)
         return estimate_line(self.ledger, step.op_name, sampled.total if sampled else 0, sampled)
 
+    # unfinished attempts -------------------------------------------------------------------------
+
+    def settle_unfinished(self, direction: str, target: str, owner: Owner, verify: bool = True) -> bool:
+        """Deal with an attempt that did not finish, before a command plans its own work:
+
+        - one the command's plan will resume (same direction, its revision planned) is left for run();
+        - an unfinished upgrade is rolled back (undone from its steps' snapshots and verified) when
+          the command downgrades, or goes somewhere that revision is not on the way to;
+        - an unfinished downgrade is finished first when the command upgrades;
+        - an unfinished rollback is always finished first.
+        Returns True when it ran something. The caller holds the lease."""
+        ran = False
+        while True:
+            unfinished = self.ledger.unfinished_attempts()
+            if not unfinished:
+                return ran
+            attempt = unfinished[-1]
+            if attempt["direction"] not in (UPGRADE, DOWNGRADE, ROLLBACK):
+                raise LedgerError(
+                    f"the {attempt['direction']} {attempt['revision']} started {attempt['started_at']} by "
+                    f"{attempt['user']}@{attempt['host']} did not finish ({attempt['outcome']}); run 'vecflow "
+                    f"{attempt['direction']} {attempt['revision']}' to finish it first")
+            graph = self.scripts.revision_map
+            if attempt["revision"] not in graph:
+                raise LedgerError(
+                    f"the unfinished {attempt['direction']} of revision {attempt['revision']} has no script in "
+                    f"{self.scripts.location}; restore the script, or run 'vecflow stamp current' to abandon it")
+            rev = graph.get(attempt["revision"])
+            if attempt["direction"] == ROLLBACK:
+                self._roll_back(self.ledger.attempt(attempt["undoes"]), owner, verify, attempt)
+            elif attempt["direction"] == direction and self._planned(direction, target, rev.revision):
+                return ran
+            elif attempt["direction"] == UPGRADE:
+                self._roll_back(attempt, owner, verify)
+            elif direction == UPGRADE:
+                self.out(f"Finishing the interrupted downgrade of {rev.revision} first")
+                self._run_revision(self._plan_downgrade(rev), owner, attempt, verify)
+            else:
+                parent = rev.down_revision[0] if rev.down_revision else "base"
+                raise LedgerError(
+                    f"the downgrade of revision {rev.revision} did not finish ({attempt['outcome']}) and going to "
+                    f"{target} keeps it applied; run 'vecflow downgrade {parent}' to finish it first, then "
+                    f"'vecflow upgrade {target}'")
+            ran = True
+
+    def _planned(self, direction: str, target: str, revision: str) -> bool:
+        graph = self.scripts.revision_map
+        applied = self.applied()
+        plan = graph.plan_upgrade(applied, target) if direction == UPGRADE else graph.plan_downgrade(applied, target)
+        return any(rev.revision == revision for rev in plan)
+
+    def _roll_back(self, attempt: dict, owner: Owner, verify: bool, rollback: dict | None = None) -> None:
+        """Undo an upgrade attempt that failed or was interrupted: its finished steps and its
+        partial one, last first, as a rollback attempt of its own (resumable like any other),
+        then check every collection it touched is as it was before it."""
+        rev = self.scripts.revision_map.get(attempt["revision"])
+        self._check_recorded_steps(attempt, rev.script.upgrade_ops())
+        item = PlannedRevision(rev, ROLLBACK, self._inverse_steps(rev, attempt), self._digests_before(attempt))
+        done = sum(row["status"] == DONE for row in self.ledger.steps(attempt["id"]))
+        heading = (f"Rolling back the unfinished upgrade of {item.label} ({attempt['outcome']}, {done} of "
+                   f"{len(rev.script.upgrade_ops())} steps done)")
+        self._run_revision(item, owner, rollback, verify, undoes=attempt["id"],
+                           heading=heading if rollback is None else f"Resuming the rollback of {item.label}")
+
+    def _check_recorded_steps(self, attempt: dict, planned_steps: list[Op]) -> None:
+        recorded = [(row["step_index"], row["op"]) for row in self.ledger.steps(attempt["id"])]
+        planned = [(i, s.op_name) for i, s in enumerate(planned_steps)]
+        if recorded != planned[:len(recorded)]:
+            raise LedgerError(
+                f"the interrupted {attempt['direction']} of {attempt['revision']} ran other steps than the "
+                "script now plans (was it edited?); restore the script to finish it")
+
     # execution -----------------------------------------------------------------------------------
 
+    def check_plan(self, plan: list[PlannedRevision]) -> None:
+        """Before the first write: every step's stores are configured and reachable."""
+        for item in plan:
+            for step in item.steps:
+                for ref in step.collections():
+                    self.stores.resolve(ref)
+
     def run(self, plan: list[PlannedRevision], owner: Owner, verify: bool = True) -> None:
-        """Execute a plan. The caller holds the lease and built the plan after taking it."""
+        """Execute a plan. The caller holds the lease, settled unfinished attempts and built the
+        plan after that; an attempt left to resume goes first."""
         self._owner = owner
-        resume = self._resumable_attempt(plan)
+        self.check_plan(plan)
+        unfinished = self.ledger.unfinished_attempts()
+        resume = unfinished[-1] if unfinished else None
+        if resume is not None:
+            keys = [(i.revision.revision, i.direction) for i in plan]
+            if (resume["revision"], resume["direction"]) not in keys:
+                raise LedgerError(
+                    f"the {resume['direction']} of revision {resume['revision']} started {resume['started_at']} by "
+                    f"{resume['user']}@{resume['host']} did not finish ({resume['outcome']}); run 'vecflow "
+                    f"{resume['direction']} heads' to finish it")
+            position = keys.index((resume["revision"], resume["direction"]))
+            plan = [plan[position]] + plan[:position] + plan[position + 1:]
+            self._check_recorded_steps(resume, plan[0].steps)
         for position, item in enumerate(plan):
             self._run_revision(item, owner, resume if position == 0 else None, verify)
 
-    def _resumable_attempt(self, plan: list[PlannedRevision]) -> dict | None:
-        unfinished = self.ledger.unfinished_attempts()
-        if not unfinished:
-            return None
-        attempt = unfinished[-1]
-        first = plan[0] if plan else None
-        if first and (first.revision.revision, first.direction) == (attempt["revision"], attempt["direction"]):
-            recorded = [(row["step_index"], row["op"]) for row in self.ledger.steps(attempt["id"])]
-            planned = [(i, s.op_name) for i, s in enumerate(first.steps)]
-            if recorded != planned[:len(recorded)]:
-                raise LedgerError(
-                    f"the interrupted {attempt['direction']} of {attempt['revision']} ran other steps than the "
-                    "script now plans (was it edited?); restore the script to finish it")
-            return attempt
-        raise LedgerError(
-            f"the {attempt['direction']} of revision {attempt['revision']} started {attempt['started_at']} by "
-            f"{attempt['user']}@{attempt['host']} did not finish ({attempt['outcome']}); run "
-            f"'vecflow {attempt['direction']} {attempt['revision']}' to resume it, or 'vecflow stamp' to abandon it")
-
-    def _run_revision(self, item: PlannedRevision, owner: Owner, attempt: dict | None, verify: bool) -> None:
+    def _run_revision(self, item: PlannedRevision, owner: Owner, attempt: dict | None, verify: bool,
+                      undoes: int | None = None, heading: str | None = None) -> None:
+        """Run (attempt None) or resume one revision's steps, verify a downgrade or rollback, and
+        close the attempt together with the applied set."""
         rev = item.revision
         checksum = rev.script.checksum
         if attempt is None:
-            attempt_id = self.ledger.begin_attempt(rev.revision, item.direction, owner, checksum)
-            self.out(f"{item.direction.capitalize()} {item.label}")
+            attempt_id = self.ledger.begin_attempt(rev.revision, item.direction, owner, checksum, undoes=undoes)
+            self.out(heading or f"{item.direction.capitalize()} {item.label}")
         else:
             attempt_id = attempt["id"]
             self.ledger.resume_attempt(attempt_id, owner)
-            self.out(f"Resuming {item.direction} {item.label}")
+            self.out(heading or f"Resuming {item.direction} {item.label}")
         try:
             for index, step in enumerate(item.steps):
                 self.run_step(step, index, len(item.steps), attempt_id, owner, rev, verify)
-            if item.direction == UPGRADE:
-                self.ledger.mark_applied(rev.revision, checksum, rev.path or "")
-            else:
-                self.ledger.mark_unapplied(rev.revision)
-                if verify:
-                    self._verify_restored(item, attempt_id)
-            self.ledger.finish_attempt(attempt_id, DONE)
-        except DigestMismatchError:
-            raise
+            if item.direction != UPGRADE and verify:
+                self._verify_restored(item)
+            self.ledger.close_revision(attempt_id, item.direction, rev.revision, checksum, rev.path or "")
+        except LockError:
+            raise  # the lease is gone: record nothing more
         except VecflowError as exc:
             self.ledger.finish_attempt(attempt_id, FAILED, str(exc))
             raise
@@ -264,7 +363,8 @@ class Runner:
         if self._owner is not None:
             self.ledger.heartbeat(self._owner, self.config.lock_lease_seconds)
 
-    def _verify_restored(self, item: PlannedRevision, attempt_id: int) -> None:
+    def _verify_restored(self, item: PlannedRevision) -> None:
+        what = "rollback of the upgrade" if item.direction == ROLLBACK else "downgrade"
         if not item.expected_digests:
             self.out(f"  (no digests recorded for {item.revision.revision}'s upgrade; nothing to verify)")
             return
@@ -274,10 +374,10 @@ class Runner:
             if not DigestPair.same(expected, actual):
                 mismatched.append(f"{ref} is {actual}, was {expected}")
         if mismatched:
-            message = (f"downgrade of {item.revision.revision} did not restore the data exactly: "
-                       + "; ".join(mismatched))
-            self.ledger.finish_attempt(attempt_id, MISMATCH, message)
-            raise DigestMismatchError(message)
+            parents = item.revision.down_revision
+            raise DigestMismatchError(
+                f"{what} of {item.revision.revision} did not restore the data exactly: " + "; ".join(mismatched)
+                + f"; its snapshots are kept. To accept the data as it is, run 'vecflow stamp "
+                f"{parents[0] if parents else 'base'}'")
         self.out(f"  verified: {', '.join(sorted(item.expected_digests))} restored exactly "
                  f"(native records as the application reads them, and logical digest)")
-

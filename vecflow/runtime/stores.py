@@ -1,8 +1,17 @@
-"""Stores: backends opened lazily by store name, and `store:collection` references resolved."""
+"""Stores: backends opened lazily by store name, and `store:collection` references resolved.
+
+Every store gets a retry policy from [vecflow] retries and retry_max_seconds: transient failures
+(opening included) are retried with backoff and each retry is reported on one line.
+"""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+from typing import cast
+
 from vecflow.backends import Backend, open_backend
+from vecflow.backends.retry import RetryPolicy
 from vecflow.config import Config
 from vecflow.state import VecflowState
 
@@ -22,9 +31,13 @@ def sibling_ref(ref: str, collection: str) -> str:
 class Stores:
     """The open connections of one command run; close() releases them all."""
 
-    def __init__(self, config: Config, state: VecflowState | None = None) -> None:
+    def __init__(self, config: Config, state: VecflowState | None = None,
+                 out: Callable[[str], None] | None = None) -> None:
+        """out receives the retry lines (the runner passes its own output); stderr when None."""
         self.config = config
+        self._out = out or _to_stderr
         self._open: dict[str, Backend] = {}
+        self._write_guard: Callable[[], None] | None = None
         self._state = state
 
     @property
@@ -38,9 +51,25 @@ class Stores:
         name = store or self.config.default_store
         if name not in self._open:
             store_config = self.config.store(name)
-            self._open[name] = open_backend(store_config.backend, store_config.options, self.state,
-                                            self.config.here)
+            policy = self.retry_policy()
+            backend = cast(Backend, policy.call(
+                store_config.backend, f"connect to store {name!r}",
+                lambda: open_backend(store_config.backend, store_config.options, self.state, self.config.here)))
+            backend.set_retry_policy(policy)
+            self._open[name] = backend
+            self._open[name].write_guard = self._write_guard
         return self._open[name]
+
+    def guard_writes(self, guard: Callable[[], None] | None) -> None:
+        """Call guard before every write to any store (and on every scanned page): the runner's
+        lease check, which raises once the lease is lost."""
+        self._write_guard = guard
+        for backend in self._open.values():
+            backend.write_guard = guard
+
+    def retry_policy(self) -> RetryPolicy:
+        """A new policy (one per store: each counts its own retries) from the configuration."""
+        return RetryPolicy(self.config.retries, self.config.retry_max_seconds, on_retry=self._out)
 
     def resolve(self, ref: str) -> tuple[Backend, str]:
         store, collection = split_ref(ref, self.config.default_store)
@@ -57,3 +86,7 @@ class Stores:
         if self._state is not None:
             self._state.close()
             self._state = None
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
