@@ -98,7 +98,7 @@ class _Held:
     fence: int
     seconds: float
     expires_at: float = field(default=0.0)
-    lost: bool = False
+    lost: str = ""  # why the lease was lost, once it was
 
 
 class Ledger:
@@ -129,10 +129,10 @@ class Ledger:
         conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
         try:
             conn.execute("PRAGMA busy_timeout = 30000")
+            self.conn = conn
+            self._create_or_upgrade()  # first: a file that is not a ledger is left as it was
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
-            self.conn = conn
-            self._create_or_upgrade()
         except BaseException:
             conn.close()
             raise
@@ -196,7 +196,7 @@ class Ledger:
         try:
             if self._held is not None:
                 if self._held.lost:
-                    raise LockError(f"lost the migration lease; {self._held.owner} writes nothing more")
+                    raise LockError(self._held.lost)
                 self._check_fence(conn, self._held)
             yield conn
             conn.execute("COMMIT")
@@ -209,8 +209,8 @@ class Ledger:
                            "WHERE name = 'migration'").fetchone()
         if row is None or row[0] != held.owner.token or (row[1] or 0) != held.fence:
             taker = f"{row[2]}@{row[3]} (pid {row[4]}) took it over at {row[5]}" if row else "it was released"
-            held.lost = True
-            raise LockError(f"lost the migration lease ({taker}); {held.owner} stops before writing anything more")
+            held.lost = f"lost the migration lease ({taker}); {held.owner} stops before writing anything more"
+            raise LockError(held.lost)
         now = time.time()
         if held.expires_at - now < held.seconds / 2:
             held.expires_at = now + held.seconds

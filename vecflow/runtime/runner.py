@@ -28,7 +28,7 @@ from vecflow.operations.base import Op, StepRecord
 from vecflow.runtime.context import StepContext
 from vecflow.runtime.digest import Digest, DigestPair, collection_digests
 from vecflow.runtime.estimate import estimate_line, sample
-from vecflow.runtime.ledger import DONE, FAILED, ROLLBACK, Ledger, Owner
+from vecflow.runtime.ledger import DONE, FAILED, ROLLBACK, RUNNING, Ledger, Owner
 from vecflow.runtime.snapshots import SnapshotStore, snapshot_name
 from vecflow.runtime.stores import Stores
 from vecflow.script.directory import ScriptDirectory
@@ -148,6 +148,10 @@ class Runner:
                     f"{where} is undone from the snapshot it took while running, but the ledger has none (was the "
                     f"revision stamped?); write an explicit downgrade() in {rev.path}")
             inverse = up_step.reverse(record)
+            if inverse is None and attempt is not None and attempt["outcome"] in (RUNNING, FAILED):
+                raise IrreversibleError(f"cannot roll back the unfinished upgrade of {rev.revision}: step {index + 1} "
+                                        f"({up_step.describe()}) cannot be reversed; fix the cause and run 'vecflow "
+                                        f"upgrade {rev.revision}' to finish it instead")
             if inverse is None:
                 raise IrreversibleError(f"{where} cannot be reversed; write a downgrade() in {rev.path} or mark "
                                         "the revision irreversible = True")
@@ -285,9 +289,8 @@ class Runner:
             keys = [(i.revision.revision, i.direction) for i in plan]
             if (resume["revision"], resume["direction"]) not in keys:
                 raise LedgerError(
-                    f"the {resume['direction']} of revision {resume['revision']} started {resume['started_at']} by "
-                    f"{resume['user']}@{resume['host']} did not finish ({resume['outcome']}); run 'vecflow "
-                    f"{resume['direction']} heads' to finish it")
+                    f"the {resume['direction']} of revision {resume['revision']} did not finish "
+                    f"({resume['outcome']}) and this plan does not include it (settle_unfinished first)")
             position = keys.index((resume["revision"], resume["direction"]))
             plan = [plan[position]] + plan[:position] + plan[position + 1:]
             self._check_recorded_steps(resume, plan[0].steps)
