@@ -139,3 +139,25 @@ def test_a_paused_holder_nobody_replaced_renews_and_goes_on(tmp_path):
     ledger.check_lease()  # still ours: renewed, not lost
     assert ledger.lease_holder()["expires_at"] > time.time() + 0.1
     assert ledger.lease_holder()["fence"] == 1
+
+
+def test_the_snapshot_file_carries_a_format_version_and_refuses_newer_or_broken_files(tmp_path):
+    from vecflow.runtime.snapshots import SNAPSHOT_FORMAT, SnapshotStore
+
+    store = SnapshotStore(tmp_path / "snapshots.db")
+    store.begin_values("snap_1_0", "rank")
+    store.close()
+    with sqlite3.connect(tmp_path / "snapshots.db") as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SNAPSHOT_FORMAT
+        conn.execute('DROP TABLE "snap_1_0"')
+    store = SnapshotStore(tmp_path / "snapshots.db")
+    with pytest.raises(LedgerError, match="snapshot snap_1_0 is listed in .* but its table is gone"):
+        store.read_values("snap_1_0", 0, 10)
+    store.close()
+    with sqlite3.connect(tmp_path / "snapshots.db") as conn:
+        conn.execute("PRAGMA user_version = 9")
+    with pytest.raises(LedgerError, match="has format version 9; this vecflow reads format 1 and older"):
+        SnapshotStore(tmp_path / "snapshots.db")
+    (tmp_path / "garbage.db").write_bytes(b"\x00garbage" * 1000)
+    with pytest.raises(LedgerError, match="cannot open the snapshot file .*garbage.db"):
+        SnapshotStore(tmp_path / "garbage.db")

@@ -30,16 +30,45 @@ def snapshot_name(attempt_id: int, step_index: int) -> str:
     return f"snap_{attempt_id}_{step_index}"
 
 
+# The file's format, in PRAGMA user_version: 1 is the layout above (files without a version are
+# format 1 and get the number when opened).
+SNAPSHOT_FORMAT = 1
+
+
 class SnapshotStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=FULL")
-        self.conn.execute(
-            "CREATE TABLE IF NOT EXISTS snapshots (name TEXT PRIMARY KEY, kind TEXT, info TEXT)"
-        )
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
+            self._create_or_check()
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=FULL")
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"cannot open the snapshot file {self.path}: {exc}") from exc
+        except OSError as exc:
+            raise LedgerError(f"cannot open the snapshot file {self.path}: {exc}") from exc
+
+    def _create_or_check(self) -> None:
+        conn = self.conn
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SNAPSHOT_FORMAT:
+                raise LedgerError(f"snapshot file {self.path} has format version {version}; this vecflow reads "
+                                  f"format {SNAPSHOT_FORMAT} and older: upgrade vecflow (pip install -U vecflow)")
+            conn.execute("CREATE TABLE IF NOT EXISTS snapshots (name TEXT PRIMARY KEY, kind TEXT, info TEXT)")
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(snapshots)")}
+            if not {"name", "kind", "info"} <= columns:
+                raise LedgerError(f"{self.path} is not a vecflow snapshot file (its table snapshots has columns "
+                                  f"{', '.join(sorted(columns))})")
+            if version != SNAPSHOT_FORMAT:
+                conn.execute(f"PRAGMA user_version = {SNAPSHOT_FORMAT}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self.conn.close()
@@ -50,6 +79,10 @@ class SnapshotStore:
             raise LedgerError(f"snapshot {name} is missing from {self.path}; cannot restore exactly")
         if row[0] != kind:
             raise LedgerError(f"snapshot {name} holds {row[0]}, not {kind}")
+        table = self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [name]).fetchone()
+        if table is None:
+            raise LedgerError(f"snapshot {name} is listed in {self.path} but its table is gone; cannot restore "
+                              "exactly (restore the file from a backup)")
 
     def exists(self, name: str) -> bool:
         return self.conn.execute("SELECT 1 FROM snapshots WHERE name = ?", [name]).fetchone() is not None
