@@ -188,3 +188,26 @@ def test_stamp_after_abandoning_an_upgrade_keeps_its_snapshots_for_the_downgrade
     assert project.run("current") == ["r3 (head)"]
     out = project.cli("downgrade", "r2").stdout
     assert "restored exactly" in out and project.digest("docs") == before_r3
+
+
+def test_a_folder_without_a_project_is_told_to_init_and_init_makes_one(tmp_path):
+    folder = tmp_path / "fresh"
+    folder.mkdir()
+    refused = subprocess.run([sys.executable, "-m", "vecflow", "current"], cwd=folder, capture_output=True,
+                             text=True)
+    assert refused.returncode == 1
+    [command] = advice(refused.stderr)
+    assert command == ["init"]
+    subprocess.run([sys.executable, "-m", "vecflow", *command], cwd=folder, check=True, capture_output=True)
+    done = subprocess.run([sys.executable, "-m", "vecflow", "current"], cwd=folder, capture_output=True, text=True)
+    assert done.returncode == 0 and "nothing applied" in done.stdout
+
+
+def test_multiple_heads_are_told_to_merge_and_merge_joins_them(project):
+    project.write_python("r2b", "r1", 'op.add_field("docs", "flag", True)')
+    refused = project.cli("revision", "-m", "next", check=False)
+    assert refused.returncode == 1
+    commands = advice(refused.stderr)
+    assert ["merge"] in commands
+    project.cli("merge")
+    assert len(project.run("heads")) == 1
