@@ -104,7 +104,7 @@ def test_a_killed_upgrade_is_rolled_back_by_a_downgrade(project, monkeypatch):
     initial = project.digest("docs")
     killed_in(project, "vecflow.runtime.context:StepContext.save", "upgrade", "head", call=3)
     assert project.digest("docs") != initial  # two pages of r2's first step were written
-    out = project.cli("downgrade", "r1").stdout
+    out = project.cli("downgrade", "current").stdout  # back to where it was: r1
     assert out.startswith("Rolling back the unfinished upgrade of r2") and "restored exactly" in out
     assert project.digest("docs") == initial and project.run("current") == ["r1"]
     assert "Upgrade r2" in project.cli("upgrade", "head").stdout
