@@ -46,8 +46,15 @@ def test_check_reports_multiple_heads_and_unmarked_irreversible_steps(applied):
 
 
 def test_irreversible_mark_or_explicit_downgrade_satisfies_check(applied):
+    def problems() -> list[str]:
+        applied.output.clear()
+        with pytest.raises(VecflowError, match="check failed: 1 problem"):
+            applied.run("check")
+        return [line for line in applied.output if line.startswith("error: ")]
+
+    # r3 is not applied yet, which is the only problem check reports.
     applied.write_python("r3", "r2", 'op.drop_collection("docs", snapshot=False)', extra="irreversible = True")
-    applied.run("check")
+    assert problems() == ["error: the ledger is at r2, not at the head(s) r3; run 'vecflow upgrade heads'"]
     applied.write_python("r3", "r2", 'op.drop_collection("docs", snapshot=False)',
                          downgrade='op.create_collection("docs", dim=4)')
-    applied.run("check")
+    assert problems() == ["error: the ledger is at r2, not at the head(s) r3; run 'vecflow upgrade heads'"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shlex
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -153,8 +154,9 @@ def _tags(graph, rev: Revision, applied: set[str] | None = None) -> str:
     return f" ({', '.join(tags)})" if tags else ""
 
 
-def current(config: Config, verbose: bool = False, out: Out = print) -> list[str]:
-    """Show the current revision(s) of the ledger."""
+def current(config: Config, verbose: bool = False, check_heads: bool = False, out: Out = print) -> list[str]:
+    """Show the current revision(s) of the ledger, unfinished attempts and a runner holding the
+    lock; --check-heads fails unless the ledger is at the script directory's heads."""
     with open_runner(config, out) as runner:
         graph = runner.scripts.revision_map
         applied = runner.ledger.applied()
@@ -167,7 +169,36 @@ def current(config: Config, verbose: bool = False, out: Out = print) -> list[str
             out(f"warning: {problem}")
         if not heads:
             out("<base> (nothing applied)")
+        for line in _unfinished_lines(runner) + _runner_lines(runner):
+            out(line)
+        if check_heads and set(heads) != set(graph.heads):
+            raise VecflowError(f"the ledger is at {', '.join(heads) or 'base'}, not at the head(s) "
+                               f"{', '.join(graph.heads) or '<none>'}")
         return list(heads)
+
+
+def _unfinished_lines(runner: Runner) -> list[str]:
+    """One line per unfinished attempt: what, since when, by whom, where it stopped, why."""
+    lines = []
+    for attempt in runner.ledger.unfinished_attempts():
+        steps = runner.ledger.steps(attempt["id"])
+        where = ""
+        if steps:
+            last = steps[-1]
+            where = f"; step {last['step_index'] + 1} ({last['description']}) {last['status']} at {last['rows_done']} rows"
+        error = f": {' '.join(attempt['error'].split())}" if attempt["error"] else ""
+        lines.append(f"unfinished: {attempt['direction']} of {attempt['revision']} ({attempt['outcome']}), started "
+                     f"{attempt['started_at']} by {attempt['user']}@{attempt['host']}{where}{error}")
+    return lines
+
+
+def _runner_lines(runner: Runner) -> list[str]:
+    """The runner holding the lock, if its lease is live."""
+    holder = runner.ledger.lease_holder()
+    if holder is None or holder["expires_at"] < time.time():
+        return []
+    return [f"running: {holder['user']}@{holder['host']} (pid {holder['pid']}) holds the lock since "
+            f"{holder['acquired_at']} (last heartbeat {holder['heartbeat_at']})"]
 
 
 def history(config: Config, rev_range: str | None = None, verbose: bool = False, out: Out = print) -> None:
@@ -290,6 +321,11 @@ def check(config: Config, repair: bool = False, out: Out = print) -> None:
             problems = runner.check_applied_scripts()
         if len(graph.heads) > 1:
             problems.append(f"multiple heads are present ({', '.join(graph.heads)}); run 'vecflow merge'")
+        problems += _unfinished_lines(runner)
+        current_heads = graph.heads_of({r for r in runner.ledger.applied() if r in graph})
+        if set(current_heads) != set(graph.heads):
+            problems.append(f"the ledger is at {', '.join(current_heads) or 'base'}, not at the head(s) "
+                            f"{', '.join(graph.heads) or '<none>'}; run 'vecflow upgrade heads'")
         for rev in graph:
             script = rev.script
             if script.has_downgrade or script.irreversible:
@@ -303,6 +339,33 @@ def check(config: Config, repair: bool = False, out: Out = print) -> None:
                 out(f"error: {problem}")
             raise VecflowError(f"check failed: {len(problems)} problem(s)")
         out(f"OK: {len(graph)} revisions, head {', '.join(graph.heads) or '<none>'}, ledger matches the scripts")
+
+
+def snapshots(config: Config, action: str = "list", out: Out = print) -> list[dict]:
+    """List the snapshots lossy steps took (rows, size, whether a downgrade or an unfinished attempt
+    still needs them); `prune` deletes those nothing needs and shrinks snapshots.db."""
+    with open_runner(config, out) as runner:
+        needed = runner.ledger.needed_snapshots()
+        listing = [{**row, "needed": row["name"] in needed} for row in runner.snapshots.listing()]
+        if action == "prune":
+            with _holding_lease(runner):
+                needed = runner.ledger.needed_snapshots()
+                unneeded = [row for row in listing if row["name"] not in needed]
+                before = runner.snapshots.file_bytes()
+                runner.snapshots.remove([row["name"] for row in unneeded])
+                out(f"Pruned {len(unneeded)} snapshot(s) ({sum(r['rows'] for r in unneeded)} rows); "
+                    f"snapshots.db {_megabytes(before)} -> {_megabytes(runner.snapshots.file_bytes())}")
+            return [row for row in listing if row["needed"]]
+        for row in listing:
+            use = "needed" if row["needed"] else "not needed"
+            out(f"{row['name']}: {row['kind']}, {row['rows']} rows, {_megabytes(row['bytes'])} ({use})")
+        if not listing:
+            out("no snapshots")
+        return listing
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
 
 
 # export and import: one checkpointed copy between a store and a folder of files ------------------

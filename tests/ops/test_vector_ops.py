@@ -18,7 +18,7 @@ from tests.ops.sample_embedders import hash_vector
 from tests.plain_view import assert_store_has_no_vecflow_trace
 from tests.project import Project, kill_upgrade_at, step_progress
 from vecflow.batch import Batch
-from vecflow.errors import InvalidDataError, OperationError
+from vecflow.errors import InvalidDataError, OperationError, VecflowError
 from vecflow.runtime.stores import Stores
 
 EMBEDDERS = "tests.ops.sample_embedders"
@@ -214,7 +214,9 @@ def test_planning_show_check_and_dry_run_never_load_the_embedder(project):
                                            'op.reembed("docs", "sentence-transformers:/no/such/model")\n'
                                            'op.normalize_vectors("docs")')
     assert "  1. reembed docs: vectors from document by no_such_module.anywhere:Model()" in project.run("show", "step1")
-    project.run("check")
+    # The only problem check finds is that step1 is not applied yet: it did not load the embedder.
+    with pytest.raises(VecflowError, match="check failed: 1 problem"):
+        project.run("check")
     lines = project.run("upgrade", "head", dry_run=True)
     assert "     vectors re-embedded from the documents; dim 8 -> known at run time (the model is only loaded " \
            "when the step runs); records affected: all 150" in lines, lines

@@ -353,6 +353,18 @@ class Ledger:
             return None
         return latest if self.steps(latest["id"]) else None
 
+    def needed_snapshots(self) -> set[str]:
+        """Snapshots something may still restore from: those of the upgrade each applied
+        revision's downgrade would undo, and those of every unfinished attempt (and of the upgrade
+        an unfinished rollback undoes)."""
+        attempts = [self.upgrade_to_undo(revision) for revision in self.applied()]
+        for row in self.unfinished_attempts():
+            attempts.append(row)
+            if row["undoes"] is not None:
+                attempts.append(self.attempt(row["undoes"]))
+        return {step["snapshot"] for attempt in attempts if attempt for step in self.steps(attempt["id"])
+                if step["snapshot"]}
+
     def steps(self, attempt_id: int) -> list[dict[str, Any]]:
         return list(self.db["steps"].rows_where("attempt_id = ?", [attempt_id], order_by="step_index"))
 

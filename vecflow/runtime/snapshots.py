@@ -84,6 +84,33 @@ class SnapshotStore:
             raise LedgerError(f"snapshot {name} is listed in {self.path} but its table is gone; cannot restore "
                               "exactly (restore the file from a backup)")
 
+    def listing(self) -> list[dict[str, Any]]:
+        """Every snapshot: name, kind, rows and the bytes its rows take (an estimate from the
+        stored values)."""
+        found = []
+        tables = {row[0] for row in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for name, kind in self.conn.execute("SELECT name, kind FROM snapshots ORDER BY rowid").fetchall():
+            rows, size = 0, 0
+            if name in tables:
+                value = "length(vector) + length(document) + length(metadata)" if kind == "records" else "length(value)"
+                rows, size = self.conn.execute(f'SELECT COUNT(*), COALESCE(SUM(length(id) + {value}), 0) '
+                                               f'FROM "{name}"').fetchone()
+            found.append({"name": name, "kind": kind, "rows": rows, "bytes": size})
+        return found
+
+    def remove(self, names: list[str]) -> None:
+        """Delete snapshots, then give the space back to the file system."""
+        for name in names:
+            with self.conn:
+                self.conn.execute("BEGIN")
+                self.conn.execute(f'DROP TABLE IF EXISTS "{name}"')
+                self.conn.execute("DELETE FROM snapshots WHERE name = ?", [name])
+        if names:
+            self.conn.execute("VACUUM")
+
+    def file_bytes(self) -> int:
+        return sum(path.stat().st_size for path in (self.path, Path(f"{self.path}-wal")) if path.exists())
+
     def exists(self, name: str) -> bool:
         return self.conn.execute("SELECT 1 FROM snapshots WHERE name = ?", [name]).fetchone() is not None
 
