@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,7 +20,7 @@ from vecflow.errors import VecflowError
 COMMANDS: list[Callable[..., Any]] = [
     command.init, command.revision, command.merge, command.upgrade, command.downgrade, command.current,
     command.history, command.heads, command.branches, command.show, command.stamp, command.check,
-    command.inspect, command.export, command.import_,
+    command.inspect, command.export, command.import_, command.snapshots,
 ]
 
 # How each parameter of a command function appears on the command line: (flags, argparse kwargs).
@@ -38,6 +39,10 @@ PARAMETERS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "dry_run": (("--dry-run",), {"action": "store_true", "help": "print the plan and record counts; change nothing"}),
     "verify": (("--no-verify",), {"action": "store_false", "dest": "verify",
                                   "help": "skip verification (copy/move checks, downgrade digests)"}),
+    "check_heads": (("--check-heads",), {"action": "store_true",
+                                         "help": "fail unless the ledger is at the head revision(s)"}),
+    "action": ((), {"nargs": "?", "choices": ["list", "prune"], "default": "list",
+                    "help": "list (default), or prune: delete the snapshots nothing needs"}),
     "verbose": (("-v", "--verbose"), {"action": "store_true", "help": "more detail"}),
     "rev_range": (("-r", "--rev-range"), {"help": "range a:b (base, head, current allowed)"}),
     "purge": (("--purge",), {"action": "store_true", "help": "empty the applied set before stamping"}),
@@ -93,18 +98,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "config" in inspect.signature(function).parameters:
             kwargs["config"] = load_config(args.config, args.x)
         function(**kwargs)
-    except VecflowError as exc:
-        if args.raiseerr:
-            raise
-        print(f"vecflow: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1
     except BrokenPipeError:  # e.g. `vecflow history | head`
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
         print("vecflow: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except (VecflowError, SystemExit, sqlite3.Error, OSError) as exc:
+        if args.raiseerr:
+            raise
+        print(f"vecflow: error: {' '.join(_message(exc).split())}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _message(exc: BaseException) -> str:
+    """The error line. Calls into user code turn its sys.exit() into a VecflowError; a SystemExit
+    that still arrives here came from user code too (vecflow's own code never exits), and SQLite
+    and OS errors are the last resort for failures no layer translated (a full disk, a database
+    file that another program damaged)."""
+    if isinstance(exc, SystemExit):
+        code = "" if exc.code is None else repr(exc.code)
+        return (f"user code called sys.exit({code}) while vecflow was running; "
+                "the migration did not finish: rerun the same command to resume it")
+    if isinstance(exc, sqlite3.Error):
+        return f"a vecflow database (ledger, snapshots or state) failed: {exc}"
+    return str(exc)
 
 
 if __name__ == "__main__":

@@ -54,12 +54,14 @@ class Config(BaseModel):
     ledger: Path
     batch_size: int = Field(500, ge=1, le=1_000_000)
     default_store: str = "main"
-    lock_lease_seconds: float = Field(60.0, gt=0)
+    lock_lease_seconds: float = Field(60.0, gt=0, allow_inf_nan=False)
     stores: dict[str, StoreConfig] = Field(default_factory=dict)
 
     @field_validator("script_location", "ledger", mode="before")
     @classmethod
     def _expand_user(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must not be empty")
         return Path(value).expanduser() if isinstance(value, str) else value
 
     def store(self, name: str | None = None) -> StoreConfig:
@@ -90,6 +92,8 @@ def find_config_file(explicit: str | os.PathLike | None = None) -> Path:
         path = Path(os.environ["VECFLOW_CONFIG"])
     else:
         path = Path.cwd() / DEFAULT_CONFIG_NAME
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory; pass the path of its vecflow.ini to -c/--config")
     if not path.is_file():
         raise ConfigError(f"config file {path} not found; run 'vecflow init' or pass -c/--config")
     return path.resolve()
@@ -106,10 +110,18 @@ def load_config(
     here = path.parent
     parser = configparser.ConfigParser(interpolation=configparser.BasicInterpolation())
     try:
-        with path.open(encoding="utf-8") as handle:
+        with path.open(encoding="utf-8-sig") as handle:  # -sig: Windows editors start files with a BOM
             parser.read_file(handle)
     except configparser.Error as exc:
         raise ConfigError(f"{path.name}: {' '.join(str(exc).split())}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                          "save it as UTF-8") from exc
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from exc
+    if not parser.sections():
+        raise ConfigError(f"{path} has no [{MAIN_SECTION}] or [{STORE_PREFIX}NAME] section; is it a vecflow.ini? "
+                          "('vecflow init' writes one)")
 
     sections: dict[str, dict[str, str]] = {}
     for section in parser.sections():

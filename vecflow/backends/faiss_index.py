@@ -129,8 +129,9 @@ def for_index(vectors: np.ndarray, metric: str) -> np.ndarray:
     """Vectors as the index holds them: cosine is inner product on unit vectors."""
     if metric != "cosine":
         return vectors
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.where(norms > 0, norms, 1)).astype(np.float32)
+    wide = vectors.astype(np.float64)  # a finite float32 vector's squared norm can overflow float32
+    norms = np.linalg.norm(wide, axis=1, keepdims=True)
+    return (wide / np.where(norms > 0, norms, 1)).astype(np.float32)
 
 
 def write_atomically(path: Path, data: bytes | memoryview) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
@@ -25,34 +26,143 @@ def _check_metric(value: str) -> str:
     return value
 
 
-def read_jsonl_records(path: Path, start: int, batch_size: int) -> Iterator[tuple[Batch, int]]:
+RECORD_KEYS = ("id", "vector", "document", "metadata")
+# Longer ids are refused: no application looks records up by a key of kilobytes, and some stores
+# (Redis keys, Qdrant payload indexes) get slow or refuse them.
+MAX_ID_LENGTH = 1024
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def read_jsonl_records(path: Path, start: int, batch_size: int, dim: int | None = None,
+                       seen: dict[str, int] | None = None) -> Iterator[tuple[Batch, int]]:
     """Pages of records from a JSONL file ({"id", "vector", "document", "metadata"} per line),
-    starting after `start` lines; yields (page, lines consumed so far)."""
-    with path.open(encoding="utf-8") as handle:
-        lines = islice(handle, start, None)
-        consumed = start
-        while True:
-            chunk = list(islice(lines, batch_size))
-            if not chunk:
-                return
-            ids, vectors, documents, metadatas = [], [], [], []
-            for offset, line in enumerate(chunk, start=consumed + 1):
-                try:
-                    row = json.loads(line)
-                    ids.append(str(row["id"]))
-                    vectors.append(row["vector"])
-                    documents.append(row.get("document"))
-                    metadatas.append(row.get("metadata") or {})
-                except (ValueError, KeyError, TypeError) as exc:
-                    raise InvalidDataError(f"{path}:{offset}: not a record line ({exc})") from exc
-            consumed += len(chunk)
-            try:
-                array = np.asarray(vectors, dtype=np.float32)
-            except ValueError as exc:
-                raise InvalidDataError(f"{path}: vectors of different lengths near line {consumed}") from exc
-            page = Batch(ids, array, documents, metadatas)
-            page.check_finite(str(path))
-            yield page, consumed
+    starting after `start` lines; yields (page, lines consumed so far).
+
+    Every line is validated (InvalidDataError naming file:line): ids are non-empty strings (an
+    integer is taken as its decimal text), vectors non-empty lists of finite numbers of dimension
+    `dim` (by default the first record's), documents text or null, metadata an object of JSON
+    values (null means {}). `seen` (id -> line) also refuses ids repeated across pages."""
+    seen = {} if seen is None else seen
+    try:
+        with path.open("rb") as handle:
+            lines = islice(handle, start, None)
+            consumed = start
+            while True:
+                chunk = list(islice(lines, batch_size))
+                if not chunk:
+                    return
+                ids, vectors, documents, metadatas = [], [], [], []
+                for number, line in enumerate(chunk, start=consumed + 1):
+                    rid, vector, document, metadata = _record(path, number, line)
+                    if dim is None:
+                        dim = len(vector)
+                    if len(vector) != dim:
+                        raise InvalidDataError(f"{path}:{number}: record {rid!r} has a vector of {len(vector)} "
+                                               f"numbers; the collection's dimension is {dim}")
+                    if rid in seen:
+                        raise InvalidDataError(f"{path}:{number}: id {rid!r} repeats the record on line "
+                                               f"{seen[rid]}; ids must be unique")
+                    seen[rid] = number
+                    ids.append(rid)
+                    vectors.append(vector)
+                    documents.append(document)
+                    metadatas.append(metadata)
+                consumed += len(chunk)
+                yield Batch(ids, np.asarray(vectors, dtype=np.float32), documents, metadatas), consumed
+    except OSError as exc:
+        raise InvalidDataError(f"{path}: cannot be read: {exc.strerror or exc}") from exc
+
+
+def check_jsonl_file(path: Path, dim: int | None) -> int:
+    """Validate a whole JSONL file before anything is written; its dimension (`dim`, or the first
+    record's)."""
+    found = dim
+    for page, _ in read_jsonl_records(path, 0, 1000, dim, seen={}):
+        found = found or page.dim
+    if found is None:
+        raise OperationError(f"{path} holds no records to infer the dimension from; give dim")
+    return found
+
+
+def _record(path: Path, number: int, line: bytes) -> tuple[str, list[float], str | None, dict[str, Any]]:
+    """One validated record line: (id, vector, document, metadata)."""
+    where = f"{path}:{number}"
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidDataError(f"{where}: not UTF-8 text (byte {line[exc.start]:#04x}); save the file as "
+                               "UTF-8") from exc
+    if number == 1:
+        text = text.removeprefix("\ufeff")  # a byte order mark, as Windows editors write
+    try:
+        row = json.loads(text)
+    except ValueError as exc:
+        problem = "an empty line" if not text.strip() else f"not JSON ({exc})"
+        raise InvalidDataError(f"{where}: {problem}; each line is one record object") from exc
+    if not isinstance(row, dict):
+        raise InvalidDataError(f"{where}: a record line is a JSON object with id and vector, got "
+                               f"{_json_type(row)}")
+    unknown = sorted(set(row) - set(RECORD_KEYS))
+    if unknown:
+        raise InvalidDataError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; a record line has "
+                               f"{', '.join(RECORD_KEYS)}")
+    for key in ("id", "vector"):
+        if key not in row:
+            raise InvalidDataError(f"{where}: the record has no {key!r}")
+    rid = _record_id(where, row["id"])
+    document = row.get("document")
+    if document is not None and not isinstance(document, str):
+        raise InvalidDataError(f"{where}: record {rid!r}: document must be text or null, got {_json_type(document)}")
+    metadata = row.get("metadata")
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict):
+        raise InvalidDataError(f"{where}: record {rid!r}: metadata must be an object or null, got "
+                               f"{_json_type(metadata)}")
+    for key, value in metadata.items():
+        try:
+            json.dumps(value, allow_nan=False)
+        except ValueError as exc:
+            raise InvalidDataError(f"{where}: record {rid!r}: metadata field {key!r} holds NaN or Infinity, "
+                                   "which JSON metadata cannot keep") from exc
+    return rid, _vector(where, rid, row["vector"]), document, metadata
+
+
+def _record_id(where: str, value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value:
+        shown = "an empty string" if value == "" else _json_type(value)
+        raise InvalidDataError(f"{where}: id must be a non-empty string (or an integer), got {shown}")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidDataError(f"{where}: id of {len(value)} characters ({value[:20]!r}...); ids are at most "
+                               f"{MAX_ID_LENGTH} characters")
+    return value
+
+
+def _vector(where: str, rid: str, value: Any) -> list[float]:
+    if not isinstance(value, list) or not value:
+        shown = "an empty list" if value == [] else _json_type(value)
+        raise InvalidDataError(f"{where}: record {rid!r}: vector must be a non-empty list of numbers, got {shown}")
+    for position, number in enumerate(value):
+        if isinstance(number, bool) or not isinstance(number, int | float):
+            raise InvalidDataError(f"{where}: record {rid!r}: vector[{position}] is {_json_type(number)}, "
+                                   "not a number")
+        if not math.isfinite(number) or abs(number) > _FLOAT32_MAX:
+            raise InvalidDataError(f"{where}: record {rid!r}: vector[{position}] is {number!r}; vectors are "
+                                   "finite float32 numbers (NaN, infinity and |x| > 3.4e38 are refused)")
+    return value
+
+
+def _json_type(value: Any) -> str:
+    """A JSON value's kind, with its article, for messages: 'null', 'a string', 'an object'."""
+    if value is None:
+        return "null"
+    for kind, name in ((bool, "a boolean"), (str, "a string"), (int, "an integer"), (float, "a number"),
+                       (list, "a list"), (dict, "an object")):
+        if isinstance(value, kind):
+            return name
+    return f"a {type(value).__name__}"
 
 
 @register_op
@@ -87,7 +197,9 @@ class CreateCollectionOp(CollectionOp):
         if data is not None and not data.is_file():
             raise OperationError(f"create_collection {self.collection}: data file {data} not found")
         if not ctx.state.get("created"):
-            dim = self.dim or (_first_dim(data) if data else None)
+            # The whole file is checked before anything is written: a bad line 10,000 must not
+            # leave a collection holding the first 9,999.
+            dim = check_jsonl_file(data, self.dim) if data else self.dim
             if dim is None:
                 raise OperationError(f"create_collection {self.collection}: give dim, or data to infer it from")
             if backend.has_collection(name):
@@ -98,15 +210,10 @@ class CreateCollectionOp(CollectionOp):
                 backend.create_collection(name, dim, self.metric, **self.params)
             ctx.save(created=True, lines=0)
         if data is not None:
-            for page, consumed in read_jsonl_records(data, ctx.state["lines"], ctx.batch_size):
+            dim = backend.describe(name).dim
+            for page, consumed in read_jsonl_records(data, ctx.state["lines"], ctx.batch_size, dim):
                 backend.upsert(name, page)
                 ctx.save(len(page), lines=consumed)
-
-
-def _first_dim(path: Path) -> int:
-    for page, _ in read_jsonl_records(path, 0, 1):
-        return page.dim
-    raise OperationError(f"{path} holds no records to infer the dimension from")
 
 
 @register_op

@@ -25,6 +25,7 @@ from pydantic import Field, field_validator, model_validator
 from vecflow.batch import Batch
 from vecflow.errors import InvalidDataError, OperationError
 from vecflow.operations.base import CollectionOp, Op, StepRecord, register_op
+from vecflow.operations.user_code import USER_ERRORS, failure
 from vecflow.runtime.context import StepContext
 from vecflow.runtime.estimate import count_matching, sample
 from vecflow.runtime.snapshots import ABSENT
@@ -89,8 +90,8 @@ def resolve_function(value: UserFunction, owner: str, search: Sequence[Path] = (
         module = _import(module_name, search)
     except ModuleNotFoundError as exc:
         raise OperationError(f"{owner}: cannot import {value!r}: {exc}") from exc
-    except Exception as exc:
-        raise OperationError(f"{owner}: importing {value!r} raised {type(exc).__name__}: {exc}") from exc
+    except USER_ERRORS as exc:
+        raise OperationError(f"{owner}: importing {value!r} {failure(exc)}") from exc
     target: Any = module
     for part in attribute.split("."):
         if not hasattr(target, part):
@@ -276,9 +277,8 @@ class AddFieldOp(FieldOp):
             def call(rid: str, meta: dict, document: str | None) -> Any:
                 try:
                     value = function(copy.deepcopy(meta))
-                except Exception as exc:
-                    raise InvalidDataError(
-                        f"{where}: {name} raised {type(exc).__name__} on record {rid!r}: {exc}") from exc
+                except USER_ERRORS as exc:
+                    raise InvalidDataError(f"{where}: {name} {failure(exc)} (record {rid!r})") from exc
                 return check_json_value(value, f"{where}: {name} on record {rid!r} returned")
             return call
         return lambda rid, meta, document: self.default

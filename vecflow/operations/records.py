@@ -35,6 +35,7 @@ from vecflow.operations.fields import (
     record_scope,
     resolve_function,
 )
+from vecflow.operations.user_code import USER_ERRORS, failure
 from vecflow.runtime.context import StepContext
 from vecflow.runtime.estimate import sample
 from vecflow.runtime.stores import Stores
@@ -320,9 +321,9 @@ class MapRecordsOp(CollectionOp):
             result = function(given)
         except VecflowError:
             raise
-        except Exception as exc:
-            raise InvalidDataError(f"{self._owner}: {name} raised {type(exc).__name__} on the page of records "
-                                   f"{page.ids[0]!r}..{page.ids[-1]!r}: {exc}") from exc
+        except USER_ERRORS as exc:
+            raise InvalidDataError(f"{self._owner}: {name} {failure(exc)} (the page of records "
+                                   f"{page.ids[0]!r}..{page.ids[-1]!r})") from exc
         if result is None:
             return page.take([])
         if not isinstance(result, Batch):

@@ -42,6 +42,7 @@ from vecflow.batch import Batch
 from vecflow.errors import InvalidDataError, OperationError
 from vecflow.operations.base import Op, StepRecord, register_op
 from vecflow.operations.fields import CALLABLE_PATH, function_name, project_folders, resolve_function
+from vecflow.operations.user_code import USER_ERRORS, failure
 from vecflow.runtime.context import StepContext
 from vecflow.runtime.estimate import sample
 from vecflow.runtime.stores import Stores, sibling_ref
@@ -253,8 +254,8 @@ class RecordValidator:
         for i, rid in enumerate(page.ids):
             try:
                 verdict = self.metadata(page.metadatas[i])
-            except Exception as exc:
-                raise InvalidDataError(f"the schema {self.model.__name__} raised {exc!r} while validating "
+            except USER_ERRORS as exc:
+                raise InvalidDataError(f"the schema {self.model.__name__} {failure(exc)} while validating "
                                        f"record {rid!r}; fix the model's validators") from exc
             problem = self.vector(page.vectors[i], dim or page.dim)
             if problem is not None:

@@ -33,6 +33,7 @@ from vecflow.backends import Backend
 from vecflow.batch import Batch
 from vecflow.errors import InvalidDataError, OperationError, VecflowError, VerificationError
 from vecflow.operations.base import CollectionOp, Op, StepRecord, register_op
+from vecflow.operations.user_code import USER_ERRORS, failure
 from vecflow.runtime.context import StepContext
 from vecflow.runtime.digest import Digest, batch_digest, collection_digest
 from vecflow.runtime.estimate import sample
@@ -92,6 +93,8 @@ class Embedder:
             raise
         except Exception as exc:
             raise OperationError(f"embedder {self.label} failed: {type(exc).__name__}: {exc}") from exc
+        except USER_ERRORS as exc:
+            raise OperationError(f"embedder {self.label} {failure(exc)}") from exc
         try:
             vectors = np.asarray(result, dtype=np.float32)
         except (TypeError, ValueError) as exc:
@@ -106,7 +109,12 @@ class Embedder:
 def load_embedder(spec: Any, script_dir: Path) -> Embedder:
     """Resolve an embedder: import its module or load its model (run time only)."""
     if not isinstance(spec, str):
-        return Embedder(spec() if isinstance(spec, type) else spec, embedder_label(spec))
+        if isinstance(spec, type):
+            try:
+                spec = spec()
+            except USER_ERRORS as exc:
+                raise OperationError(f"embedder {embedder_label(spec)}: creating it {failure(exc)}") from exc
+        return Embedder(spec, embedder_label(spec))
     if spec.startswith(SENTENCE_TRANSFORMERS):
         return Embedder(_sentence_transformer(spec[len(SENTENCE_TRANSFORMERS):].strip(), script_dir), spec)
     module_name, attribute, call = DOTTED.match(spec).groups()  # type: ignore[union-attr]
@@ -115,6 +123,8 @@ def load_embedder(spec: Any, script_dir: Path) -> Embedder:
             target: Any = importlib.import_module(module_name)
         except ImportError as exc:
             raise OperationError(f"embedder {spec}: cannot import {module_name} ({exc})") from exc
+        except USER_ERRORS as exc:
+            raise OperationError(f"embedder {spec}: importing {module_name} {failure(exc)}") from exc
     for part in attribute.split("."):
         if not hasattr(target, part):
             raise OperationError(f"embedder {spec}: {module_name} has no attribute {attribute!r}")
@@ -122,8 +132,8 @@ def load_embedder(spec: Any, script_dir: Path) -> Embedder:
     if call or isinstance(target, type):
         try:
             target = target()
-        except Exception as exc:
-            raise OperationError(f"embedder {spec}: calling {attribute}() failed: {exc}") from exc
+        except USER_ERRORS as exc:
+            raise OperationError(f"embedder {spec}: calling {attribute}() {failure(exc)}") from exc
     if not callable(target):
         raise OperationError(f"embedder {spec} is a {type(target).__name__}, not callable on a list of texts")
     return Embedder(target, spec)

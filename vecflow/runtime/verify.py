@@ -182,8 +182,10 @@ def normalised_vectors_off(source: Backend, source_name: str, target: Backend, t
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:
-    norm = float(np.linalg.norm(vector))
-    return vector / norm if norm > 0 else vector
+    # float64: the squared norm of a finite float32 vector can overflow float32 (components ~1e20).
+    wide = vector.astype(np.float64)
+    norm = float(np.linalg.norm(wide))
+    return wide / norm if norm > 0 else wide
 
 
 def copy_normalises(source: Backend, source_name: str, target: Backend) -> bool:
@@ -200,7 +202,7 @@ def query_vectors(source: Backend, name: str, queries: int, seed: int) -> tuple[
     rng = np.random.default_rng(seed + 1)
     directions = rng.standard_normal((queries // 2, dim))
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-    length = float(np.linalg.norm(own, axis=1).mean()) if len(own) else 1.0
+    length = float(np.linalg.norm(own.astype(np.float64), axis=1).mean()) if len(own) else 1.0
     return np.vstack([own.reshape(-1, dim), directions * length]).astype(np.float32), len(own)
 
 
@@ -215,6 +217,7 @@ def _ranking_keys(queries: np.ndarray, vectors: np.ndarray, metric: str) -> np.n
 
 
 def _units(vectors: np.ndarray) -> np.ndarray:
+    vectors = vectors.astype(np.float64)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors / np.where(norms > 0, norms, 1)
 

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from vecflow.errors import OperationError, ScriptError, VecflowError
 from vecflow.operations.base import Op, Operations, describe_validation_error, get_op
+from vecflow.operations.user_code import USER_ERRORS, failure
 
 
 def file_checksum(path: Path) -> str:
@@ -61,9 +62,8 @@ class RevisionScript:
             function(recorder)
         except VecflowError as exc:
             raise ScriptError(f"{self.path}{_line_in(exc, self.path)}: {name}(): {exc}") from exc
-        except Exception as exc:
-            raise ScriptError(
-                f"{self.path}{_line_in(exc, self.path)}: {name}() raised {type(exc).__name__}: {exc}") from exc
+        except USER_ERRORS as exc:
+            raise ScriptError(f"{self.path}{_line_in(exc, self.path)}: {name}() {failure(exc)}") from exc
         return recorder.steps
 
 
@@ -88,9 +88,12 @@ def load_python_script(path: Path) -> RevisionScript:
     try:
         spec.loader.exec_module(module)
     except SyntaxError as exc:
-        raise ScriptError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from exc
-    except Exception as exc:
-        raise ScriptError(f"{path}{_line_in(exc, path)}: {type(exc).__name__} while loading: {exc}") from exc
+        line = f":{exc.lineno}" if exc.lineno else ""
+        raise ScriptError(f"{path}{line}: syntax error: {exc.msg}") from exc
+    except OSError as exc:
+        raise ScriptError(f"{path}: cannot be read: {exc.strerror or exc}") from exc
+    except USER_ERRORS as exc:
+        raise ScriptError(f"{path}{_line_in(exc, path)}: loading the script {failure(exc)}") from exc
     finally:
         sys.modules.pop(module_name, None)
     for required in ("revision", "down_revision", "upgrade"):
@@ -107,7 +110,7 @@ def load_python_script(path: Path) -> RevisionScript:
         branch_labels=getattr(module, "branch_labels", None),
         depends_on=getattr(module, "depends_on", None),
         message=doc.splitlines()[0] if doc else "",
-        irreversible=bool(getattr(module, "irreversible", False)),
+        irreversible=getattr(module, "irreversible", False),
         checksum=file_checksum(path),
         _upgrade=module.upgrade,
         _downgrade=getattr(module, "downgrade", None),
@@ -118,6 +121,8 @@ def _validated(script: RevisionScript) -> RevisionScript:
     """Type checks; the graph (Revision) validates the id syntax itself."""
     if not isinstance(script.revision, str):
         raise ScriptError(f"{script.path}: revision must be a string, got {script.revision!r}")
+    if not isinstance(script.irreversible, bool):
+        raise ScriptError(f"{script.path}: irreversible must be True or False, got {script.irreversible!r}")
     for name in ("down_revision", "depends_on", "branch_labels"):
         value = getattr(script, name)
         ok = value is None or isinstance(value, str) or (
@@ -131,16 +136,39 @@ def _validated(script: RevisionScript) -> RevisionScript:
 
 
 class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that remembers the line of every mapping (key '__line__')."""
+    """SafeLoader that remembers the line of every mapping (key '__line__') and of every item of a
+    list (StepList.lines)."""
+
+
+class StepList(list):
+    """A YAML list that knows the line of each item (a step that is not a mapping has no '__line__')."""
+
+    lines: list[int]
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict:
+    # PyYAML keeps the last of repeated keys: a second `upgrade:` would silently drop the first.
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if isinstance(key, str | int | float | bool) and key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} is repeated (first on line {seen[key]})", key_node.start_mark)
+        if isinstance(key, str | int | float | bool):
+            seen[key] = key_node.start_mark.line + 1
     mapping = loader.construct_mapping(node, deep=True)
     mapping["__line__"] = node.start_mark.line + 1
     return mapping
 
 
+def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode) -> StepList:
+    items = StepList(loader.construct_sequence(node, deep=True))
+    items.lines = [item.start_mark.line + 1 for item in node.value]
+    return items
+
+
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 
 
 def _strip_lines(value: Any) -> Any:
@@ -160,8 +188,8 @@ class YamlRevision(BaseModel):
     depends_on: str | list[str] | None = None
     message: str = ""
     irreversible: bool = False
-    upgrade: list[dict[str, Any]]
-    downgrade: list[dict[str, Any]] | None = None
+    upgrade: list[Any]  # each step is checked by _yaml_step, which knows its line
+    downgrade: list[Any] | None = None
 
     @field_validator("revision", "down_revision", "branch_labels", "depends_on", mode="before")
     @classmethod
@@ -174,7 +202,7 @@ class YamlRevision(BaseModel):
 
 def load_yaml_script(path: Path) -> RevisionScript:
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_LineLoader)
+        raw = yaml.load(_read_text(path), Loader=_LineLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
@@ -189,9 +217,12 @@ def load_yaml_script(path: Path) -> RevisionScript:
         line = raw.get("__line__", 1)
         if isinstance(raw.get(key), dict):
             line = raw[key].get("__line__", line)
-        raise ScriptError(f"{path}:{line}: {describe_validation_error(exc)}") from exc
-    upgrade_steps = [_yaml_step(path, item) for item in raw["upgrade"]]
-    downgrade_steps = None if raw.get("downgrade") is None else [_yaml_step(path, i) for i in raw["downgrade"]]
+        unknown = [str(e["loc"][0]) for e in exc.errors() if e["type"] == "extra_forbidden"]
+        problem = (f"unknown key(s) {', '.join(unknown)}; a YAML revision has {', '.join(YamlRevision.model_fields)}"
+                   if unknown else describe_validation_error(exc))
+        raise ScriptError(f"{path}:{line}: {problem}") from exc
+    upgrade_steps = _yaml_steps(path, raw["upgrade"])
+    downgrade_steps = None if raw.get("downgrade") is None else _yaml_steps(path, raw["downgrade"])
 
     def replay(steps: list[Op]) -> Callable[[Operations], None]:
         def plan(op: Operations) -> None:
@@ -212,8 +243,25 @@ def load_yaml_script(path: Path) -> RevisionScript:
     ))
 
 
-def _yaml_step(path: Path, item: Any) -> Op:
-    line = item.get("__line__", "?") if isinstance(item, dict) else "?"
+def _read_text(path: Path) -> str:
+    """A YAML script's text: UTF-8 (a leading BOM is allowed); ScriptError naming the line otherwise."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ScriptError(f"{path}: cannot be read: {exc.strerror or exc}") from exc
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ScriptError(f"{path}:{line}: not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start}); "
+                          "save the file as UTF-8") from exc
+
+
+def _yaml_steps(path: Path, items: StepList) -> list[Op]:
+    return [_yaml_step(path, item, line) for item, line in zip(items, items.lines)]
+
+
+def _yaml_step(path: Path, item: Any, line: int) -> Op:
     body = _strip_lines(item)
     if not isinstance(body, dict) or len(body) != 1:
         raise ScriptError(f"{path}:{line}: each step is a mapping with one op name, e.g. '- rename_field: {{...}}'")
