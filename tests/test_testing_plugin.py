@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from vecflow.backends import backend_class
+from vecflow.config import StoreConfig
 from vecflow.errors import ConfigError
 from vecflow.script.revision import Revision, RevisionMap
-from vecflow.testing import ChainRunner, DisposableProject, StairwayError, stairway_plan
+from vecflow.testing import ChainRunner, DisposableProject, StairwayError, disposable_options, stairway_plan
 
 from .test_docs import code_blocks
 
@@ -103,6 +104,56 @@ def test_the_stairway_compares_collections_the_upgrade_did_not_touch(tmp_path):
     with pytest.raises(StairwayError) as failure:
         ChainRunner(project).stairway()
     assert fnmatch.fnmatch(str(failure.value), "\n".join(shown_output("stairway:")))
+
+
+def test_a_step_that_fails_on_the_sample_data_fails_naming_the_revision(tmp_path):
+    rename = EXAMPLE["versions/2b3c4d5e6f7a_rename_author.yaml"] + (
+        '  - set_field: {collection: docs, field: rank2, expression: "legacy_rank * 2"}\n')
+    write_example(tmp_path, "faiss", **{"versions/2b3c4d5e6f7a_rename_author.yaml": rename})
+    project = DisposableProject(tmp_path / "vecflow.ini", tmp_path / "disposable")
+    project.seed({"docs": "tests/sample/docs.jsonl"}, tmp_path)  # d4 has no legacy_rank
+    with pytest.raises(StairwayError) as failure:
+        ChainRunner(project).upgrade_one_at_a_time()
+    assert fnmatch.fnmatch(str(failure.value), "\n".join(shown_output("stairway: `vecflow upgrade")))
+    assert "record 'd4'" in str(failure.value)  # vecflow's own error, with the record at fault
+
+
+def test_the_config_and_server_urls_come_from_the_options_then_the_ini_file(pytester):
+    pytester.makeini("[pytest]\nvecflow_config = project/vecflow.ini\nvecflow_store_urls =\n    cache = redis://a:1\n"
+                     "    main=http://b:2\n")
+    pytester.makepyfile(test_options="""
+        def test_from_the_ini_file(vecflow_config, vecflow_store_urls, pytestconfig):
+            assert vecflow_config == pytestconfig.rootpath / "project" / "vecflow.ini"
+            assert vecflow_store_urls == {"cache": "redis://a:1", "main": "http://b:2"}
+    """)
+    run_pytest(pytester).assert_outcomes(passed=1)
+    pytester.makepyfile(test_options="""
+        def test_from_the_options(vecflow_config, vecflow_store_urls, pytestconfig):
+            assert vecflow_config == pytestconfig.invocation_params.dir / "other.ini"
+            assert vecflow_store_urls == {"cache": "redis://c:3", "main": "http://b:2"}
+    """)
+    run_pytest(pytester, "--vecflow-config", "other.ini", "--vecflow-store-url", "cache=redis://c:3").assert_outcomes(
+        passed=1)
+    result = run_pytest(pytester, "--vecflow-store-url", "cache")
+    assert "--vecflow-store-url: expected STORE=URL, got 'cache'" in result.stdout.str() + result.stderr.str()
+
+
+@pytest.mark.parametrize(("backend", "options", "stand_in"), [
+    ("chroma", {"url": "https://c.example.com", "tenant": "t", "database": "prod", "headers": "X: y", "layout": "raw"},
+     {"layout": "raw"}),
+    ("qdrant", {"url": "https://q.example.com", "api_key": "k", "prefer_grpc": "true", "grpc_port": "6334",
+                "timeout": "5", "vector_name": "dense"}, {"vector_name": "dense"}),
+    ("faiss", {"path": "/data/vectors", "index_type": "hnsw", "allow_pickle": "true"},
+     {"index_type": "hnsw", "allow_pickle": "true"}),
+    ("files", {"path": "/data/exports", "format": "jsonl"}, {"format": "jsonl"}),
+])
+def test_a_store_gets_a_folder_stand_in_with_its_other_options_and_no_credentials(tmp_path, backend, options,
+                                                                                   stand_in):
+    store = StoreConfig(name="main", backend=backend, options=options)
+    assert disposable_options(store, tmp_path) == {**stand_in, "path": str(tmp_path)}
+    with_url = disposable_options(store, tmp_path, "http://127.0.0.1:9")
+    assert with_url["url"] == "http://127.0.0.1:9" and "path" not in with_url
+    assert not {"headers", "api_key"} & set(with_url)
 
 
 def test_a_store_that_needs_a_server_is_refused_without_a_disposable_url(tmp_path):

@@ -3,8 +3,8 @@
 Loaded by pytest through the `pytest11` entry point `vecflow` (disable it with `-p no:vecflow`).
 It adds fixtures and nothing else runs until a test asks for them:
 
-- `vecflow_config`: the path of the project's vecflow.ini (ini option `vecflow_config`, option
-  `--vecflow-config`, default `vecflow.ini` in the rootdir);
+- `vecflow_config`: the path of the project's vecflow.ini (option `--vecflow-config`, ini option
+  `vecflow_config`, `$VECFLOW_CONFIG`, default `vecflow.ini` in the rootdir);
 - `vecflow_store_urls`: store name -> URL of a disposable server, for stores that need one
   (ini option `vecflow_store_urls`, lines `STORE = URL`; option `--vecflow-store-url STORE=URL`);
 - `vecflow_store_options`: store name -> full options of its disposable store ({} by default);
@@ -21,6 +21,7 @@ that has vecflow installed, so vecflow itself is imported when a fixture is firs
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,13 +66,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.fixture
 def vecflow_config(request: pytest.FixtureRequest) -> Path:
-    """The project's vecflow.ini. Override it to test another project."""
+    """The project's vecflow.ini: --vecflow-config, else the vecflow_config ini option, else
+    $VECFLOW_CONFIG (as the CLI reads it), else vecflow.ini in the rootdir. Override it to test
+    another project."""
     config = request.config
     option = config.getoption("vecflow_config")
     if option:
         return (config.invocation_params.dir / option).resolve()
-    base = config.inipath.parent if config.inipath else config.rootpath
-    return (base / (config.getini("vecflow_config") or "vecflow.ini")).resolve()
+    if config.getini("vecflow_config"):
+        base = config.inipath.parent if config.inipath else config.rootpath
+        return (base / config.getini("vecflow_config")).resolve()
+    if os.environ.get("VECFLOW_CONFIG"):
+        return (config.invocation_params.dir / os.environ["VECFLOW_CONFIG"]).resolve()
+    return config.rootpath / "vecflow.ini"
 
 
 @pytest.fixture
