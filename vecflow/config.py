@@ -8,6 +8,8 @@ Values may use %(here)s (the folder holding vecflow.ini) and ${ENV_VAR} (for sec
     ledger = %(here)s/.vecflow/ledger.db
     batch_size = 500
     default_store = main
+    retries = 5
+    retry_max_seconds = 10
 
     [store:main]
     backend = chroma
@@ -55,6 +57,10 @@ class Config(BaseModel):
     batch_size: int = Field(500, ge=1, le=1_000_000)
     default_store: str = "main"
     lock_lease_seconds: float = Field(60.0, gt=0, allow_inf_nan=False)
+    # Transient store failures (unreachable, timeouts, 5xx): how many retries, and the longest
+    # wait between two (waits double from 0.5 s up to it, with full jitter).
+    retries: int = Field(5, ge=0, le=100)
+    retry_max_seconds: float = Field(10.0, gt=0, le=3600, allow_inf_nan=False)
     stores: dict[str, StoreConfig] = Field(default_factory=dict)
 
     @field_validator("script_location", "ledger", mode="before")
@@ -72,7 +78,8 @@ class Config(BaseModel):
         return self.stores[name]
 
 
-_MAIN_KEYS = {"script_location", "ledger", "batch_size", "default_store", "lock_lease_seconds"}
+_MAIN_KEYS = {"script_location", "ledger", "batch_size", "default_store", "lock_lease_seconds", "retries",
+              "retry_max_seconds"}
 
 
 def parse_x_args(pairs: Sequence[str]) -> dict[str, str]:

@@ -6,6 +6,11 @@ against the exact top-k of the source, see runtime/verify.py). A move is a verif
 by dropping the source; the source is only read until the copy is verified. The inverse of a move
 is the move back (recreating the source with its original parameters); the inverse of a copy
 removes what it wrote.
+
+A store that was away (retried calls, or a resumed step) may have come back without records it
+had acknowledged (a Redis without persistence restarts empty): before going on, the copy checks
+that the target still holds what its checkpoint says was written, and otherwise starts over on
+the next run and says why (see `ensure_target_kept`).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from pydantic import Field, model_validator
 
 from vecflow.backends import Backend
 from vecflow.batch import Batch
-from vecflow.errors import CollectionNotFoundError, OperationError, VecflowError, VerificationError
+from vecflow.errors import BackendError, CollectionNotFoundError, OperationError, VecflowError, VerificationError
 from vecflow.layouts import LAYOUT_NAMES
 from vecflow.operations.base import CollectionOp, Op, StepRecord, register_op
 from vecflow.operations.collections import DropCollectionOp
@@ -135,36 +140,77 @@ class CopyCollectionOp(Op):
             existed = self._preflight(source, source_name, target, target_name) and not ctx.resumed
             info = source.describe(source_name)
             if not target.has_collection(target_name):
-                params = self.target_params
-                if params is None:
-                    params = info.params if type(source) is type(target) else {}
-                sample, _ = source.scan(source_name, COERCION_SAMPLE)
-                shape = self.target_shape(source, source_name, target, sample)
-                ctx.note(f"target {self.target}: layout {shape.layout}, metric {shape.metric} ({shape.metric_reason})")
-                target.create_collection(target_name, info.dim, shape.metric, layout=shape.layout, **params)
+                self._create_target(ctx, source, source_name, target, target_name)
             ctx.save(prepared=True, created_target=not existed,
                      source_info={"dim": info.dim, "metric": info.metric, "params": info.params,
                                   "backend": type(source).name,
                                   "layout": source.layout_of(source_name).layout.name})
         if ctx.state.get("copied"):
             return
+        if not ctx.state.get("copy_cursor") and not target.has_collection(target_name):
+            # Nothing copied yet, or starting over after the store lost the target: create it again.
+            self._create_target(ctx, source, source_name, target, target_name)
         normalise = copy_normalises(source, source_name, target)
         side = SideDigest.from_dict(ctx.state["source_side"]) if "source_side" in ctx.state else SideDigest.empty()
+        if ctx.resumed:
+            self.ensure_target_kept(ctx, target, target_name, side.records.count or 0)
+        retried = before = target.retried_calls
         for page, cursor in source.pages(source_name, ctx.batch_size, ctx.state.get("copy_cursor")):
             if len(page):
                 page.check_finite(f"{self.op_name} {self.source}")
                 target.upsert(target_name, page)
                 side = side.add(page, normalise)
+            # Checked when the target was away while this page was written, and at the end of a
+            # copy during which it was away (it may have lost pages it took before it went).
+            if target.retried_calls != retried or (cursor is None and target.retried_calls != before):
+                self.ensure_target_kept(ctx, target, target_name, side.records.count or 0)
+                retried = target.retried_calls
             ctx.save(len(page), copy_cursor=cursor, copied=cursor is None, source_side=side.to_dict())
+
+    def _create_target(self, ctx: StepContext, source: Backend, source_name: str, target: Backend,
+                       target_name: str) -> None:
+        info = source.describe(source_name)
+        params = self.target_params
+        if params is None:
+            params = info.params if type(source) is type(target) else {}
+        sample, _ = source.scan(source_name, COERCION_SAMPLE)
+        shape = self.target_shape(source, source_name, target, sample)
+        ctx.note(f"target {self.target}: layout {shape.layout}, metric {shape.metric} ({shape.metric_reason})")
+        target.create_collection(target_name, info.dim, shape.metric, layout=shape.layout, **params)
+
+    def ensure_target_kept(self, ctx: StepContext, target: Backend, target_name: str, written: int) -> None:
+        """Stop when the target holds fewer records than the checkpoint says were written into it
+        (or is gone): the store lost data it had acknowledged. The step's copy progress is reset
+        first, so the rerun the message asks for copies everything again (the source is only
+        read until the copy is verified)."""
+        if not written:
+            return
+        held = target.count(target_name) if target.has_collection(target_name) else None
+        if held is not None and held >= written:
+            return
+        ctx.rows_done = 0
+        ctx.save(copy_cursor=None, copied=False, source_side=SideDigest.empty().to_dict())
+        now = "is gone" if held is None else f"holds {held}"
+        raise BackendError(
+            f"{self.describe()}: {self.target} {now} but {written} records had been written into it: the "
+            f"{type(target).name} store lost data it had acknowledged (e.g. a Redis without persistence that "
+            "restarted). The source is untouched and the copy starts over on the next run; make the store "
+            "durable (Redis: appendonly yes) and rerun the same command")
 
     def check(self, ctx: StepContext) -> None:
         source, source_name = ctx.resolve(self.source)
         target, target_name = ctx.resolve(self.target)
         side = ctx.state.get("source_side")
+        written = (SideDigest.from_dict(side).records.count or 0) if side else 0
+        if ctx.resumed:
+            self.ensure_target_kept(ctx, target, target_name, written)
+        retried = target.retried_calls
         report = verify_copy(source, source_name, target, target_name, batch_size=ctx.batch_size,
                              queries=self.parity_queries, threshold=self.parity_threshold,
                              source_side=SideDigest.from_dict(side) if side else None)
         ctx.save(verification=report.to_dict())
+        if report.problems and target.retried_calls != retried:
+            self.ensure_target_kept(ctx, target, target_name, written)
         if report.problems:
             raise VerificationError(f"{self.describe()} did not verify (the source is untouched): "
                                     + "; ".join(report.problems))
