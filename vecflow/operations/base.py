@@ -66,6 +66,11 @@ class Op(BaseModel):
         """Collection references (`store:collection` or `collection`) this step reads or writes."""
         return []
 
+    def read_only_collections(self) -> list[str]:
+        """Those of `collections()` the step only reads (a copy's source): the runner takes their
+        digest after the step to be the one before, instead of reading them again."""
+        return []
+
     def describe(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.model_dump(exclude_defaults=True).items())
         return f"{self.op_name}({args})"

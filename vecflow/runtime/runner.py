@@ -26,7 +26,9 @@ from vecflow.errors import (
 )
 from vecflow.operations.base import Op, StepRecord
 from vecflow.runtime.context import StepContext
+from vecflow.runtime.digest import VERSION as DIGEST_VERSION
 from vecflow.runtime.digest import Digest, DigestPair, collection_digests
+from vecflow.runtime.digest import version_of as digest_version
 from vecflow.runtime.estimate import estimate_line, sample
 from vecflow.runtime.ledger import DONE, FAILED, ROLLBACK, RUNNING, Ledger, Owner
 from vecflow.runtime.snapshots import SnapshotStore, snapshot_name
@@ -330,14 +332,16 @@ class Runner:
             return
         refs = [self.stores.canonical(r) for r in step.collections()]
         if row is None:
-            before = {ref: self._digest(ref) for ref in refs}
+            # --no-verify: no digest scans at all, so nothing a later downgrade could verify against.
+            before = {ref: self._digest(ref) for ref in refs} if verify else {}
             snapshot = snapshot_name(attempt_id, index) if step.captures_snapshot else None
             self.ledger.start_step(attempt_id, index, step.op_name, step.describe(), before, snapshot)
             state, rows_done, resumed = {}, 0, False
         else:
+            before = json.loads(row["digest_before"] or "{}")
             snapshot, state = row["snapshot"], json.loads(row["cursor"] or "{}")
             rows_done, resumed = row["rows_done"], True
-            self.out(f"  [{index + 1}/{total}] resuming at {rows_done} rows")
+            self.out(f"  [{index + 1}/{total}] {step.describe()}: resuming at {rows_done} rows")
         started = time.monotonic()
         ctx = StepContext(
             stores=self.stores, ledger=self.ledger, snapshots=self.snapshots, owner=owner,
@@ -349,17 +353,27 @@ class Runner:
         step.run(ctx)
         # A digest an op computed is logical only; "absent" and empty need no native part.
         known = {ref: text for ref, text in ctx.known_digests.items() if text in ("absent", EMPTY_DIGEST)}
+        read_only = {self.stores.canonical(r) for r in step.read_only_collections()}
+        known.update({ref: before[ref] for ref in read_only if before.get(ref) and ref not in known})
         self._digests.update(known)
-        after = {ref: known.get(ref) or self._digest(ref, fresh=True) for ref in refs}
+        if not verify:
+            for ref in refs:
+                self._digests.pop(ref, None)  # changed, and not digested again
+        after = {ref: known.get(ref) or self._digest(ref, fresh=True) for ref in refs} if verify else {}
         self.ledger.finish_step(attempt_id, index, after)
         self.out(f"  [{index + 1}/{total}] {step.describe()}: {ctx.rows_done} rows, "
                  f"{time.monotonic() - started:.2f} s")
 
-    def _digest(self, ref: str, fresh: bool = False) -> str:
-        if fresh or ref not in self._digests:
+    def _digest(self, ref: str, fresh: bool = False, version: int = DIGEST_VERSION) -> str:
+        """A collection's digest text; one in an older digest version (to compare with what an
+        older vecflow recorded) is computed afresh and not kept."""
+        if fresh or ref not in self._digests or version != DIGEST_VERSION:
             backend, name = self.stores.resolve(ref)
-            self._digests[ref] = collection_digests(backend, name, self.config.batch_size,
-                                                    on_page=self._heartbeat).to_text()
+            text = collection_digests(backend, name, self.config.batch_size, on_page=self._heartbeat,
+                                      version=version).to_text()
+            if version != DIGEST_VERSION:
+                return text
+            self._digests[ref] = text
         return self._digests[ref]
 
     def _heartbeat(self) -> None:
@@ -373,7 +387,7 @@ class Runner:
             return
         mismatched = []
         for ref, expected in sorted(item.expected_digests.items()):
-            actual = self._digest(ref, fresh=True)
+            actual = self._digest(ref, fresh=True, version=digest_version(expected))
             if not DigestPair.same(expected, actual):
                 mismatched.append(f"{ref} is {actual}, was {expected}")
         if mismatched:

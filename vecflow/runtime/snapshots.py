@@ -58,6 +58,10 @@ class SnapshotStore:
             if version > SNAPSHOT_FORMAT:
                 raise LedgerError(f"snapshot file {self.path} has format version {version}; this vecflow reads "
                                   f"format {SNAPSHOT_FORMAT} and older: upgrade vecflow (pip install -U vecflow)")
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables and "snapshots" not in tables:
+                raise LedgerError(f"{self.path} is not a vecflow snapshot file (it holds tables "
+                                  f"{', '.join(sorted(tables))}); move it away or point `ledger =` elsewhere")
             conn.execute("CREATE TABLE IF NOT EXISTS snapshots (name TEXT PRIMARY KEY, kind TEXT, info TEXT)")
             columns = {row[1] for row in conn.execute("PRAGMA table_info(snapshots)")}
             if not {"name", "kind", "info"} <= columns:
