@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vecflow.backends import backend_class
+from vecflow.backends import open_backend
 from vecflow.config import StoreConfig
 from vecflow.errors import ConfigError
 from vecflow.script.revision import Revision, RevisionMap
@@ -19,11 +19,6 @@ from .test_docs import code_blocks
 
 pytest_plugins = ["pytester"]
 
-# pytester's in-process runs drop the modules each run imported; chromadb's native bindings would
-# then raise exception classes of the dropped chromadb (not the one the next run imports). Loaded
-# here, the adapters stay loaded for every run.
-for _backend in ("chroma", "faiss"):
-    backend_class(_backend)
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "testing.md"
 LABEL = re.compile(r"^`([^`]+)`(.*):$")
@@ -65,6 +60,16 @@ def shown_output(first_line: str) -> list[str]:
             if line.strip() != "…"]
 
 
+@pytest.fixture(scope="module")
+def backends_loaded(tmp_path_factory):
+    """pytester's in-process runs drop the modules each run imported. A chromadb imported anew by a
+    later run raises exception classes the adapter does not catch, so each backend is opened once
+    here first and what it imports stays loaded for every run."""
+    folder = tmp_path_factory.mktemp("backends")
+    for name in ("chroma", "faiss"):
+        open_backend(name, {"path": str(folder / name)}).close()
+
+
 def run_pytest(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     # Hypothesis' plugin imports all of hypothesis at the end of every run, assertion-rewritten
     # afresh each time (PYTHONDONTWRITEBYTECODE): seconds per run, for nothing these runs use.
@@ -80,7 +85,7 @@ def test_the_doc_example_is_a_complete_project():
 
 @pytest.mark.parametrize(("backend", "conftest"), [("chroma", None), ("faiss", CALLABLE_SEED)],
                          ids=["chroma-jsonl-sample", "faiss-callable-sample"])
-def test_the_doc_example_passes_on_disposable_stores(pytester, backend, conftest):
+def test_the_doc_example_passes_on_disposable_stores(backends_loaded, pytester, backend, conftest):
     write_example(pytester.path, backend, **({"tests/conftest.py": conftest} if conftest else {}))
     result = run_pytest(pytester)
     result.assert_outcomes(passed=4)
@@ -88,7 +93,7 @@ def test_the_doc_example_passes_on_disposable_stores(pytester, backend, conftest
     assert not (pytester.path / ".vecflow").exists()
 
 
-def test_a_downgrade_that_does_not_restore_fails_the_stairway_naming_the_revision_and_records(pytester):
+def test_a_downgrade_that_does_not_restore_fails_the_stairway_naming_revision_and_records(backends_loaded, pytester):
     broken = BLOCKS["`versions/3c4d5e6f7a8b_drop_legacy_rank.yaml`, broken:"][1]
     write_example(pytester.path, **{"versions/3c4d5e6f7a8b_drop_legacy_rank.yaml": broken})
     result = run_pytest(pytester, "-k", "stairway")
