@@ -204,8 +204,9 @@ class ChainRunner:
     def stairway(self) -> None:
         """Upgrade one revision at a time to the heads, then downgrade one at a time to base,
         comparing every collection after each downgrade with the way up (see the module)."""
-        if self.current():
-            raise StairwayError(f"stairway: the ledger is at {', '.join(self.current())}; the stairway starts at base")
+        current = self.current()
+        if current:
+            raise StairwayError(f"stairway: the ledger is at {', '.join(current)}; the stairway starts at base")
         up, down = stairway_plan(self.graph)
         applied: set[str] = set()
         seen = {frozenset(): self.states()}
