@@ -12,11 +12,18 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field, field_validator
 
-from vecflow.backends.base import METRICS
+from vecflow.backends.base import METRICS, Backend
 from vecflow.batch import Batch
-from vecflow.errors import CollectionExistsError, InvalidDataError, OperationError
+from vecflow.errors import (
+    CollectionExistsError,
+    InvalidDataError,
+    IrreversibleError,
+    OperationError,
+    VerificationError,
+)
 from vecflow.operations.base import CollectionOp, Op, StepRecord, register_op
 from vecflow.runtime.context import StepContext
+from vecflow.runtime.digest import Digest
 from vecflow.runtime.stores import sibling_ref
 
 
@@ -191,6 +198,10 @@ class CreateCollectionOp(CollectionOp):
     def reverse(self, record: StepRecord) -> Op | None:
         return DropCollectionOp(collection=self.collection)
 
+    def reverse_interrupted(self, record: StepRecord) -> list[Op]:
+        # A collection that existed before made the step refuse before writing.
+        return [] if record.existed_before(self.collection) else [DiscardCollectionOp(collection=self.collection)]
+
     def run(self, ctx: StepContext) -> None:
         backend, name = ctx.resolve(self.collection)
         data = (ctx.script_dir / self.data) if self.data else None
@@ -236,6 +247,15 @@ class DropCollectionOp(CollectionOp):
             return None
         return RestoreCollectionOp(collection=self.collection, snapshot=record.snapshot)
 
+    def reverse_interrupted(self, record: StepRecord) -> list[Op]:
+        # The drop begins once the whole collection is in the snapshot, checkpointed.
+        if not record.existed_before(self.collection) or (self.snapshot and not record.state.get("snapshot_scan_done")):
+            return []
+        inverse = self.reverse(record)
+        if inverse is None:
+            return super().reverse_interrupted(record)
+        return [inverse.model_copy(update={"records_before": records_before(record, self.collection)})]
+
     def run(self, ctx: StepContext) -> None:
         backend, name = ctx.resolve(self.collection)
         if not ctx.state.get("dropped"):
@@ -266,6 +286,13 @@ class RenameCollectionOp(Op):
         return RenameCollectionOp(collection=sibling_ref(self.collection, self.new_name),
                                   new_name=self.collection.rpartition(":")[2])
 
+    def reverse_interrupted(self, record: StepRecord) -> list[Op]:
+        # `started` is checkpointed before the store renames anything (refusals come before it).
+        if not record.state.get("started"):
+            return []
+        return [UnrenameCollectionOp(collection=self.collection, new_name=self.new_name,
+                                     records_before=records_before(record, self.collection))]
+
     def run(self, ctx: StepContext) -> None:
         backend, name = ctx.resolve(self.collection)
         if ctx.resumed and not backend.has_collection(name) and backend.has_collection(self.new_name):
@@ -286,12 +313,16 @@ class RestoreCollectionOp(CollectionOp):
     op_name: ClassVar[str] = "restore_collection"
     internal: ClassVar[bool] = True
     snapshot: str
+    # Undoing a drop that stopped part-way: the number of records before it (see drop_unless_whole).
+    records_before: int | None = None
 
     def describe(self) -> str:
         return f"restore_collection {self.collection} from snapshot {self.snapshot}"
 
     def run(self, ctx: StepContext) -> None:
         backend, name = ctx.resolve(self.collection)
+        if self.records_before is not None and drop_unless_whole(ctx, self.collection, self.records_before):
+            return
         if not ctx.state.get("created"):
             info = ctx.snapshots.records_info(self.snapshot)
             if backend.has_collection(name) and not ctx.resumed:
@@ -302,3 +333,91 @@ class RestoreCollectionOp(CollectionOp):
                                           layout=layout if layout in backend.layouts else None, **info.params)
             ctx.save(created=True)
         ctx.restore_from_snapshot(self.collection, self.snapshot)
+
+
+# undoing steps that stopped part-way ----------------------------------------------------------
+
+
+def records_before(record: StepRecord, ref: str) -> int:
+    """How many records collection `ref` of a step held before the step ran (from its digest)."""
+    text = record.before.get(ref) or ""
+    if not text or text == "absent":
+        raise IrreversibleError(f"the ledger recorded no digest of {ref} before the step")
+    return int(Digest.from_text(text.partition("|")[0]).count or 0)
+
+
+def drop_unless_whole(ctx: StepContext, ref: str, count: int, key: str = "left_whole") -> bool:
+    """Undoing a step that stopped while it may have been dropping `ref`, a collection it only
+    ever deletes from: True when `ref` still holds the `count` records it held before the step
+    (the drop had not begun); otherwise what the drop left of it is dropped, and False. The answer
+    is checkpointed under `key`, so a resumed undo keeps it."""
+    if key not in ctx.state:
+        backend, name = ctx.resolve(ref)
+        whole = backend.has_collection(name) and backend.count(name) == count
+        if backend.has_collection(name) and not whole:
+            backend.drop_collection(name)
+        ctx.save(**{key: whole})
+    return bool(ctx.state[key])
+
+
+@register_op
+class DiscardCollectionOp(CollectionOp):
+    """Internal inverse of a step that stopped part-way after it may have created a collection
+    (create_collection, or the target of a copy or move): drop it if it exists."""
+
+    op_name: ClassVar[str] = "discard_collection"
+    internal: ClassVar[bool] = True
+
+    def describe(self) -> str:
+        return f"discard_collection {self.collection} (created by the stopped step, if it got that far)"
+
+    def run(self, ctx: StepContext) -> None:
+        backend, name = ctx.resolve(self.collection)
+        if backend.has_collection(name):
+            backend.drop_collection(name)
+        ctx.know_digest(self.collection, "absent")
+
+
+@register_op
+class UnrenameCollectionOp(Op):
+    """Internal inverse of a rename_collection that stopped part-way (a copying rename, or a
+    native one of many keys): when every record is still under the old name, drop what the rename
+    began under the new one; otherwise finish the rename, then rename back."""
+
+    op_name: ClassVar[str] = "unrename_collection"
+    internal: ClassVar[bool] = True
+    collection: str
+    new_name: str
+    records_before: int
+
+    def collections(self) -> list[str]:
+        return [self.collection, sibling_ref(self.collection, self.new_name)]
+
+    def describe(self) -> str:
+        return f"unrename_collection: undo the stopped rename {self.collection} -> {self.new_name}"
+
+    def run(self, ctx: StepContext) -> None:
+        backend, old = ctx.resolve(self.collection)
+        new = self.new_name
+        if not ctx.state.get("renaming_back"):
+            if not backend.has_collection(new):
+                return  # nothing was renamed
+            if backend.has_collection(old) and backend.count(old) == self.records_before:
+                backend.drop_collection(new)
+                return
+            finish_rename(backend, old, new, self.records_before, ctx.batch_size)
+            ctx.save(renaming_back=True)
+        finish_rename(backend, new, old, self.records_before, ctx.batch_size)
+
+
+def finish_rename(backend: Backend, old: str, new: str, count: int, batch_size: int) -> None:
+    """Rename old to new, or finish such a rename that stopped part-way (adapters resume theirs)."""
+    if not backend.has_collection(old):
+        return
+    try:
+        backend.rename_collection(old, new, batch_size)
+    except VerificationError:
+        # A copying rename stopped while dropping `old`: the copy is whole, `old` the drop's leftover.
+        if not (backend.has_collection(new) and backend.count(new) == count and backend.count(old) < count):
+            raise
+        backend.drop_collection(old)

@@ -23,7 +23,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from pydantic import Field, field_validator, model_validator
 
 from vecflow.batch import Batch
-from vecflow.errors import InvalidDataError, OperationError
+from vecflow.errors import InvalidDataError, IrreversibleError, OperationError
 from vecflow.operations.base import CollectionOp, Op, StepRecord, register_op
 from vecflow.operations.user_code import USER_ERRORS, failure
 from vecflow.runtime.context import StepContext
@@ -127,6 +127,12 @@ def check_json_value(value: Any, where: str) -> Any:
     return value
 
 
+def wrote_nothing(ctx: StepContext, interrupted: bool, snapshot: str) -> bool:
+    """Whether an inverse undoes a step that stopped before it began its snapshot: such a step
+    wrote nothing (every op begins its snapshot before its first write)."""
+    return interrupted and not ctx.snapshots.exists(snapshot)
+
+
 class FieldOp(CollectionOp):
     field: str
 
@@ -134,6 +140,14 @@ class FieldOp(CollectionOp):
         if record.snapshot is None:
             return None
         return RestoreFieldOp(collection=self.collection, field=self.field, snapshot=record.snapshot)
+
+    def reverse_interrupted(self, record: StepRecord) -> list[Op]:
+        if not record.existed_before(self.collection):
+            return []  # the step requires its collection before it writes anything
+        if record.snapshot is None:
+            return super().reverse_interrupted(record)
+        return [RestoreFieldOp(collection=self.collection, field=self.field, snapshot=record.snapshot,
+                               interrupted=True)]
 
     def preview_changes(self, stores: Stores, new_value: Any, what: str) -> list[str]:
         """--dry-run: how many records new_value would change (on a sample), and the field change."""
@@ -389,6 +403,14 @@ class RenameFieldOp(CollectionOp):
             return None
         return UnrenameFieldOp(collection=self.collection, old=self.old, new=self.new, snapshot=record.snapshot)
 
+    def reverse_interrupted(self, record: StepRecord) -> list[Op]:
+        if not record.existed_before(self.collection):
+            return []
+        if record.snapshot is None:
+            return super().reverse_interrupted(record)
+        return [UnrenameFieldOp(collection=self.collection, old=self.old, new=self.new, snapshot=record.snapshot,
+                                interrupted=True)]
+
     def run(self, ctx: StepContext) -> None:
         ctx.snapshots.begin_values(ctx.snapshot, self.old)
 
@@ -420,11 +442,15 @@ class UnrenameFieldOp(CollectionOp):
     old: str
     new: str
     snapshot: str
+    # Undoing a rename_field that stopped part-way (it may have stopped before its snapshot).
+    interrupted: bool = False
 
     def describe(self) -> str:
         return f"rename_field {self.collection}: {self.new} -> {self.old} (records renamed by {self.snapshot})"
 
     def run(self, ctx: StepContext) -> None:
+        if wrote_nothing(ctx, self.interrupted, self.snapshot):
+            return
         ctx.rewrite_from_values(self.collection, self.snapshot,
                                 lambda meta, _value, _position: {(self.old if k == self.new else k): v
                                                                  for k, v in meta.items()})
@@ -437,6 +463,8 @@ class RestoreFieldOp(FieldOp):
     op_name: ClassVar[str] = "restore_field"
     internal: ClassVar[bool] = True
     snapshot: str = Field(...)
+    # Undoing a field step that stopped part-way (it may have stopped before its snapshot).
+    interrupted: bool = False
 
     def describe(self) -> str:
         return f"restore_field {self.collection}: {self.field} from snapshot {self.snapshot}"
@@ -444,6 +472,11 @@ class RestoreFieldOp(FieldOp):
     def reverse(self, record: StepRecord) -> Op | None:
         return None
 
+    def reverse_interrupted(self, record: StepRecord) -> list[Op]:
+        raise IrreversibleError(f"{self.describe()} cannot be reversed")
+
     def run(self, ctx: StepContext) -> None:
+        if wrote_nothing(ctx, self.interrupted, self.snapshot):
+            return
         ctx.rewrite_from_values(self.collection, self.snapshot,
                                 lambda meta, prior, position: _with_field(meta, self.field, prior, position))

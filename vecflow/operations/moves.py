@@ -24,7 +24,12 @@ from vecflow.batch import Batch
 from vecflow.errors import BackendError, CollectionNotFoundError, OperationError, VecflowError, VerificationError
 from vecflow.layouts import LAYOUT_NAMES
 from vecflow.operations.base import CollectionOp, Op, StepRecord, register_op
-from vecflow.operations.collections import DropCollectionOp
+from vecflow.operations.collections import (
+    DiscardCollectionOp,
+    DropCollectionOp,
+    drop_unless_whole,
+    records_before,
+)
 from vecflow.operations.target_shape import TargetShape, choose_target_shape
 from vecflow.runtime.context import StepContext
 from vecflow.runtime.stores import Stores
@@ -71,6 +76,16 @@ class CopyCollectionOp(Op):
 
     def reverse(self, record: StepRecord) -> Op | None:
         return UncopyCollectionOp(collection=self.target, drop=record.state.get("created_target", True))
+
+    def reverse_interrupted(self, record: StepRecord) -> list[Op]:
+        # Nothing is written before the source and the target are checked; a target that held
+        # records made the step refuse.
+        if not record.existed_before(self.source) or (
+                record.existed_before(self.target) and records_before(record, self.target)):
+            return []
+        if not record.existed_before(self.target):
+            return [DiscardCollectionOp(collection=self.target)]
+        return [UncopyCollectionOp(collection=self.target, drop=False)]
 
     def preview(self, stores: Stores) -> list[str]:
         source, source_name = stores.resolve(self.source)
@@ -239,12 +254,24 @@ class MoveCollectionOp(CopyCollectionOp):
                                 target_params=info.get("params"), target_layout=info.get("layout"),
                                 target_metric=info.get("metric"))
 
+    def reverse_interrupted(self, record: StepRecord) -> list[Op]:
+        undo_copy = super().reverse_interrupted(record)
+        # The source is dropped only after the whole copy is checkpointed.
+        if self.keep_source or not undo_copy or not record.state.get("copied"):
+            return undo_copy
+        return [UnmoveCollectionOp(back=self.reverse(record), source_records=records_before(record, self.source),
+                                   target_created=not record.existed_before(self.target))]
+
     def run(self, ctx: StepContext) -> None:
         source, source_name = ctx.resolve(self.source)
         if ctx.state.get("source_dropped"):
             return
-        super().run(ctx)
+        if not ctx.state.get("dropping_source"):
+            super().run(ctx)
         if not self.keep_source:
+            # Checkpointed first: a run resumed once the drop began finishes it (the copy was
+            # verified; the source is not whole any more).
+            ctx.save(dropping_source=True)
             if source.has_collection(source_name):
                 source.drop_collection(source_name)
             ctx.save(source_dropped=True)
@@ -272,3 +299,36 @@ class UncopyCollectionOp(CollectionOp):
             if len(page):
                 backend.delete(name, page.ids)
                 ctx.save(len(page))
+
+
+@register_op
+class UnmoveCollectionOp(Op):
+    """Internal inverse of a move_collection that stopped after its copy: while the source still
+    holds all its records the move had not begun dropping it, and the target is removed (dropped,
+    or emptied when it existed before); otherwise what is left of the source is dropped and the
+    target moved back."""
+
+    op_name: ClassVar[str] = "unmove_collection"
+    internal: ClassVar[bool] = True
+    back: MoveCollectionOp
+    source_records: int
+    target_created: bool = True
+
+    def collections(self) -> list[str]:
+        return [self.back.target, self.back.source]
+
+    def describe(self) -> str:
+        return f"unmove_collection: undo the stopped move {self.back.target} -> {self.back.source}"
+
+    def run(self, ctx: StepContext) -> None:
+        if drop_unless_whole(ctx, self.back.target, self.source_records):
+            undo: Op = (DiscardCollectionOp(collection=self.back.source) if self.target_created
+                        else UncopyCollectionOp(collection=self.back.source, drop=False))
+            undo.run(ctx)
+            return
+        if self.target_created:
+            self.back.run(ctx)
+            return
+        # The target existed (empty) before the move: move the records back, then empty it.
+        self.back.model_copy(update={"keep_source": True}).run(ctx)
+        UncopyCollectionOp(collection=self.back.source, drop=False).run(ctx)

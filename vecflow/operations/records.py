@@ -20,7 +20,7 @@ from pydantic import field_validator
 
 from vecflow.backends import Backend
 from vecflow.batch import Batch
-from vecflow.errors import InvalidDataError, OperationError, VecflowError
+from vecflow.errors import InvalidDataError, IrreversibleError, OperationError, VecflowError
 from vecflow.operations.base import CollectionOp, Op, StepRecord, register_op
 from vecflow.operations.fields import (
     SKIP,
@@ -34,6 +34,7 @@ from vecflow.operations.fields import (
     project_folders,
     record_scope,
     resolve_function,
+    wrote_nothing,
 )
 from vecflow.operations.user_code import USER_ERRORS, failure
 from vecflow.runtime.context import StepContext
@@ -225,11 +226,15 @@ class RestoreRecordsOp(CollectionOp):
     op_name: ClassVar[str] = "restore_records"
     internal: ClassVar[bool] = True
     snapshot: str
+    # Undoing a step that stopped part-way (it may have stopped before its snapshot).
+    interrupted: bool = False
 
     def describe(self) -> str:
         return f"restore_records {self.collection} from snapshot {self.snapshot}"
 
     def run(self, ctx: StepContext) -> None:
+        if wrote_nothing(ctx, self.interrupted, self.snapshot):
+            return
         backend, name = ctx.require(self.collection)
         after = ctx.state.get("after", 0)
         while after is not None:
@@ -237,6 +242,16 @@ class RestoreRecordsOp(CollectionOp):
             if len(prior):
                 _put_back(backend, name, prior)
             ctx.save(len(prior), after=after)
+
+
+def restore_interrupted(op: CollectionOp, record: StepRecord) -> list[Op]:
+    """Undo a records-snapshotting step that stopped part-way: every record it changed was
+    snapshotted before its page was written, so restoring the snapshot undoes it."""
+    if not record.existed_before(op.collection):
+        return []  # the step requires its collection before it writes anything
+    if record.snapshot is None:
+        raise IrreversibleError(f"{op.describe()} took no snapshot and cannot be reversed")
+    return [RestoreRecordsOp(collection=op.collection, snapshot=record.snapshot, interrupted=True)]
 
 
 def _put_back(backend: Backend, name: str, prior: Batch) -> None:
@@ -291,6 +306,10 @@ class MapRecordsOp(CollectionOp):
         if record.snapshot is None:
             return None
         return RestoreRecordsOp(collection=self.collection, snapshot=record.snapshot)
+
+    def reverse_interrupted(self, record: StepRecord) -> list[Op]:
+        # Not the inverse function: it would also "undo" the records the step never reached.
+        return restore_interrupted(self, record)
 
     @property
     def _owner(self) -> str:
@@ -416,6 +435,9 @@ class DeleteRecordsOp(CollectionOp):
         if record.snapshot is None:
             return None
         return RestoreRecordsOp(collection=self.collection, snapshot=record.snapshot)
+
+    def reverse_interrupted(self, record: StepRecord) -> list[Op]:
+        return restore_interrupted(self, record)
 
     def matcher(self) -> Callable[[str, dict, str | None], bool]:
         condition = compile_expression(self.where)

@@ -41,7 +41,7 @@ from vecflow.backends import Backend
 from vecflow.batch import Batch
 from vecflow.errors import InvalidDataError, OperationError
 from vecflow.operations.base import Op, StepRecord, register_op
-from vecflow.operations.fields import CALLABLE_PATH, function_name, project_folders, resolve_function
+from vecflow.operations.fields import CALLABLE_PATH, function_name, project_folders, resolve_function, wrote_nothing
 from vecflow.operations.user_code import USER_ERRORS, failure
 from vecflow.runtime.context import StepContext
 from vecflow.runtime.estimate import sample
@@ -373,6 +373,19 @@ with warnings.catch_warnings():
                                    snapshot=record.snapshot,
                                    drop_quarantine=bool(record.state.get("created_quarantine")))
 
+        def reverse_interrupted(self, record: StepRecord) -> list[Op]:
+            # Nothing is written before the quarantine decision is checkpointed (the validation
+            # pass only reads; a refusal raises before it).
+            if record.snapshot is None:
+                return super().reverse_interrupted(record)
+            if "quarantine_existed" not in record.state:
+                return []
+            # Whether the quarantine is the step's own: from the digests taken before the step,
+            # since the step may have created it and stopped before saving that it did.
+            return [UnapplySchemaOp(collection=self.collection, quarantine=self.quarantine_ref,
+                                    snapshot=record.snapshot, interrupted=True,
+                                    drop_quarantine=not record.existed_before(self.quarantine_ref))]
+
         def validator(self, search: Sequence[Path] = ()) -> RecordValidator:
             """The schema's validator; a dotted path is imported on first use (see import_model)."""
             if self._validator is None:
@@ -530,6 +543,8 @@ class UnapplySchemaOp(Op):
     quarantine: str
     snapshot: str
     drop_quarantine: bool = False
+    # Undoing an apply_schema that stopped part-way (it may have stopped before its snapshot).
+    interrupted: bool = False
 
     def collections(self) -> list[str]:
         return [self.collection, self.quarantine]
@@ -541,7 +556,8 @@ class UnapplySchemaOp(Op):
     def run(self, ctx: StepContext) -> None:
         backend, name = ctx.require(self.collection)
         quarantine, qname = ctx.resolve(self.quarantine)
-        after = ctx.state.get("after", 0)
+        # A step stopped before its snapshot wrote no record, but may have created the quarantine.
+        after = None if wrote_nothing(ctx, self.interrupted, self.snapshot) else ctx.state.get("after", 0)
         while after is not None:
             page, after = ctx.snapshots.read_records(self.snapshot, after, ctx.batch_size)
             if len(page):

@@ -30,6 +30,7 @@ from vecflow.errors import (
     VerificationError,
 )
 from vecflow.operations.base import Op, StepRecord, register_op
+from vecflow.operations.collections import drop_unless_whole, records_before
 from vecflow.runtime.context import StepContext
 from vecflow.runtime.digest import Digest
 from vecflow.runtime.stores import Stores
@@ -479,6 +480,21 @@ class SplitCollectionOp(Repartition):
                                    created=record.state.get("created", self.target_refs()),
                                    keep_source=self.keep_source)
 
+    def reverse_interrupted(self, record: StepRecord) -> list[Op]:
+        # The read-only pass refuses before anything is written; writing begins once its plan is
+        # checkpointed. Targets are the step's own when they did not exist before it (it may have
+        # created some and stopped before checkpointing).
+        if not record.state.get("planned"):
+            return []
+        undo = UnsplitCollectionOp(source=self.source, targets=record.state.get("targets", self.target_refs()),
+                                   source_info=record.state.get("source_info"), keep_source=True,
+                                   created=[ref for ref in self.target_refs() if not record.existed_before(ref)])
+        # The source is only read until every target is verified.
+        if self.keep_source or not record.state.get("verified"):
+            return [undo]
+        return [undo.model_copy(update={"keep_source": False,
+                                        "source_records": records_before(record, self.source)})]
+
 
 @register_op
 class MergeCollectionsOp(Repartition):
@@ -542,6 +558,20 @@ class MergeCollectionsOp(Repartition):
                                     drop_target=record.state.get("created_target", True),
                                     restore_sources=not self.keep_sources)
 
+    def reverse_interrupted(self, record: StepRecord) -> list[Op]:
+        if record.snapshot is None:
+            return super().reverse_interrupted(record)
+        if not record.state.get("planned"):
+            return []  # refused, or stopped, before writing
+        undo = UnmergeCollectionsOp(target=self.target, sources=self.sources, snapshot=record.snapshot,
+                                    source_infos=record.state.get("source_infos", []), restore_sources=False,
+                                    drop_target=not record.existed_before(self.target))
+        # The sources are only read until the target is verified.
+        if self.keep_sources or not record.state.get("verified"):
+            return [undo]
+        return [undo.model_copy(update={"restore_sources": True,
+                                        "source_records": [records_before(record, ref) for ref in self.sources]})]
+
 
 @register_op
 class UnsplitCollectionOp(Repartition):
@@ -556,6 +586,9 @@ class UnsplitCollectionOp(Repartition):
     source_info: dict[str, Any] | None = None
     created: list[str] = Field(default_factory=list)
     keep_source: bool = False
+    # Undoing a split that stopped after verifying its targets: how many records the source held
+    # before it. A source still holding them was not dropped, and only the targets are removed.
+    source_records: int | None = None
 
     def source_refs(self) -> list[str]:
         return list(self.targets)
@@ -567,6 +600,12 @@ class UnsplitCollectionOp(Repartition):
         if self.keep_source:
             return f"unsplit_collection: drop the split targets {', '.join(self.targets)} ({self.source} was kept)"
         return f"unsplit_collection {', '.join(self.targets)} -> {self.source}, then drop the split targets"
+
+    def run(self, ctx: StepContext) -> None:
+        if self.source_records is not None and drop_unless_whole(ctx, self.source, self.source_records):
+            self.model_copy(update={"keep_source": True, "source_records": None}).run(ctx)
+            return
+        super().run(ctx)
 
     def copies(self) -> bool:
         return not self.keep_source
@@ -604,12 +643,26 @@ class UnmergeCollectionsOp(Repartition):
     source_infos: list[dict[str, Any]] = Field(default_factory=list)
     drop_target: bool = True
     restore_sources: bool = True
+    # Undoing a merge that stopped after verifying its target: how many records each source held
+    # before it. Sources still holding them were not dropped: their records are not routed back.
+    source_records: list[int] | None = None
+    # The sources found whole when such an undo runs (set by run()).
+    whole_sources: list[str] = Field(default_factory=list)
 
     def source_refs(self) -> list[str]:
         return [self.target]
 
     def target_refs(self) -> list[str]:
-        return list(self.sources)
+        return [ref for ref in self.sources if ref not in self.whole_sources]
+
+    def run(self, ctx: StepContext) -> None:
+        if self.source_records is None:
+            super().run(ctx)
+            return
+        whole = [ref for index, (ref, count) in enumerate(zip(self.sources, self.source_records))
+                 if drop_unless_whole(ctx, ref, count, key=f"source_{index}_whole")]
+        self.model_copy(update={"source_records": None, "whole_sources": whole,
+                                "restore_sources": len(whole) < len(self.sources)}).run(ctx)
 
     def describe(self) -> str:
         back = f" back into {', '.join(self.sources)}" if self.restore_sources else ""
@@ -628,7 +681,8 @@ class UnmergeCollectionsOp(Repartition):
 
         def by_origin(ref: str, page: Batch) -> list[str | None]:
             origin = ctx.snapshots.lookup_values(self.snapshot, page.ids)
-            return [sources[origin[rid]] if rid in origin else None for rid in page.ids]
+            return [sources[origin[rid]] if rid in origin and self.sources[origin[rid]] not in self.whole_sources
+                    else None for rid in page.ids]
         return by_origin
 
     def target_spec(self, stores: Stores, target: str, infos: dict[str, CollectionInfo]) -> CollectionInfo:

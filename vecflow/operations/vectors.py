@@ -33,6 +33,7 @@ from vecflow.backends import Backend
 from vecflow.batch import Batch
 from vecflow.errors import InvalidDataError, OperationError, VecflowError, VerificationError
 from vecflow.operations.base import CollectionOp, Op, StepRecord, register_op
+from vecflow.operations.fields import wrote_nothing
 from vecflow.operations.user_code import USER_ERRORS, failure
 from vecflow.runtime.context import StepContext
 from vecflow.runtime.digest import Digest, batch_digest, collection_digest
@@ -286,6 +287,15 @@ class ReembedOp(CollectionOp):
         return RestoreVectorsOp(collection=self.collection, snapshot=record.snapshot,
                                 collection_metadata=record.state.get("prior_collection_metadata"))
 
+    def reverse_interrupted(self, record: StepRecord) -> list[Op]:
+        if record.snapshot is None:
+            return super().reverse_interrupted(record)
+        # Until the whole snapshot is checkpointed the step only reads the collection.
+        if not record.state.get("snapshot_done"):
+            return []
+        return [RestoreVectorsOp(collection=self.collection, snapshot=record.snapshot, interrupted=True,
+                                 collection_metadata=record.state.get("prior_collection_metadata"))]
+
     def preview(self, stores: Stores) -> list[str]:
         backend, name = stores.resolve(self.collection)
         sampled = sample(backend, name)
@@ -418,6 +428,13 @@ class NormalizeVectorsOp(CollectionOp):
             return None
         return RestoreVectorsOp(collection=self.collection, snapshot=record.snapshot)
 
+    def reverse_interrupted(self, record: StepRecord) -> list[Op]:
+        if not record.existed_before(self.collection):
+            return []  # the step requires its collection before it writes anything
+        if record.snapshot is None:
+            return super().reverse_interrupted(record)
+        return [RestoreVectorsOp(collection=self.collection, snapshot=record.snapshot, interrupted=True)]
+
     def preview(self, stores: Stores) -> list[str]:
         backend, name = stores.resolve(self.collection)
         sampled = sample(backend, name)
@@ -461,15 +478,20 @@ class RestoreVectorsOp(CollectionOp):
     snapshot: str
     # The collection metadata before a reembed (None: leave the collection metadata alone).
     collection_metadata: dict[str, Any] | None = None
+    # Undoing a step that stopped part-way: it may have stopped before its snapshot (nothing to
+    # do), or while rebuilding the collection with another dimension (it may be gone).
+    interrupted: bool = False
 
     def describe(self) -> str:
         return f"restore_vectors {self.collection} from snapshot {self.snapshot}"
 
     def run(self, ctx: StepContext) -> None:
+        if wrote_nothing(ctx, self.interrupted, self.snapshot):
+            return
         backend, name = ctx.resolve(self.collection)
         if not ctx.state.get("rebuilt"):
             info = ctx.snapshots.records_info(self.snapshot)
-            if not ctx.resumed:
+            if not ctx.resumed and not self.interrupted:
                 ctx.require(self.collection)
             _rebuild(backend, name, info.dim, info.metric, info.params, ctx.snapshots.records_layout(self.snapshot))
             ctx.save(rebuilt=True)
