@@ -434,16 +434,22 @@ def kill_at_call(cls: type, method: str, call: int) -> Callable[[pytest.MonkeyPa
     return install
 
 
-@pytest.mark.parametrize("fault", [kill_at_call(Backend, "upsert", 1), partial_drop],
-                         ids=["while-copying", "while-dropping-the-old-name"])
-def test_redis_langchain_rename_by_copy_killed_part_way_is_undone_exactly(tmp_path, redis_server, fault):
-    project = Project(tmp_path / "project", {"url": redis_server, "key_prefix": f"{tmp_path.name}:"},
+def langchain_project(tmp_path, redis_url: str) -> Project:
+    """docs in the langchain layout on Redis, which renames by copy (its records name their index)."""
+    project = Project(tmp_path / "project", {"url": redis_url, "key_prefix": f"{tmp_path.name}:"},
                       backend="redis", batch_size=BATCH)
     with project.opened() as (backend, name):
         backend.create_collection(name, 8, "cosine", layout="langchain")
         batch = records()
         for start in range(0, RECORDS, 10):
             backend.upsert(name, batch.take(list(range(start, min(start + 10, RECORDS)))))
+    return project
+
+
+@pytest.mark.parametrize("fault", [kill_at_call(Backend, "upsert", 1), partial_drop],
+                         ids=["while-copying", "while-dropping-the-old-name"])
+def test_redis_langchain_rename_by_copy_killed_part_way_is_undone_exactly(tmp_path, redis_server, fault):
+    project = langchain_project(tmp_path, redis_server)
     stopped = run_step(project, OPS["rename_collection"], fault=fault)
     assert stopped is not None and stopped.how == "killed"
     now = digests(project, stopped.expected)
@@ -472,3 +478,19 @@ def test_undo_killed_at_any_checkpoint_resumes_to_the_same_result(tmp_path, name
     else:
         raise AssertionError(f"the undo of {name} did not finish within 40 checkpoints")
     assert saves > 0
+
+
+def test_redis_langchain_rename_by_copy_killed_while_dropping_the_old_name_resumes_to_the_end(tmp_path, redis_server):
+    project = langchain_project(tmp_path, redis_server)
+    before = digests(project, ["docs"])["docs"]
+    stopped = run_step(project, OPS["rename_collection"], fault=partial_drop)
+    assert stopped is not None and stopped.how == "killed"
+    with open_runner(project.config, out=lambda line: None) as runner:
+        owner = Owner.current()
+        runner.ledger.acquire_lease(owner, runner.config.lock_lease_seconds)
+        attempt = runner.ledger.attempts("step1")[-1]["id"]
+        runner.run_step(stopped.step, 0, 1, attempt, owner, runner.scripts.revision_map.get("step1"), True)
+        runner.ledger.release_lease(owner)
+    after = digests(project, ["docs", "renamed"])
+    # The same records; natively each names its new index.
+    assert after["docs"] == "absent" and DigestPair.same(before.partition("|")[0], after["renamed"])

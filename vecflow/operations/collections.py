@@ -301,8 +301,9 @@ class RenameCollectionOp(Op):
         if backend.has_collection(self.new_name) and not ctx.state.get("started"):
             raise CollectionExistsError(f"rename_collection: target {self.new_name!r} already exists")
         # From here on a `new_name` collection is our own partial rename; adapters continue it.
-        ctx.save(started=True)
-        backend.rename_collection(name, self.new_name, ctx.batch_size)
+        if "records" not in ctx.state:
+            ctx.save(started=True, records=backend.count(name))
+        finish_rename(backend, name, self.new_name, ctx.state["records"], ctx.batch_size)
         ctx.save(renamed=True)
 
 
