@@ -7,7 +7,9 @@ vecflow needs on top of that lives here, per collection (a *scope*):
   write (Chroma and Qdrant cosine collections), the original id behind a Qdrant point id, the
   original values of metadata a store cannot hold (a None, a dict, a mixed list);
 - collection entries, by kind: the layout a collection was created in, its dimension while it is
-  empty, the collection-level metadata of `Backend.collection_metadata`.
+  empty, the collection-level metadata of `Backend.collection_metadata`;
+- write intents (vecflow/backends/journal.py): what an adapter is about to write, kept until the
+  write and its bookkeeping are done, so a write a kill interrupted is finished on the next use.
 
 A scope is `backend|location|collection`, so two stores never share entries. Every entry is
 advisory: readers check that the stored data still matches what the entry was recorded for (a
@@ -77,10 +79,12 @@ class VecflowState:
         if not values:
             return
         keep = [(scope, kind, rid, value) for rid, value in values.items() if value is not None]
-        drop = [(scope, kind, rid) for rid, value in values.items() if value is None]
+        drop = [rid for rid, value in values.items() if value is None]
         with self._lock, self._transaction():
             if drop:
-                self._conn.executemany("DELETE FROM record_state WHERE scope=? AND kind=? AND id=?", drop)
+                # Bound ids, not json_each (which cuts a string at a NUL character).
+                self._conn.executemany("DELETE FROM record_state WHERE scope=? AND kind=? AND id=?",
+                                       [(scope, kind, rid) for rid in drop])
             if keep:
                 self._conn.executemany("INSERT OR REPLACE INTO record_state VALUES (?, ?, ?, ?)", keep)
 
@@ -90,6 +94,13 @@ class VecflowState:
         if rows:
             with self._lock, self._transaction():
                 self._conn.executemany("DELETE FROM record_state WHERE scope=? AND id=?", rows)
+
+    def all_records(self, scope: str, kind: str) -> dict[str, bytes]:
+        """Every entry of this kind in the scope (for kinds that stay small, like write intents)."""
+        with self._lock:
+            rows = self._conn.execute("SELECT id, value FROM record_state WHERE scope=? AND kind=?",
+                                      (scope, kind)).fetchall()
+        return {rid: bytes(value) for rid, value in rows}
 
     def has_records(self, scope: str, kind: str) -> bool:
         with self._lock:
@@ -129,6 +140,19 @@ class VecflowState:
             for table in ("record_state", "collection_state"):
                 self._conn.execute(f"DELETE FROM {table} WHERE scope=?", (new,))
                 self._conn.execute(f"UPDATE {table} SET scope=? WHERE scope=?", (new, old))
+
+    def copy_scope(self, old: str, new: str) -> None:
+        """Make a collection's entries those of `old` as well (replacing any of `new`'s).
+
+        Adapters call it just before a native rename: a kill after the store renamed and before
+        rename_scope moved the entries then finds them under the new name already."""
+        with self._lock, self._transaction():
+            self._conn.execute("DELETE FROM record_state WHERE scope=?", (new,))
+            self._conn.execute("INSERT INTO record_state SELECT ?, kind, id, value FROM record_state "
+                               "WHERE scope=?", (new, old))
+            self._conn.execute("DELETE FROM collection_state WHERE scope=?", (new,))
+            self._conn.execute("INSERT INTO collection_state SELECT ?, kind, value FROM collection_state "
+                               "WHERE scope=?", (new, old))
 
     def close(self) -> None:
         with self._lock:

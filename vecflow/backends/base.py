@@ -173,11 +173,13 @@ class Backend(ABC):
         if self.has_collection(name):
             raise CollectionExistsError(f"{self.name} store {self.location} already has a collection {name!r}")
         self.state.drop_scope(self.scope(name))
+        # Recorded before the create: a kill right after it must not leave a collection whose
+        # layout is detected from no records (a langchain target would be written as raw).
+        self.state.put_collection(self.scope(name), "layout", chosen)
+        self.state.put_collection(self.scope(name), "dim", dim)
         # A create whose answer was lost may have taken effect: found on retry, it is done.
         self._retried(f"create_collection {name!r}", lambda: self._create_collection(name, dim, metric, dict(params)),
                       settled=lambda: self._has_collection(name))
-        self.state.put_collection(self.scope(name), "layout", chosen)
-        self.state.put_collection(self.scope(name), "dim", dim)
         self._forget_layout(name)
 
     def drop_collection(self, name: str) -> None:

@@ -10,6 +10,12 @@ bits are kept in vecflow's state); metadata keys come back in a random order (th
 is kept in vecflow's state, vecflow/backends/chroma_order.py); offset paging is O(offset) (scans
 page through a sorted id list fetched once per pass); a dropped collection's list values leak into
 later records (its records are deleted first). Nothing of vecflow's goes into records or collection metadata.
+
+Crash safety: a write is a delete and an insert where a document goes back to None, and is followed
+by bookkeeping in vecflow's state; each chunk's records are kept as write intents until all of it
+is done (vecflow/backends/journal.py), and the first use of a collection by a connection finishes
+what a kill interrupted. That first use also checks that chromadb can still read the collection
+(vecflow/backends/chroma_connect.py: a kill inside chromadb's own index save can damage it).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,9 +34,9 @@ from chromadb.errors import ChromaError, InvalidArgumentError, NotFoundError
 
 from vecflow.backends import chroma_order as order
 from vecflow.backends import chroma_values as values
-from vecflow.backends import exact
+from vecflow.backends import exact, journal
 from vecflow.backends.base import Backend, CollectionInfo, Hit, NativePage
-from vecflow.backends.chroma_connect import FAILURES, connect
+from vecflow.backends.chroma_connect import FAILURES, DamagedStoreError, connect, damage
 from vecflow.backends.helpers import one_line
 from vecflow.batch import Batch
 from vecflow.errors import (
@@ -41,6 +48,7 @@ from vecflow.errors import (
     VecflowError,
 )
 from vecflow.layouts import Layout, Logical, Native
+from vecflow.state import VecflowState
 
 # Chroma's HNSW defaults (1.5.9); describe() reports only settings that differ from these.
 HNSW_DEFAULTS = {"ef_construction": 100, "ef_search": 100, "max_neighbors": 16,
@@ -73,6 +81,11 @@ class ChromaBackend(Backend):
         self._client: Any = None
         self._ids: dict[Any, list[str]] = {}  # sorted ids per collection uuid, for scans
         self._opened: dict[str, Any] = {}  # the collection each existence check opened
+        self._ready: set[str] = set()  # scopes this connection checked and repaired
+        # Collections chromadb showed damaged (see chroma_connect.py): nothing but a drop reaches
+        # them through this connection again, as a second try would seem to work.
+        self._damaged: dict[str, DamagedStoreError] = {}
+        self._in_use = ""  # the collection the current call works on
         self._client, self._where = connect(path, url, tenant, database, headers)
         try:
             self._max_batch = int(self._client.get_max_batch_size())
@@ -88,12 +101,17 @@ class ChromaBackend(Backend):
     def encoded_fields(self, metadatas: list[dict[str, Any]]) -> dict[str, str]:
         return values.coercions(metadatas)
 
+    def attach_state(self, state: VecflowState, project_root: Path | None = None) -> None:
+        super().attach_state(state, project_root)
+        self._ready.clear()  # the project's state may hold writes to finish
+
     def close(self) -> None:
         """Release the client. An embedded store's files close with its last client, so a later
         connection to the same path reads fresh state."""
         client, self._client = self._client, None
         self._ids.clear()
         self._opened.clear()
+        self._ready.clear()
         if client is not None:
             client.close()
 
@@ -130,13 +148,18 @@ class ChromaBackend(Backend):
                 raise
 
     def _drop_collection(self, name: str) -> None:
-        collection = self._collection(name)
+        collection = self._collection(name, ready=False)
+        try:
+            with self._errors(f"dropping collection {name!r}"):
+                # chromadb 1.5.9 keeps the list values of a dropped collection's records and hands
+                # them to records written later, in any collection; deleting the records first does not.
+                for chunk in _chunks(collection.get(include=[])["ids"], self._max_batch):
+                    collection.delete(ids=chunk)
+        except DamagedStoreError:
+            pass  # a damaged collection can still be dropped whole: its way out
         with self._errors(f"dropping collection {name!r}"):
-            # chromadb 1.5.9 keeps the list values of a dropped collection's records and hands them
-            # to records written later, in any collection; deleting the records first does not.
-            for chunk in _chunks(collection.get(include=[])["ids"], self._max_batch):
-                collection.delete(ids=chunk)
             self._api.delete_collection(name)
+        self._damaged.pop(name, None)
         self._ids.pop(collection.id, None)
         self._opened.pop(name, None)
 
@@ -145,6 +168,8 @@ class ChromaBackend(Backend):
         collection = self._collection(old)
         if self._has_collection(new):
             raise self._exists(new)
+        # Before the rename: a kill right after it finds the state under the new name already.
+        self.state.copy_scope(self.scope(old), self.scope(new))
         with self._errors(f"renaming collection {old!r} to {new!r}"):
             try:
                 collection.modify(name=new)
@@ -263,21 +288,25 @@ class ChromaBackend(Backend):
         return _Write(chunk, texts, encoded, cleared, [rid for rid in chunk.ids if rid not in held], orders)
 
     def _write(self, collection: Any, name: str, plan: _Write, cosine: bool) -> None:
-        ids = plan.batch.ids
-        with self._errors(f"upsert into collection {name!r}"):
-            if plan.cleared:
-                collection.delete(ids=plan.cleared)
-            collection.upsert(ids=ids, embeddings=plan.batch.vectors, documents=plan.texts,
-                              metadatas=[e.sent or None for e in plan.encoded])
-            pending = [rid for rid, e in zip(ids, plan.encoded) if e.pending]
-            include = (["embeddings"] if cosine else []) + (["metadatas"] if pending else [])
-            back = collection.get(ids=ids if cosine else pending, include=include) if include else None
-        if cosine:
-            position = {rid: i for i, rid in enumerate(back["ids"])}
-            returned = np.asarray(back["embeddings"], dtype=np.float32)[[position[rid] for rid in ids]]
-            exact.record_bits(self.state, self.scope(name), ids, plan.batch.vectors, returned)
-        self._settle(name, dict(zip(ids, plan.encoded)), back if pending else None)
-        self.state.put_records(self.scope(name), order.KIND, plan.orders)
+        """One chunk, between its write intents and their end (see the module docstring)."""
+        ids, scope = plan.batch.ids, self.scope(name)
+        journal.begin_upsert(self.state, scope, plan.batch)
+        with self._interrupted(scope):
+            with self._errors(f"upsert into collection {name!r}"):
+                if plan.cleared:
+                    collection.delete(ids=plan.cleared)
+                collection.upsert(ids=ids, embeddings=plan.batch.vectors, documents=plan.texts,
+                                  metadatas=[e.sent or None for e in plan.encoded])
+                pending = [rid for rid, e in zip(ids, plan.encoded) if e.pending]
+                include = (["embeddings"] if cosine else []) + (["metadatas"] if pending else [])
+                back = collection.get(ids=ids if cosine else pending, include=include) if include else None
+            if cosine:
+                position = {rid: i for i, rid in enumerate(back["ids"])}
+                returned = np.asarray(back["embeddings"], dtype=np.float32)[[position[rid] for rid in ids]]
+                exact.record_bits(self.state, scope, ids, plan.batch.vectors, returned)
+            self._settle(name, dict(zip(ids, plan.encoded)), back if pending else None, fresh=set(plan.new_ids))
+            self.state.put_records(scope, order.KIND, plan.orders)
+            journal.end(self.state, scope, ids)
         self._remember_ids(collection, plan.new_ids)
 
     def _update_metadata(self, name: str, ids: list[str], metadatas: list[dict[str, Any]]) -> None:
@@ -293,18 +322,21 @@ class ChromaBackend(Backend):
                 planned.append((rid, values.encode(new.fields, rid, name, old)))
                 if layout.name in order.ORDERED_LAYOUTS:
                     orders[rid] = order.entry(new.fields)
+        scope = self.scope(name)
         for lo in range(0, len(planned), self._max_batch):
             chunk = planned[lo:lo + self._max_batch]
             changed = [(rid, encoded) for rid, encoded in chunk if encoded.sent]
             pending = [rid for rid, encoded in changed if encoded.pending]
-            with self._errors(f"updating metadata in collection {name!r}"):
-                if changed:
-                    collection.update(ids=[rid for rid, _ in changed], metadatas=[e.sent for _, e in changed])
-                back = collection.get(ids=pending, include=["metadatas"]) if pending else None
-            self._settle(name, dict(chunk), back)
-            # A new order of the same keys changes nothing in Chroma, only this entry.
-            self.state.put_records(self.scope(name), order.KIND,
-                                   {rid: orders[rid] for rid, _ in chunk if rid in orders})
+            journal.begin_metadata(self.state, scope, {rid: wanted[rid] for rid, _ in chunk})
+            with self._interrupted(scope):
+                with self._errors(f"updating metadata in collection {name!r}"):
+                    if changed:
+                        collection.update(ids=[rid for rid, _ in changed], metadatas=[e.sent for _, e in changed])
+                    back = collection.get(ids=pending, include=["metadatas"]) if pending else None
+                self._settle(name, dict(chunk), back)
+                # A new order of the same keys changes nothing in Chroma, only this entry.
+                self.state.put_records(scope, order.KIND, {rid: orders[rid] for rid, _ in chunk if rid in orders})
+                journal.end(self.state, scope, [rid for rid, _ in chunk])
 
     def _held(self, collection: Any, name: str, ids: list[str]) -> dict[str, values.Held]:
         """The records with these ids that exist, as Chroma holds them (no vectors)."""
@@ -314,13 +346,16 @@ class ChromaBackend(Backend):
         return {rid: values.Held(Native(text, fields or {}), entries.get(rid, {}))
                 for rid, text, fields in zip(old["ids"], old["documents"], old["metadatas"])}
 
-    def _settle(self, name: str, encoded: dict[str, values.Encoded], back: dict[str, Any] | None) -> None:
-        """Record the `values` entries of written records that changed."""
+    def _settle(self, name: str, encoded: dict[str, values.Encoded], back: dict[str, Any] | None,
+                fresh: set[str] | None = None) -> None:
+        """Record the `values` entries of written records that changed; always those of `fresh`
+        records (written anew: entries a record deleted behind vecflow's back left must not apply
+        to them)."""
         returned = {rid: fields or {} for rid, fields in zip(back["ids"], back["metadatas"])} if back else {}
         changes = {}
         for rid, record in encoded.items():
             entries = values.settle(record, returned.get(rid, {}))
-            if entries != record.previous:
+            if entries != record.previous or (fresh and rid in fresh):
                 changes[rid] = values.pack(entries)
         self.state.put_records(self.scope(name), values.KIND, changes)
 
@@ -367,9 +402,39 @@ class ChromaBackend(Backend):
         except CollectionNotFoundError:
             raise CollectionNotFoundError(f"Chroma store {self._where} has no collection {name!r}") from None
 
-    def _collection(self, name: str) -> Any:
-        """The collection the public method's existence check just opened (one round trip per call)."""
-        return self._opened[name] if name in self._opened else self._open(name)
+    def _collection(self, name: str, ready: bool = True) -> Any:
+        """The collection the public method's existence check just opened (one round trip per call);
+        with `ready`, checked and repaired first when this connection had not used it yet."""
+        collection = self._opened[name] if name in self._opened else self._open(name)
+        self._in_use = name
+        if ready and name in self._damaged:
+            raise self._damaged[name]
+        scope = self.scope(name)
+        if ready and scope not in self._ready:
+            self._ready.add(scope)  # first: the repair writes through this very method
+            with self._interrupted(scope):
+                self._make_ready(collection, name)
+        return collection
+
+    def _make_ready(self, collection: Any, name: str) -> None:
+        """Make chromadb apply its log (a damaged store says so here, before vecflow writes), then
+        finish the writes a kill interrupted: their records are written again, whole."""
+        with self._errors(f"opening collection {name!r}"):
+            collection.count()
+        pending = journal.pending(self.state, self.scope(name), self._dim(collection, name))
+        if pending.records is not None:
+            self._upsert(name, pending.records)
+        if pending.metadata:
+            self._update_metadata(name, list(pending.metadata), list(pending.metadata.values()))
+
+    @contextmanager
+    def _interrupted(self, scope: str) -> Iterator[None]:
+        """A failure inside leaves write intents behind: the next use of the collection repairs."""
+        try:
+            yield
+        except BaseException:
+            self._ready.discard(scope)
+            raise
 
     def _dim(self, collection: Any, name: str) -> int:
         """Chroma's own dimension, else the one recorded at creation, else one record's, else 0."""
@@ -413,6 +478,10 @@ class ChromaBackend(Backend):
         except (httpx.TransportError, OSError) as exc:
             raise BackendError(f"cannot reach Chroma at {self._where} ({action}): {one_line(exc)}") from exc
         except FAILURES as exc:
+            damaged = damage(exc, self._where, action)
+            if damaged is not None:
+                self._damaged[self._in_use] = damaged
+                raise damaged from exc
             raise BackendError(f"Chroma {action} failed: {one_line(exc)}") from exc
 
 

@@ -1,5 +1,20 @@
 """Opening a Chroma client from a store section: embedded (`path`) or a server (`url`, `headers`,
-`tenant`, `database`), with one-line errors naming the store."""
+`tenant`, `database`), with one-line errors naming the store; and telling a damaged store apart.
+
+A damaged store (measured on chromadb 1.5.9): chromadb saves a collection's HNSW index in place,
+file by file and without fsync (header, data_level0.bin, length.bin, link_lists.bin), then its id
+map (index_metadata.pickle), then, in SQLite, the log position the index holds (max_seq_id). A
+process killed inside that save leaves index files that already hold changes the id map and the
+log position do not know of. On the next open chromadb replays its write-ahead log from that
+position onto those files; a replayed delete of an element the saved index already marks deleted
+makes hnswlib throw ("already deleted"), and every read that needs the index then fails with
+`Failed to apply logs to the hnsw segment writer`. A second try in the same process "succeeds":
+the first one had already changed the id map in memory before it failed, so the index then lacks
+vectors it should hold (`Error getting embedding`, records queries never find), which is what
+chroma-core/chroma#7678 reports; #7510 and #7238 are other shapes of the same torn save. The
+pattern cannot be avoided from outside (any delete can be the replayed one), so vecflow looks for
+it when it first uses a collection and stops with `DamagedStoreError`, which is never retried.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +30,28 @@ from vecflow.backends.helpers import one_line, redacted, root_cause
 from vecflow.errors import BackendError, ConfigError, VecflowError
 
 FAILURES = (ChromaError, ValueError, TypeError, httpx.HTTPError, OSError)
+# What chromadb says when it cannot bring a collection's segments up to its own log.
+DAMAGE_SIGNS = ("failed to apply logs to the hnsw segment", "failed to apply logs to the metadata segment",
+                "error loading hnsw index", "error constructing hnsw segment reader",
+                "error creating hnsw segment reader", "error getting embedding")
+
+
+class DamagedStoreError(BackendError):
+    """chromadb cannot read a collection of its own store (a torn index save; see the module
+    docstring). Not a transient failure: trying again would hide lost vectors."""
+
+
+def damage(exc: BaseException, where: str, action: str) -> DamagedStoreError | None:
+    """The DamagedStoreError for a chromadb failure that shows a damaged store, else None."""
+    text = one_line(exc)
+    if not any(sign in text.lower() for sign in DAMAGE_SIGNS):
+        return None
+    return DamagedStoreError(
+        f"Chroma store {where} is damaged ({action}): chromadb cannot apply its own write-ahead log to "
+        f"the collection's index ({text}), which a process killed while chromadb saved the index leaves "
+        "behind (chroma-core/chroma#7678); vecflow stopped before writing more, as retrying would hide "
+        "lost vectors. Restore the folder from a backup, or drop the collection and restore it from "
+        "its source or from vecflow's snapshot ('vecflow downgrade')")
 
 
 def connect(path: str | None, url: str | None, tenant: str | None, database: str | None,

@@ -13,6 +13,16 @@ from the one written by an ulp or more. Two ways to give the written bits back:
   vectors when it is queried, so what it returns drifts by an ulp after the write): the written
   float32 vector itself, given back while the stored one still points the same way (cosine
   similarity within 1e-6). No read-back is needed.
+
+A kill between the store's write and the entry's would leave the store's changed vector without
+its entry, and a replay that finds nothing else to change would never write it again. Where the
+entry is known before the write (FAISS LangChain folders know what they store; Qdrant's entry is
+the written vector), the adapter *stages* it first (`stage_bits`, `stage_written`: kinds
+`bits_staged`, `vector_staged`, beside the current entries), writes, then records it, which clears
+the staged one. A read tries the staged entry, then the current one: whichever matches what the
+store holds applies, so a kill on either side of the write reads back exactly what the store has.
+Chroma's returned vectors are known only after the write: its writes are redone whole instead
+(vecflow/backends/journal.py).
 """
 
 from __future__ import annotations
@@ -27,18 +37,27 @@ from vecflow.state import VecflowState
 
 KIND = "bits"
 WRITTEN = "vector"
+STAGED_BITS = "bits_staged"
+STAGED_WRITTEN = "vector_staged"
 # How close in direction the stored vector must be to the written one for the written one to count.
 _SAME_DIRECTION = 1 - 1e-6
+
+
+def stage_bits(state: VecflowState, scope: str, ids: list[str], written: np.ndarray, stored: np.ndarray) -> None:
+    """Before a write of vectors the store will hold as `stored`: their entries, beside the
+    current ones until record_bits."""
+    state.put_records(scope, STAGED_BITS, {rid: bits_for(written[i], stored[i]) for i, rid in enumerate(ids)})
 
 
 def record_bits(state: VecflowState, scope: str, ids: list[str], written: np.ndarray, returned: np.ndarray) -> None:
     """Remember the written bits of every vector the store returned changed; clear the others."""
     state.put_records(scope, KIND, {rid: bits_for(written[i], returned[i]) for i, rid in enumerate(ids)})
+    _unstage(state, scope, STAGED_BITS, ids)
 
 
 def apply_bits(state: VecflowState, scope: str, ids: list[str], returned: np.ndarray) -> np.ndarray:
     """The vectors as written, where vecflow knows them; the others as the store returned them."""
-    return _apply(state, scope, KIND, ids, returned, corrected)
+    return _apply(state, scope, (STAGED_BITS, KIND), ids, returned, corrected)
 
 
 def bits_for(written: np.ndarray, returned: np.ndarray) -> bytes | None:
@@ -50,14 +69,17 @@ def bits_for(written: np.ndarray, returned: np.ndarray) -> bytes | None:
     return _vector_hash(returned_bits) + zlib.compress(delta.tobytes(), 6)
 
 
-def corrected(returned: np.ndarray, payload: bytes) -> np.ndarray:
+def corrected(returned: np.ndarray, payload: bytes) -> np.ndarray | None:
+    """The written vector, or None unless the entry was recorded for exactly this returned one."""
     returned_bits = np.ascontiguousarray(returned, dtype="<f4").view("<u4")
+    if payload[:8] != _vector_hash(returned_bits):
+        return None
     try:
         delta = np.frombuffer(zlib.decompress(payload[8:]), dtype="<u4")
     except zlib.error:
-        return returned
-    if payload[:8] != _vector_hash(returned_bits) or delta.shape != returned_bits.shape:
-        return returned
+        return None
+    if delta.shape != returned_bits.shape:
+        return None
     return (returned_bits + delta).astype("<u4").view("<f4").astype(np.float32)
 
 
@@ -65,36 +87,55 @@ def _vector_hash(bits: np.ndarray) -> bytes:
     return hashlib.blake2b(bits.tobytes(), digest_size=8).digest()
 
 
+def stage_written(state: VecflowState, scope: str, ids: list[str], written: np.ndarray) -> None:
+    """Before a write: the written vectors, beside the current entries until record_written."""
+    rows = np.ascontiguousarray(written, dtype="<f4")
+    state.put_records(scope, STAGED_WRITTEN, {rid: rows[i].tobytes() for i, rid in enumerate(ids)})
+
+
 def record_written(state: VecflowState, scope: str, ids: list[str], written: np.ndarray) -> None:
     """Remember the written float32 vectors (for stores whose returned bits drift)."""
     rows = np.ascontiguousarray(written, dtype="<f4")
     state.put_records(scope, WRITTEN, {rid: rows[i].tobytes() for i, rid in enumerate(ids)})
+    _unstage(state, scope, STAGED_WRITTEN, ids)
 
 
 def apply_written(state: VecflowState, scope: str, ids: list[str], returned: np.ndarray) -> np.ndarray:
     """The written vectors where vecflow knows them and the store's still point the same way."""
-    return _apply(state, scope, WRITTEN, ids, returned, _written_if_same_direction)
+    return _apply(state, scope, (STAGED_WRITTEN, WRITTEN), ids, returned, _written_if_same_direction)
 
 
-def _written_if_same_direction(stored: np.ndarray, raw: bytes) -> np.ndarray:
+def _written_if_same_direction(stored: np.ndarray, raw: bytes) -> np.ndarray | None:
     if len(raw) != 4 * stored.shape[0]:
-        return stored
+        return None
     written = np.frombuffer(raw, dtype="<f4")
-    return written if _same_direction(written, stored) else stored
+    return written if _same_direction(written, stored) else None
 
 
-def _apply(state: VecflowState, scope: str, kind: str, ids: list[str], returned: np.ndarray,
-           fix: Callable[[np.ndarray, bytes], np.ndarray]) -> np.ndarray:
-    """returned, with fix(vector, entry) applied to every vector that has an entry of this kind."""
-    entries = state.get_records(scope, kind, ids) if len(ids) else {}
-    if not entries:
+def _apply(state: VecflowState, scope: str, kinds: tuple[str, str], ids: list[str], returned: np.ndarray,
+           fix: Callable[[np.ndarray, bytes], np.ndarray | None]) -> np.ndarray:
+    """returned, with the first entry (staged, then current) that fits each vector applied:
+    fix(vector, entry) is the written vector, or None when the entry is not for this one."""
+    staged, current = kinds
+    found = [state.get_records(scope, current, ids)] if len(ids) else []
+    if found and state.has_records(scope, staged):
+        found.insert(0, state.get_records(scope, staged, ids))
+    if not any(found):
         return returned
     out = np.array(returned, dtype=np.float32, copy=True)
     for i, rid in enumerate(ids):
-        entry = entries.get(rid)
-        if entry is not None:
-            out[i] = fix(out[i], entry)
+        for entries in found:
+            entry = entries.get(rid)
+            fixed = None if entry is None else fix(out[i], entry)
+            if fixed is not None:
+                out[i] = fixed
+                break
     return out
+
+
+def _unstage(state: VecflowState, scope: str, kind: str, ids: list[str]) -> None:
+    if state.has_records(scope, kind):
+        state.put_records(scope, kind, dict.fromkeys(ids))
 
 
 def _same_direction(written: np.ndarray, stored: np.ndarray) -> bool:

@@ -38,6 +38,7 @@ from vecflow.backends.faiss_index import OpenCollection, vectors_of, write_trans
 from vecflow.backends.faiss_langchain import (
     FLAT_PARAMS,
     INDEX_NAME,
+    TRASH_PREFIX,
     LangChainFolder,
     create_folder,
     drop_folder,
@@ -148,6 +149,7 @@ class FaissBackend(Backend):
         self._open: dict[str, OpenCollection] = {}
         self._folders: dict[str, LangChainFolder] = {}
         self._new_layout = "raw"
+        _remove_trash(self.root)
 
     def search_is_exact(self, name: str) -> bool:
         return self.describe(name).params.get("index_type") == "flat"
@@ -228,7 +230,7 @@ class FaissBackend(Backend):
             drop_folder(self._directory(name), self.index_name)
             return
         # Rename first so the collection disappears atomically even if the removal is cut short.
-        trash = self.root / f".dropped-{uuid.uuid4().hex}"
+        trash = self.root / f"{TRASH_PREFIX}{uuid.uuid4().hex}"
         os.rename(self._directory(name), trash)
         fsync_directory(self.root)
         shutil.rmtree(trash)
@@ -242,6 +244,8 @@ class FaissBackend(Backend):
             return False  # other files share the directory: copy into a new one, then drop
         self._forget(old)
         self._forget(new)
+        # Before the rename: a kill right after it finds the state under the new name already.
+        self.state.copy_scope(self.scope(old), self.scope(new))
         os.rename(self._directory(old), target)
         fsync_directory(self.root)
         return True
@@ -434,6 +438,14 @@ def _create_sidecar(path: Path, dim: int, metric: str, params: dict[str, Any]) -
                                  "params": json.dumps(params), "version": 0, "tombstones_since": 0})
     finally:
         db.close()
+
+
+def _remove_trash(root: Path) -> None:
+    """Finish drops a kill cut short: a dropped collection is renamed to `.dropped-*` at once (the
+    drop is then done) and removed afterwards, which a kill can leave half way."""
+    for entry in os.scandir(root):
+        if entry.name.startswith(TRASH_PREFIX) and entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def _bump_version(conn: sqlite3.Connection) -> int:

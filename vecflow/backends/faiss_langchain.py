@@ -15,7 +15,8 @@ next open, unless the application rewrote the folder since (its files then win).
 whatever code the file holds, so a folder is read from disk only when the store allows it
 (`allow_pickle`). What LangChain cannot hold lives in vecflow's state: the metric of a cosine
 folder (an L2 index over unit vectors, LangChain's `normalize_L2`), the exact bits of the vectors
-it normalised, and which records had no document (LangChain needs text: "" is written).
+it normalised, and which records had no document (LangChain needs text: "" is written); what a
+write will need there is put in before its files, so no kill between the two loses it.
 See docs/backends/faiss.md.
 """
 
@@ -53,6 +54,9 @@ from vecflow.layouts import Native
 from vecflow.state import VecflowState
 
 INDEX_NAME = "index"
+# A dropped directory is renamed to this prefix first (the drop is then done), then removed; the
+# FAISS store removes what a kill left of one when it opens.
+TRASH_PREFIX = ".dropped-"
 FLAT_PARAMS = {"index_type": "flat"}
 # vecflow state entries of a folder: the two-file write in flight (collection), the metric when it
 # is cosine (collection), the records written without a document (record kind).
@@ -151,6 +155,13 @@ class LangChainFolder:
         in_place = [(i, self.positions[rid]) for i, rid in enumerate(batch.ids) if rid in self.positions]
         fresh = [i for i, rid in enumerate(batch.ids) if rid not in self.positions]
         rows, at = [i for i, _ in in_place], [p for _, p in in_place]
+        # What the state must say once the files are written goes in first, beside what it says
+        # now (a kill after the write then reads the new records exactly, one before it the old):
+        # staged exact bits, and the records that will have no document. The rest follows the write.
+        textless = {rid: b"" if text is None else None for rid, text in zip(batch.ids, batch.documents)}
+        if self.metric == "cosine":
+            exact.stage_bits(self.state, self.scope, batch.ids, batch.vectors, stored)
+        self.state.put_records(self.scope, NO_TEXT, {rid: mark for rid, mark in textless.items() if mark is not None})
         with self._changing():
             vectors = self._vectors()
             index_changed = bool(fresh) or vectors[at].tobytes() != stored[rows].tobytes()
@@ -164,9 +175,8 @@ class LangChainFolder:
             self._save(index_changed)
         if self.metric == "cosine":
             exact.record_bits(self.state, self.scope, batch.ids, batch.vectors, stored)
-        textless = {rid: b"" if text is None else None for rid, text in zip(batch.ids, batch.documents)}
-        if any(mark is not None for mark in textless.values()) or self.state.has_records(self.scope, NO_TEXT):
-            self.state.put_records(self.scope, NO_TEXT, textless)
+        if self.state.has_records(self.scope, NO_TEXT):
+            self.state.put_records(self.scope, NO_TEXT, {rid: None for rid, mark in textless.items() if mark is None})
 
     def update_metadata(self, ids: list[str], metadatas: list[dict[str, Any]]) -> None:
         """New metadata for existing records; only the pickle is written."""
@@ -328,7 +338,7 @@ def drop_folder(directory: Path, index_name: str) -> None:
     """Remove the folder: the whole directory when it holds nothing else (renamed away first, so
     it vanishes at once), else its two files, the pickle first."""
     if holds_only_the_folder(directory, index_name):
-        trash = directory.parent / f".dropped-{uuid.uuid4().hex}"
+        trash = directory.parent / f"{TRASH_PREFIX}{uuid.uuid4().hex}"
         os.rename(directory, trash)
         fsync_directory(directory.parent)
         shutil.rmtree(trash)

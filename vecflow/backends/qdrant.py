@@ -340,17 +340,18 @@ class QdrantBackend(Backend):
             operations.append(models.UpdateVectorsOperation(update_vectors=models.UpdateVectors(points=vectors)))
         if not operations:
             return
+        # Qdrant keeps cosine vectors normalised (and local mode re-normalises them again when
+        # queried): the written bits are kept in vecflow's state, given back while the stored
+        # vector points the same way. Staged before the write, so a kill after it loses nothing
+        # (see vecflow/backends/exact.py).
+        exact_bits = bool(written) and slot.params.distance == models.Distance.COSINE
+        if exact_bits:
+            exact.stage_written(self.state, scope, [texts[i] for i in written], part.vectors[written])
         self._call("write to", name, self.client.batch_update_points, name, operations, wait=True)
         if new_points:
             self._forget_order(name)
-        if written and slot.params.distance == models.Distance.COSINE:
-            self._record_bits(name, slot, [pids[i] for i in written], part.vectors[written])
-
-    def _record_bits(self, name: str, slot: VectorSlot, pids: list[PointId], written: np.ndarray) -> None:
-        """Qdrant keeps cosine vectors normalised (and local mode re-normalises them again when
-        queried): keep the written bits in vecflow's state, given back while the stored vector
-        points the same way (see vecflow/backends/exact.py)."""
-        exact.record_written(self.state, self.scope(name), [str(pid) for pid in pids], written)
+        if exact_bits:
+            exact.record_written(self.state, scope, [texts[i] for i in written], part.vectors[written])
 
     def _update_metadata(self, name: str, ids: list[str], metadatas: list[dict[str, Any]]) -> None:
         """A payload-only write per changed point (vectors are never sent)."""

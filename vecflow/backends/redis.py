@@ -158,13 +158,18 @@ class RedisBackend(Backend):
         return dict(self.state.get_collection(self._store_scope, _CATALOGUE) or {})
 
     def _record(self, name: str, shape: Shape | None) -> None:
+        self._record_all({name: shape})
+
+    def _record_all(self, changes: dict[str, Shape | None]) -> None:
+        """Set (or with None, remove) catalogue entries, all in one state write."""
         entries = self._catalogue()
-        if shape is None:
-            entries.pop(name, None)
-        else:
-            entries[name] = shape.to_entry()
+        for name, shape in changes.items():
+            if shape is None:
+                entries.pop(name, None)
+            else:
+                entries[name] = shape.to_entry()
+            self._forget(name)
         self.state.put_collection(self._store_scope, _CATALOGUE, entries or None)
-        self._forget(name)
 
     def _forget(self, name: str) -> None:
         shape = self._shapes.pop(name, None)
@@ -176,8 +181,12 @@ class RedisBackend(Backend):
     def _shape(self, name: str) -> Shape | None:
         if name not in self._shapes:
             entry = self._catalogue().get(name)
-            shape = (Shape.from_entry(entry) if entry else None) or self._legacy_shape(name) \
-                or self._indexed_shape(name) or found_shape(self._client, self._scheme, name, self._option_layout)
+            if entry:
+                shape = Shape.from_entry(entry)
+                self._ensure_index(name, shape)
+            else:
+                shape = self._legacy_shape(name) or self._indexed_shape(name) \
+                    or found_shape(self._client, self._scheme, name, self._option_layout)
             if shape is None:
                 return None
             self._shapes[name] = shape
@@ -237,15 +246,27 @@ class RedisBackend(Backend):
         return Shape(prefix, self._scheme.vector_field or vector, self._scheme.text_field or text,
                      self._scheme.dtype, dim, metric, dict(params))
 
-    def _indexed(self, name: str, shape: Shape, layout: str) -> Shape:
-        """The new collection with its search index, created where the server has the module."""
+    def _indexed(self, name: str, shape: Shape) -> Shape:
+        """The new collection's shape with its own search index, where the server has the module.
+
+        The catalogue entry naming the index is written before the index is created
+        (`_ensure_index`): a kill in between leaves a collection whose index is created on its next
+        use, never an index vecflow forgot it owns."""
         if not self._native_search:
             return shape
-        index = f"{self._key_prefix}{name}"
+        return replace(shape, index=f"{self._key_prefix}{name}", index_owned=True)
+
+    def _ensure_index(self, name: str, shape: Shape, layout: str | None = None) -> None:
+        """Create the search index vecflow owns for this shape unless it exists; `layout` (that of
+        its records) defaults to the one recorded for the collection."""
+        if not (shape.index_owned and shape.index and self._native_search):
+            return
+        if redis_search.index_info(self._client, shape.index) is not None:
+            return
+        layout = layout or self.state.get_collection(self.scope(name), "layout") or "raw"
         self._client.execute_command(*redis_search.index_create_args(
-            index, shape.prefix, shape.vector_field, shape.text_field, shape.dtype, int(shape.dim or 0),
+            shape.index, shape.prefix, shape.vector_field, shape.text_field, shape.dtype, int(shape.dim or 0),
             shape.metric, shape.params, layout))
-        return replace(shape, index=index, index_owned=True)
 
     @functools.cached_property
     def _has_search_module(self) -> bool:
@@ -302,7 +323,9 @@ class RedisBackend(Backend):
     def _create_collection(self, name: str, dim: int, metric: str, params: dict[str, Any]) -> None:
         redis_search.check_index_params(name, params)
         layout = self._creating_layout or "raw"
-        self._record(name, self._indexed(name, self._new_shape(name, layout, dim, metric, params), layout))
+        shape = self._indexed(name, self._new_shape(name, layout, dim, metric, params))
+        self._record(name, shape)
+        self._ensure_index(name, shape, layout)
 
     @_translated
     def _drop_collection(self, name: str) -> None:
@@ -335,8 +358,11 @@ class RedisBackend(Backend):
                 raise CollectionExistsError(f"redis store {self.location} already has collection {new!r}")
             fresh = replace(self._new_shape(new, layout, int(source.dim or 0), source.metric, source.params),
                             vector_field=source.vector_field, text_field=source.text_field, dtype=source.dtype)
-            target = replace(self._indexed(new, fresh, layout), renaming_from=old)
+            target = replace(self._indexed(new, fresh), renaming_from=old)
             self._record(new, target)
+        self._ensure_index(new, target, layout)
+        # The state before the keys: a kill after the last rename finds it under the new name.
+        self.state.copy_scope(self.scope(old), self.scope(new))
         old_prefix, new_prefix = source.prefix.encode(), target.prefix.encode()
         for chunk in _chunks(snapshot(self._client, source.prefix), _PAGE):
             with self._client.pipeline(transaction=True) as pipe:
@@ -349,8 +375,7 @@ class RedisBackend(Backend):
         if source.index_owned:
             redis_search.drop_index(self._client, source.index)
         self._forget_legacy(old)
-        self._record(old, None)
-        self._record(new, replace(target, renaming_from=None))
+        self._record_all({old: None, new: replace(target, renaming_from=None)})
         return True
 
     @_translated
