@@ -332,8 +332,8 @@ class Runner:
             return
         refs = [self.stores.canonical(r) for r in step.collections()]
         if row is None:
-            # --no-verify: no digest scans at all, so nothing a later downgrade could verify against.
-            before = {ref: self._digest(ref) for ref in refs} if verify else {}
+            # Taken with --no-verify too: rolling back a step and verifying its downgrade need them.
+            before = {ref: self._digest(ref) for ref in refs}
             snapshot = snapshot_name(attempt_id, index) if step.captures_snapshot else None
             self.ledger.start_step(attempt_id, index, step.op_name, step.describe(), before, snapshot)
             state, rows_done, resumed = {}, 0, False
