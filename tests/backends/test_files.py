@@ -416,7 +416,7 @@ def test_a_killed_export_resumes_with_nothing_lost_or_duplicated(tmp_path):
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     blocked = project.cli("upgrade", "head", check=False)
-    assert f"run 'vecflow export {label}' to resume it" in blocked.stderr
+    assert f"run 'vecflow export {label}' to finish it first" in blocked.stderr
     lines = project.run("export", "main:docs", str(out))
     assert lines[0] == f"Resuming export {label}" and any("resuming at" in line for line in lines), lines
     assert json.loads((out / MANIFEST).read_text())["digest"] == original
