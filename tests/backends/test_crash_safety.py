@@ -26,6 +26,7 @@ import chromadb
 import numpy as np
 import pytest
 from chromadb.api.models.Collection import Collection
+from chromadb.errors import InvalidArgumentError
 from qdrant_client import QdrantClient
 
 from vecflow.backends import exact, faiss_langchain, journal
@@ -37,6 +38,7 @@ from vecflow.backends.qdrant import QdrantBackend
 from vecflow.backends.redis import RedisBackend
 from vecflow.backends.retry import is_transient
 from vecflow.batch import Batch
+from vecflow.errors import BackendError
 from vecflow.runtime.digest import collection_digest
 from vecflow.state import VecflowState
 
@@ -204,6 +206,27 @@ def test_chroma_metadata_update_killed_before_its_bookkeeping_is_finished(forkse
         assert_reads(backend, "docs", expected)
         backend.update_metadata("docs", expected.ids, new_metadata())
         assert_reads(backend, "docs", expected)
+    finally:
+        backend.close()
+
+
+def test_a_write_chroma_refuses_leaves_nothing_to_finish(fast_tmp_path, monkeypatch):
+    """Left behind, the intents of a refused write would fail every later use of the collection."""
+    seeded("chroma", fast_tmp_path)
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise InvalidArgumentError("refused as the server validates it")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Collection, "upsert", refuse)
+        backend = open_store("chroma", str(fast_tmp_path))
+        with pytest.raises(BackendError, match="refused as the server validates it"):
+            backend.upsert("docs", initial())
+        backend.close()
+    backend = open_store("chroma", str(fast_tmp_path))
+    try:
+        assert backend.state.all_records(backend.scope("docs"), journal.KIND) == {}
+        assert_reads(backend, "docs", initial())
     finally:
         backend.close()
 

@@ -292,13 +292,14 @@ class ChromaBackend(Backend):
         ids, scope = plan.batch.ids, self.scope(name)
         journal.begin_upsert(self.state, scope, plan.batch)
         with self._interrupted(scope):
-            with self._errors(f"upsert into collection {name!r}"):
+            with self._ends_if_refused(scope, ids), self._errors(f"upsert into collection {name!r}"):
                 if plan.cleared:
                     collection.delete(ids=plan.cleared)
                 collection.upsert(ids=ids, embeddings=plan.batch.vectors, documents=plan.texts,
                                   metadatas=[e.sent or None for e in plan.encoded])
-                pending = [rid for rid, e in zip(ids, plan.encoded) if e.pending]
-                include = (["embeddings"] if cosine else []) + (["metadatas"] if pending else [])
+            pending = [rid for rid, e in zip(ids, plan.encoded) if e.pending]
+            include = (["embeddings"] if cosine else []) + (["metadatas"] if pending else [])
+            with self._errors(f"reading back collection {name!r}"):
                 back = collection.get(ids=ids if cosine else pending, include=include) if include else None
             if cosine:
                 position = {rid: i for i, rid in enumerate(back["ids"])}
@@ -329,9 +330,11 @@ class ChromaBackend(Backend):
             pending = [rid for rid, encoded in changed if encoded.pending]
             journal.begin_metadata(self.state, scope, {rid: wanted[rid] for rid, _ in chunk})
             with self._interrupted(scope):
-                with self._errors(f"updating metadata in collection {name!r}"):
-                    if changed:
+                if changed:
+                    with self._ends_if_refused(scope, [rid for rid, _ in chunk]), \
+                            self._errors(f"updating metadata in collection {name!r}"):
                         collection.update(ids=[rid for rid, _ in changed], metadatas=[e.sent for _, e in changed])
+                with self._errors(f"reading back collection {name!r}"):
                     back = collection.get(ids=pending, include=["metadatas"]) if pending else None
                 self._settle(name, dict(chunk), back)
                 # A new order of the same keys changes nothing in Chroma, only this entry.
@@ -428,6 +431,17 @@ class ChromaBackend(Backend):
             self._update_metadata(name, list(pending.metadata), list(pending.metadata.values()))
 
     @contextmanager
+    def _ends_if_refused(self, scope: str, ids: list[str]) -> Iterator[None]:
+        """Chroma refusing a write (bad input it checks before writing) leaves nothing to finish:
+        the intents go, or every later use of the collection would fail on them again."""
+        try:
+            yield
+        except BackendError as exc:
+            if _refused(exc.__cause__):
+                journal.end(self.state, scope, ids)
+            raise
+
+    @contextmanager
     def _interrupted(self, scope: str) -> Iterator[None]:
         """A failure inside leaves write intents behind: the next use of the collection repairs."""
         try:
@@ -491,6 +505,14 @@ def _metric(collection: Any) -> str:
     config = collection.configuration_json or {}
     index = config.get("hnsw") or config.get("spann") or {}
     return index.get("space") or (collection.metadata or {}).get("hnsw:space") or "l2"
+
+
+def _refused(exc: BaseException | None) -> bool:
+    """Whether chromadb refused a request as such (its own validation, a 4xx), not failed on it."""
+    if isinstance(exc, ChromaError):
+        code = exc.code()
+        return isinstance(code, int) and 400 <= code < 500
+    return isinstance(exc, (ValueError, TypeError))
 
 
 def _decode_cursor(collection: str, cursor: str) -> str:
