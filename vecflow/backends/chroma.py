@@ -87,6 +87,8 @@ class ChromaBackend(Backend):
         self._damaged: dict[str, DamagedStoreError] = {}
         self._in_use = ""  # the collection the current call works on
         self._client, self._where = connect(path, url, tenant, database, headers)
+        # How many times Chroma parses a float metadata value on its way in (chroma_values.sendable).
+        self._float_passes = 2 if url else 1
         try:
             self._max_batch = int(self._client.get_max_batch_size())
         except FAILURES as exc:
@@ -281,7 +283,7 @@ class ChromaBackend(Backend):
                 # anew, its old entries still the ones to replace.
                 cleared.append(rid)
                 old = values.Held(Native(None, {}), old.entries)
-            encoded.append(values.encode(native.fields, rid, name, old))
+            encoded.append(values.encode(native.fields, rid, name, old, self._float_passes))
             texts.append(native.text)
             if layout.name in order.ORDERED_LAYOUTS:
                 orders[rid] = order.entry(native.fields)
@@ -305,7 +307,8 @@ class ChromaBackend(Backend):
                 position = {rid: i for i, rid in enumerate(back["ids"])}
                 returned = np.asarray(back["embeddings"], dtype=np.float32)[[position[rid] for rid in ids]]
                 exact.record_bits(self.state, scope, ids, plan.batch.vectors, returned)
-            self._settle(name, dict(zip(ids, plan.encoded)), back if pending else None, fresh=set(plan.new_ids))
+            self._settle(collection, name, dict(zip(ids, plan.encoded)), back if pending else None,
+                         fresh=set(plan.new_ids))
             self.state.put_records(scope, order.KIND, plan.orders)
             journal.end(self.state, scope, ids)
         self._remember_ids(collection, plan.new_ids)
@@ -320,7 +323,7 @@ class ChromaBackend(Backend):
         for chunk in _chunks(list(wanted), self._max_batch):
             for rid, old in self._held(collection, name, chunk).items():
                 new = layout.with_metadata(old.decoded(), wanted[rid], True)
-                planned.append((rid, values.encode(new.fields, rid, name, old)))
+                planned.append((rid, values.encode(new.fields, rid, name, old, self._float_passes)))
                 if layout.name in order.ORDERED_LAYOUTS:
                     orders[rid] = order.entry(new.fields)
         scope = self.scope(name)
@@ -336,7 +339,7 @@ class ChromaBackend(Backend):
                         collection.update(ids=[rid for rid, _ in changed], metadatas=[e.sent for _, e in changed])
                 with self._errors(f"reading back collection {name!r}"):
                     back = collection.get(ids=pending, include=["metadatas"]) if pending else None
-                self._settle(name, dict(chunk), back)
+                self._settle(collection, name, dict(chunk), back)
                 # A new order of the same keys changes nothing in Chroma, only this entry.
                 self.state.put_records(scope, order.KIND, {rid: orders[rid] for rid, _ in chunk if rid in orders})
                 journal.end(self.state, scope, [rid for rid, _ in chunk])
@@ -349,18 +352,28 @@ class ChromaBackend(Backend):
         return {rid: values.Held(Native(text, fields or {}), entries.get(rid, {}))
                 for rid, text, fields in zip(old["ids"], old["documents"], old["metadatas"])}
 
-    def _settle(self, name: str, encoded: dict[str, values.Encoded], back: dict[str, Any] | None,
-                fresh: set[str] | None = None) -> None:
-        """Record the `values` entries of written records that changed; always those of `fresh`
-        records (written anew: entries a record deleted behind vecflow's back left must not apply
-        to them)."""
+    def _settle(self, collection: Any, name: str, encoded: dict[str, values.Encoded],
+                back: dict[str, Any] | None, fresh: set[str] | None = None) -> None:
+        """Record the `values` entries of written records that changed, once every float sent as a
+        neighbour Chroma did not read as the original was sent again (chroma_values.converge);
+        always those of `fresh` records (written anew: entries a record deleted behind vecflow's
+        back left must not apply to them)."""
         returned = {rid: fields or {} for rid, fields in zip(back["ids"], back["metadatas"])} if back else {}
+        returned = values.converge(encoded, returned, lambda sends: self._resend(collection, name, sends))
         changes = {}
         for rid, record in encoded.items():
             entries = values.settle(record, returned.get(rid, {}))
             if entries != record.previous or (fresh and rid in fresh):
                 changes[rid] = values.pack(entries)
         self.state.put_records(self.scope(name), values.KIND, changes)
+
+    def _resend(self, collection: Any, name: str, sends: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """A metadata-only write of these keys, then what Chroma holds for those records."""
+        ids = list(sends)
+        with self._errors(f"updating metadata in collection {name!r}"):
+            collection.update(ids=ids, metadatas=[sends[rid] for rid in ids])
+            back = collection.get(ids=ids, include=["metadatas"])
+        return {rid: fields or {} for rid, fields in zip(back["ids"], back["metadatas"])}
 
     def _delete(self, name: str, ids: list[str]) -> None:
         collection = self._collection(name)

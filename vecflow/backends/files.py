@@ -38,7 +38,7 @@ from vecflow.backends import files_folder as folder_io
 from vecflow.backends.base import Backend, CollectionInfo, Hit
 from vecflow.backends.files_folder import MANIFEST, NOT_PROVIDED, VDF_META, Part, View, vdf_entries
 from vecflow.backends.files_formats import CODECS
-from vecflow.backends.helpers import fsync_directory, one_line
+from vecflow.backends.helpers import fsync_directory, one_line, rows_by_ids
 from vecflow.batch import Batch
 from vecflow.errors import (
     BackendError,
@@ -50,7 +50,7 @@ from vecflow.errors import (
     VerificationError,
 )
 from vecflow.layouts import AUTO, Detected, get_layout
-from vecflow.runtime.digest import Digest, batch_digest
+from vecflow.runtime.digest import Digest, batch_digest, version_of
 
 FORMATS = tuple(CODECS)
 _MAX_NAME_BYTES = 200
@@ -334,7 +334,8 @@ class FilesBackend(Backend):
         for part in view.parts:
             path = view.folder / part.file
             try:
-                digest = sum((batch_digest(self._read_group(view, part, group))
+                # In the digest version the part was written in (an older vecflow's export).
+                digest = sum((batch_digest(self._read_group(view, part, group), version=version_of(part.digest))
                               for group in range(len(self._groups(view, part)))), Digest.empty())
             except (pa.ArrowException, OSError, ValueError, BackendError) as exc:
                 raise VerificationError(f"{path} cannot be read ({one_line(exc)}); {MANIFEST} lists it") from exc
@@ -452,9 +453,7 @@ class FilesBackend(Backend):
     def _locate(self, view: View, ids: list[str]) -> dict[str, int]:
         if not ids or not view.parts:
             return {}
-        rows = self._index(view).execute("SELECT id, part FROM ids WHERE id IN (SELECT value FROM json_each(?))",
-                                         (json.dumps(ids),))
-        return dict(rows)
+        return dict(rows_by_ids(self._index(view), "SELECT id, part FROM ids WHERE id IN", ids))
 
 
 # helpers ---------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import numpy as np
 from vecflow.backends import Backend
 from vecflow.backends.base import Hit
 from vecflow.batch import Batch
-from vecflow.runtime.digest import Digest, batch_digest
+from vecflow.runtime.digest import VERSION, Digest, batch_digest
 
 NORMALISED_TOLERANCE = 1e-6
 # The recall@k an exact target must reach (the op's parity_threshold replaces it).
@@ -318,6 +318,8 @@ def verify_copy(source: Backend, source_name: str, target: Backend, target_name:
     The search is not measured when the digests prove the data identical and both sides are the
     same kind of index with the same parameters."""
     normalise = copy_normalises(source, source_name, target)
+    if source_side is not None and source_side.records.version != VERSION:
+        source_side = None  # accumulated (in part) by an older vecflow: its digests are not comparable
     src = source_side or read_side(source, source_name, batch_size, normalise)
     dst = read_side(target, target_name, batch_size, normalise)
     missing: list[str] = []
