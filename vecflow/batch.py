@@ -103,3 +103,49 @@ class Batch:
         if len(self) and not np.isfinite(self.vectors).all():
             bad = int(np.nonzero(~np.isfinite(self.vectors).all(axis=1))[0][0])
             raise InvalidDataError(f"{where}: record {self.ids[bad]!r} has a NaN or infinite vector")
+
+    def check_text(self, where: str) -> None:
+        """Refuse what no store holds as written, naming the first bad record: ids that are not
+        strings, documents that are neither None nor a string, metadata keys that are not strings,
+        and strings UTF-8 cannot encode (lone surrogates, which JSON's "\\ud800" gives)."""
+        for i, rid in enumerate(self.ids):
+            if not isinstance(rid, str):
+                raise InvalidDataError(f"{where}: record id {rid!r} is not a string")
+            document = self.documents[i]
+            problem = (_unencodable(rid, "its id") or _not_text(document)
+                       or _unencodable(document, "its document") or metadata_problem(self.metadatas[i]))
+            if problem:
+                raise InvalidDataError(f"{where}: record {rid!r}: {problem}")
+
+
+def metadata_problem(value: Any, path: str = "metadata") -> str | None:
+    """Why a metadata value cannot be written (a key that is not a string, a string UTF-8 cannot
+    encode), or None."""
+    if isinstance(value, str):
+        return _unencodable(value, path)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{path} key {key!r} is not a string"
+            problem = _unencodable(key, f"{path} key") or metadata_problem(item, f"{path}[{key!r}]")
+            if problem:
+                return problem
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            if problem := metadata_problem(item, path):
+                return problem
+    return None
+
+
+def _not_text(document: Any) -> str | None:
+    return None if document is None or isinstance(document, str) else f"its document is a {type(document).__name__}"
+
+
+def _unencodable(text: Any, what: str) -> str | None:
+    if not isinstance(text, str) or text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"{what} holds {text[exc.start:exc.end]!r}, which UTF-8 cannot encode (a lone surrogate)"
+    return None

@@ -33,7 +33,7 @@ from typing import Any, ClassVar, TypeVar, cast
 import numpy as np
 
 from vecflow.backends.retry import RetryPolicy
-from vecflow.batch import Batch
+from vecflow.batch import Batch, metadata_problem
 from vecflow.errors import CollectionExistsError, CollectionNotFoundError, InvalidDataError, OperationError
 from vecflow.layouts import AUTO, Detected, Layout, Native, check_layout_name, detect_layout, get_layout
 from vecflow.state import VecflowState
@@ -319,6 +319,7 @@ class Backend(ABC):
         if not len(batch):
             return
         batch.check_finite(f"upsert into {self.name} collection {name!r}")
+        batch.check_text(f"upsert into {self.name} collection {name!r}")
         unique = last_of_each_id(batch)
         self._retried(f"upsert {name!r}", lambda: self._upsert(name, unique))
 
@@ -332,6 +333,9 @@ class Backend(ABC):
         if len(ids) != len(metadatas):
             raise InvalidDataError(f"update_metadata on {name!r}: {len(ids)} ids but {len(metadatas)} metadatas")
         wanted = dict(zip(ids, metadatas))
+        for rid, metadata in wanted.items():
+            if problem := metadata_problem(metadata):
+                raise InvalidDataError(f"update_metadata on {self.name} collection {name!r}, record {rid!r}: {problem}")
         if wanted:
             self._retried(f"update_metadata {name!r}",
                           lambda: self._update_metadata(name, list(wanted), list(wanted.values())))

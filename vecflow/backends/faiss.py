@@ -47,7 +47,7 @@ from vecflow.backends.faiss_langchain import (
     is_folder,
     load_folder,
 )
-from vecflow.backends.helpers import fsync_directory, json_default, option_bool
+from vecflow.backends.helpers import fsync_directory, json_default, option_bool, rows_by_ids
 from vecflow.batch import Batch
 from vecflow.errors import (
     BackendError,
@@ -99,8 +99,6 @@ ON CONFLICT (id) DO UPDATE SET
                           THEN records.vector_version ELSE excluded.vector_version END,
     vector = excluded.vector
 """
-
-_IDS_IN = "id IN (SELECT value FROM json_each(?))"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -321,7 +319,7 @@ class FaissBackend(Backend):
         collection = self._collection(name)
         conn = collection.conn
         with write_transaction(conn):
-            fids = [(fid,) for (fid,) in conn.execute(f"SELECT fid FROM records WHERE {_IDS_IN}", (json.dumps(ids),))]
+            fids = [(fid,) for (fid,) in rows_by_ids(conn, "SELECT fid FROM records WHERE id IN", ids)]
             if not fids:
                 return
             version = _bump_version(conn)
@@ -339,8 +337,7 @@ class FaissBackend(Backend):
         if folder := self._folder(name):
             return folder.get(ids).batch
         collection = self._collection(name)
-        rows = collection.conn.execute(f"SELECT id, vector, document, metadata FROM records WHERE {_IDS_IN}",
-                                       (json.dumps(ids),)).fetchall()
+        rows = list(rows_by_ids(collection.conn, "SELECT id, vector, document, metadata FROM records WHERE id IN", ids))
         found = {row[0]: row for row in rows}
         return _to_batch([found[rid] for rid in ids if rid in found], collection.dim)
 
