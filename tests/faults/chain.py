@@ -4,7 +4,9 @@ The base state is what an application wrote before vecflow arrived (`main:docs`,
 the adapter). The chain then touches every kind of step the fault suite must survive:
 
     r1  create_collection notes from JSONL
-    r2  rename_field, set_field (self-referencing: `rank + 1`), drop_field on docs
+    r2  rename_field, set_field (self-referencing: `rank + 1`), drop_field on docs; map_records on
+        notes clearing the documents of drafts (on Chroma a document going back to None is a
+        delete and an insert)
     r3  apply_schema on docs (a few records are quarantined into docs_quarantine)
     r4  reembed docs to another dimension (the collection is rebuilt), normalize_vectors on notes
     r5  split_collection docs by category, move_collection notes into the archive store
@@ -38,7 +40,8 @@ _SCRIPTS = {
     "r2": """\
         op.rename_field("docs", "author", "writer")
         op.set_field("docs", "rank", "rank + 1")
-        op.drop_field("docs", "draft")""",
+        op.drop_field("docs", "draft")
+        op.map_records("notes", "_chain_functions:clear_draft_documents")""",
     "r3": """\
         op.apply_schema("docs", {
             "writer": {"type": "str", "required": True, "enum": ["ada", "grace", "linus"]},
@@ -68,6 +71,20 @@ def scratch_folder(prefix: str) -> Iterator[Path]:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+# User code beside the revisions (a leading underscore: not a revision), imported by the runner.
+_FUNCTIONS = '''"""Functions the chain's revisions name by dotted path."""
+
+from vecflow.batch import Batch
+
+
+def clear_draft_documents(batch):
+    """The drafts lose their text: their documents go back to None."""
+    keep = [i for i, meta in enumerate(batch.metadatas) if meta.get("draft") and batch.documents[i] is not None]
+    return Batch([batch.ids[i] for i in keep], batch.vectors[keep], [None] * len(keep),
+                 [batch.metadatas[i] for i in keep], [batch.extras[i] for i in keep])
+'''
 
 
 def application_records(n: int, dim: int = 8, seed: int = 7) -> Batch:
@@ -102,6 +119,7 @@ def build_chain(root: Path, backend: str, records: int = RECORDS, notes: int = N
                       batch_size=batch_size,
                       extra_stores={"archive": (backend, store_options(backend, root, "archive", redis_url))})
     project.write_records("notes.jsonl", notes, dim=8, seed=1)
+    (project.versions / "_chain_functions.py").write_text(_FUNCTIONS, encoding="utf-8")
     down = None
     for rev in REVISIONS:
         project.write_python(rev, down, _SCRIPTS[rev])

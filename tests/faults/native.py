@@ -9,6 +9,10 @@ another process changed, and no Qdrant local-mode folder lock stays held.
 The result is plain JSON: store -> collection -> {"collection": its settings, "records": key ->
 record}, where key is the record's own key in that backend (Chroma/FAISS id, Qdrant point id,
 the Redis key after the collection prefix) and vectors are the hex of their float32 bytes.
+
+Beside it, `read_project` also gives vecflow's own view: the logical digest of every collection
+through vecflow's adapters (what vecflow will compare and restore next; the exact bits and values
+it keeps in its state included), so state that only vecflow reads is compared too.
 """
 
 from __future__ import annotations
@@ -137,13 +141,52 @@ def read_store(store: StoreConfig) -> dict[str, Any]:
     return _plain(READERS[store.backend](store.options))
 
 
-def native_contents(root: Path) -> Contents:
-    """Every store of the project at root, read in a fresh process."""
-    result = subprocess.run([sys.executable, "-m", "tests.faults.native", str(root / "vecflow.ini")],
+@dataclass
+class ProjectView:
+    native: Contents
+    logical: dict[str, dict[str, str]]  # store -> collection -> vecflow's logical digest
+
+
+def read_project(root: Path, logical: bool = True) -> ProjectView:
+    """Every store of the project at root, read in a fresh process: natively, then (unless not
+    `logical`) through vecflow, whose first use of a collection may finish what a kill interrupted."""
+    args = [str(root / "vecflow.ini")] + ([] if logical else ["--native-only"])
+    result = subprocess.run([sys.executable, "-m", "tests.faults.native", *args],
                             capture_output=True, text=True, timeout=300)
     if result.returncode != 0:
-        raise AssertionError(f"reading the stores of {root} natively failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout)
+        raise AssertionError(f"reading the stores of {root} failed:\n{result.stderr[-3000:]}")
+    view = json.loads(result.stdout)
+    return ProjectView(view["native"], view["logical"])
+
+
+def native_contents(root: Path) -> Contents:
+    """The stores as the application reads them; nothing of vecflow's runs."""
+    return read_project(root, logical=False).native
+
+
+def logical_digests(ini: str) -> dict[str, dict[str, str]]:
+    from vecflow.runtime.digest import collection_digest
+    from vecflow.runtime.stores import Stores
+
+    stores = Stores(load_config(ini))
+    try:
+        result = {}
+        for name in sorted(stores.config.stores):
+            backend = stores.backend(name)
+            result[name] = {collection: collection_digest(backend, collection).to_text()
+                            for collection in sorted(backend.list_collections())}
+        return result
+    finally:
+        stores.close()
+
+
+def compare_logical(expected: dict[str, dict[str, str]], actual: dict[str, dict[str, str]]) -> list[str]:
+    """The collections whose vecflow digest differs (or that exist on one side only)."""
+    refs = {(s, c) for side in (expected, actual) for s, collections in side.items() for c in collections}
+    return [f"{store}:{collection}: vecflow reads {actual.get(store, {}).get(collection, 'nothing')}, "
+            f"uninterrupted run {expected.get(store, {}).get(collection, 'nothing')}"
+            for store, collection in sorted(refs)
+            if expected.get(store, {}).get(collection) != actual.get(store, {}).get(collection)]
 
 
 @dataclass
@@ -263,10 +306,11 @@ def files_fingerprint(root: Path) -> dict[str, Any]:
     return result
 
 
-def main(ini: str) -> None:
+def main(ini: str, logical: bool) -> None:
     config = load_config(ini)
-    json.dump({name: read_store(store) for name, store in sorted(config.stores.items())}, sys.stdout)
+    native = {name: read_store(store) for name, store in sorted(config.stores.items())}
+    json.dump({"native": native, "logical": logical_digests(ini) if logical else {}}, sys.stdout)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], "--native-only" not in sys.argv[2:])

@@ -23,7 +23,7 @@ import pytest
 
 from tests.conftest import running_redis
 from tests.faults.chain import BACKENDS, REVISIONS, build_chain, scratch_folder
-from tests.faults.native import Contents, compare, native_contents
+from tests.faults.native import ProjectView, compare, compare_logical, read_project
 from tests.faults.runs import KillLoop, Timeline, applied, timed_run, unfinished
 
 KILLS = 20
@@ -35,9 +35,9 @@ UPGRADE, DOWNGRADE = ["upgrade", "head"], ["downgrade", "base"]
 class Reference:
     """An uninterrupted run of the chain: what each direction leaves, and how long it takes."""
 
-    seeded: Contents
-    upgraded: Contents
-    downgraded: Contents
+    seeded: ProjectView
+    upgraded: ProjectView
+    downgraded: ProjectView
     applied: list[str]
     startup: float
     upgrade: Timeline
@@ -74,12 +74,12 @@ def reference(make_project) -> Reference:
     project = make_project("reference")
     logs = project.root / "logs"
     logs.mkdir()
-    seeded = native_contents(project.root)
+    seeded = read_project(project.root)
     startup, up = timed_run(project.root, UPGRADE, logs / "upgrade.log")
-    upgraded, revisions = native_contents(project.root), applied(project.root / ".vecflow" / "ledger.db")
+    upgraded, revisions = read_project(project.root), applied(project.root / ".vecflow" / "ledger.db")
     assert revisions == REVISIONS
     _, down = timed_run(project.root, DOWNGRADE, logs / "downgrade.log")
-    return Reference(seeded, upgraded, native_contents(project.root), revisions, startup, up, down)
+    return Reference(seeded, upgraded, read_project(project.root), revisions, startup, up, down)
 
 
 def kill_loop(project, command: list[str], reverse: list[str], timeline: Timeline, startup: float,
@@ -92,23 +92,28 @@ def kill_loop(project, command: list[str], reverse: list[str], timeline: Timelin
     return loop
 
 
-def assert_same_as_uninterrupted(loop: KillLoop, expected: Contents, expected_applied: list[str]) -> None:
+def assert_same_as_uninterrupted(loop: KillLoop, expected: ProjectView, expected_applied: list[str]) -> None:
     ledger = loop.root / ".vecflow" / "ledger.db"
     problems = list(loop.failures)
     if loop.delivered < loop.kills:
         problems.append(f"  only {loop.delivered} of {loop.kills} kills were delivered")
     try:
-        actual = native_contents(loop.root)
+        actual = read_project(loop.root)
     except AssertionError as exc:  # e.g. a Chroma folder chromadb itself can no longer read
-        problems.append(f"  the store cannot be read natively: {exc}")
+        problems.append(f"  the store cannot be read: {exc}")
         actual = None
     summary = "not readable"
     if actual is not None:
-        comparison = compare(expected, actual)
+        comparison = compare(expected.native, actual.native)
         summary = comparison.summary()
         if not comparison.equal:
             problems.append(f"  native contents differ from the uninterrupted run ({summary}):")
             problems += [f"    {line}" for line in comparison.lines]
+        logical = compare_logical(expected.logical, actual.logical)
+        if logical:
+            problems.append("  vecflow's own view differs from the uninterrupted run's (state it keeps beside "
+                            "the store):")
+            problems += [f"    {line}" for line in logical]
     if applied(ledger) != expected_applied:
         problems.append(f"  applied revisions {applied(ledger)}, uninterrupted run: {expected_applied}")
     left = unfinished(ledger)
@@ -129,7 +134,6 @@ def test_random_kills_during_upgrade_head_lose_nothing(backend, reference, make_
 def test_random_kills_during_downgrade_base_lose_nothing(backend, reference, make_project):
     project = make_project("killed-downgrade")
     project.cli(*UPGRADE)
-    assert compare(reference.upgraded, native_contents(project.root)).equal
     loop = kill_loop(project, DOWNGRADE, UPGRADE, reference.downgrade, reference.startup, backend)
     assert_same_as_uninterrupted(loop, reference.downgraded, [])
 
@@ -137,5 +141,6 @@ def test_random_kills_during_downgrade_base_lose_nothing(backend, reference, mak
 def test_uninterrupted_downgrade_gives_the_application_its_data_back(reference):
     """The baseline the kill tests compare with: `downgrade base` restores, as the application
     reads it with its own client, exactly what it had written before the chain."""
-    comparison = compare(reference.seeded, reference.downgraded)
-    assert comparison.equal, "\n".join([comparison.summary(), *comparison.lines])
+    comparison = compare(reference.seeded.native, reference.downgraded.native)
+    logical = compare_logical(reference.seeded.logical, reference.downgraded.logical)
+    assert comparison.equal and not logical, "\n".join([comparison.summary(), *comparison.lines, *logical])

@@ -117,8 +117,9 @@ def test_runner_paused_past_its_lease_writes_nothing_after_it_continues(backend,
             assert code == 0, f"runner B could not take over from the paused runner ({paused_at}):\n{output}"
             assert "Resuming upgrade r4" in output, output
             assert applied(ledger) == REVISIONS and unfinished(ledger) == []
-            contents, files = native_contents(project.root), files_fingerprint(project.root / ".vecflow")
+            files = files_fingerprint(project.root / ".vecflow")
             store_files = files_fingerprint(project.root / "stores") if url is None else None
+            contents = native_contents(project.root)
             if url is not None:
                 reset_redis_stats(url)
             printed_before = len(stale.output())
@@ -128,6 +129,8 @@ def test_runner_paused_past_its_lease_writes_nothing_after_it_continues(backend,
             stale.kill()
         writes = redis_writes(url) if url is not None else {}
         stale_output = stale.output()[printed_before:].strip().splitlines()
+        files_after = files_fingerprint(project.root / ".vecflow")
+        store_files_after = files_fingerprint(project.root / "stores") if url is None else None
         after = native_contents(project.root)
         comparison = compare(contents, after)
         problems = []
@@ -141,10 +144,10 @@ def test_runner_paused_past_its_lease_writes_nothing_after_it_continues(backend,
         if writes:
             problems.append(f"redis counted write commands after runner A continued: {writes}")
         problems += [f"vecflow's {name} changed after runner A continued: {what}"
-                     for name, what in _changes(files, files_fingerprint(project.root / ".vecflow"))]
+                     for name, what in _changes(files, files_after)]
         if store_files is not None:
             problems += [f"store file {name} changed after runner A continued: {what}"
-                         for name, what in _changes(store_files, files_fingerprint(project.root / "stores"))]
+                         for name, what in _changes(store_files, store_files_after)]
         if applied(ledger) != REVISIONS or unfinished(ledger):
             problems.append(f"ledger after runner A: applied {applied(ledger)}, unfinished {unfinished(ledger)}")
         assert not problems, (f"runner A was paused at: {paused_at}\n" + "\n".join(problems))
