@@ -105,6 +105,14 @@ def apply_written(state: VecflowState, scope: str, ids: list[str], returned: np.
     return _apply(state, scope, (STAGED_WRITTEN, WRITTEN), ids, returned, _written_if_same_direction)
 
 
+def has_written(state: VecflowState, scope: str, ids: list[str]) -> set[str]:
+    """The ids among these whose written vector vecflow keeps (current or staged)."""
+    found = set(state.get_records(scope, WRITTEN, ids)) if ids else set()
+    if ids and state.has_records(scope, STAGED_WRITTEN):
+        found |= set(state.get_records(scope, STAGED_WRITTEN, ids))
+    return found
+
+
 def _written_if_same_direction(stored: np.ndarray, raw: bytes) -> np.ndarray | None:
     if len(raw) != 4 * stored.shape[0]:
         return None

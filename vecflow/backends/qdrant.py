@@ -315,6 +315,7 @@ class QdrantBackend(Backend):
         have = [text for text in old if slot.pick(old[text].vector) is not None]
         old_vectors = dict(zip(have, self._vectors(name, slot, [old[text] for text in have], have)))
         new_points, payloads, vectors, written = [], [], [], []
+        whole = exact.has_written(self.state, scope, list(old)) if self._rewrites_whole_points(slot) else set()
         for i, rid in enumerate(part.ids):
             logical = Logical(part.documents[i], part.metadatas[i], part.extras[i])
             vector = part.vectors[i]
@@ -327,6 +328,12 @@ class QdrantBackend(Backend):
                 continue
             payload = point.payload or {}
             merged = layout.merge(Native(None, payload), rid, logical, False).fields
+            if texts[i] in whole:
+                if not same_payload(merged, payload) or old_vectors[texts[i]].tobytes() != vector.tobytes():
+                    new_points.append(models.PointStruct(id=pids[i], vector=slot.struct(vector.tolist()),
+                                                         payload=merged))
+                    written.append(i)
+                continue
             if not same_payload(merged, payload):
                 payloads.append(models.OverwritePayloadOperation(
                     overwrite_payload=models.SetPayload(payload=merged, points=[pids[i]])))
@@ -353,10 +360,31 @@ class QdrantBackend(Backend):
         if exact_bits:
             exact.record_written(self.state, scope, [texts[i] for i in written], part.vectors[written])
 
+    def _rewrites_whole_points(self, slot: VectorSlot) -> bool:
+        """Whether a changed point vecflow wrote must be written whole. qdrant-client's local mode
+        normalises a cosine vector in memory when it is upserted and stores the vector it was
+        given; a payload-only or vector-only update then stores the in-memory (normalised) one,
+        changing the vector the application reads from the folder (qdrant-client#1381). Points
+        loaded from the folder keep their vector in memory as stored, so only those vecflow wrote
+        (it keeps their written vector) are upserted whole, with the vector as written. Only where
+        the record's vector is the point's only one: an upsert replaces every vector of a point."""
+        return self._local is not None and slot.alone and slot.params.distance == models.Distance.COSINE
+
     def _update_metadata(self, name: str, ids: list[str], metadatas: list[dict[str, Any]]) -> None:
-        """A payload-only write per changed point (vectors are never sent)."""
+        """A payload-only write per changed point (vectors are never sent), or in local mode a
+        whole point with its vector as written (see _rewrites_whole_points)."""
+        slot = self._slot(name)
         layout = self._layout(name)
         pids = [point_id(rid) for rid in ids]
+        if self._rewrites_whole_points(slot):
+            whole = exact.has_written(self.state, self.scope(name), [str(pid) for pid in pids])
+            if whole:
+                wanted = dict(zip(ids, metadatas))
+                rewritten = [rid for rid, pid in zip(ids, pids) if str(pid) in whole]
+                page = self._get(name, rewritten)
+                self._upsert(name, page.with_metadatas([wanted[rid] for rid in page.ids]))
+                keep = [i for i, pid in enumerate(pids) if str(pid) not in whole]
+                ids, pids, metadatas = [ids[i] for i in keep], [pids[i] for i in keep], [metadatas[i] for i in keep]
         found = {str(point.id): point for point in self._retrieve(name, pids, False)}
         owners = id_entries(self.state, self.scope(name), list(found))
         operations = []
