@@ -60,7 +60,8 @@ def project(tmp_path):
 def test_a_kill_before_an_upgrade_is_closed_is_finished_by_the_rerun(project):
     project.cli("upgrade", "r1")
     killed_in(project, "vecflow.runtime.ledger:Ledger.close_revision", "upgrade", "head")
-    assert project.run("current") == ["r1"]  # the steps ran, the revision is not recorded yet
+    lines = project.run("current")  # the steps ran, the revision is not recorded yet
+    assert lines[0] == "r1" and lines[1].startswith("unfinished: upgrade of r2 (running)")
     out = project.cli("upgrade", "head").stdout
     assert "Resuming upgrade r2" in out and "already done" in out
     assert project.run("current") == ["r3 (head)"]
@@ -71,7 +72,8 @@ def test_a_kill_while_a_downgrade_verifies_is_finished_by_the_rerun(project):
     initial = project.digest("docs")
     project.cli("upgrade", "head")
     killed_in(project, "vecflow.runtime.runner:Runner._verify_restored", "downgrade", "r1")
-    assert project.run("current") == ["r3 (head)"]
+    lines = project.run("current")
+    assert lines[0] == "r3 (head)" and lines[1].startswith("unfinished: downgrade of r3 (running)")
     out = project.cli("downgrade", "r1").stdout  # the same command again: no stamp, no advice needed
     assert "Resuming downgrade r3" in out and out.count("restored exactly") == 2
     assert project.run("current") == ["r1"] and project.digest("docs") == initial
