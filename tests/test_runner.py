@@ -184,3 +184,28 @@ def test_show_lists_upgrade_and_derived_downgrade(project):
     assert lines[:2] == ["Revision: r2 (head)", "Parent: r1"]
     assert "Downgrade: (derived from the upgrade steps)" in lines
     assert "  1. undo drop_field docs: -rank" in lines
+
+
+def test_a_copy_reads_its_source_once_for_digests_and_no_verify_reads_nothing_after(project, monkeypatch):
+    import vecflow.runtime.runner as runner_module
+
+    project.run("upgrade", "head")
+    project.write_python("r3", "r2", 'op.copy_collection("docs", "docs_copy")')
+    project.write_python("r4", "r3", 'op.set_field("docs_copy", "flag", "1")')
+    digested: list[str] = []
+    real = runner_module.collection_digests
+
+    def counting(backend, name, *args, **kwargs):
+        digested.append(name)
+        return real(backend, name, *args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "collection_digests", counting)
+    project.run("upgrade", "r3")
+    # before: source and target; after: the target only (the source was only read)
+    assert sorted(digested) == ["docs", "docs_copy", "docs_copy"]
+    [step] = [row for row in Ledger(project.config.ledger).steps(3)]
+    assert step["digest_after"].count("main:docs\"") == 1 and "main:docs_copy" in step["digest_after"]
+    digested.clear()
+    project.run("upgrade", "head", verify=False)
+    assert digested == ["docs_copy"]  # the digest before the step, kept for the downgrade; none after
+    assert "restored exactly" in "\n".join(project.run("downgrade", "r3"))

@@ -71,6 +71,9 @@ class CopyCollectionOp(Op):
     def collections(self) -> list[str]:
         return [self.source, self.target]
 
+    def read_only_collections(self) -> list[str]:
+        return [self.source] if getattr(self, "keep_source", True) else []
+
     def describe(self) -> str:
         return f"{self.op_name} {self.source} -> {self.target}"
 
