@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -245,3 +247,33 @@ def test_a_normalising_target_that_alters_a_vector_fails_verification(normalisin
     expected = r"1 vectors differ beyond 1e-06 after normalising \(e.g. \['chunk-000042'\]\)"
     with pytest.raises(VerificationError, match=expected):
         project.run("upgrade", "head")
+
+
+
+def _folder_bytes(root: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+def test_verifying_a_copy_writes_nothing_into_an_approximate_faiss_source(four_stores):
+    """Search parity queries an approximate source for its own recall: FAISS would rebuild its
+    HNSW index for that and save it into the source's folder."""
+    project = four_stores(batch_size=200)
+    with project.opened("faiss:docs") as (backend, name):
+        backend.create_collection(name, 16, "cosine", index_type="hnsw")
+        backend.upsert(name, clustered_batch(600, 16))
+    root = Path(project.config.stores["faiss"].options["path"])
+    before = _folder_bytes(root)
+    project.write_python("c1", None, 'op.copy_collection("faiss:docs", "main:docs")')
+    lines = project.run("upgrade", "head")
+    assert any("verified main:docs" in line for line in lines), lines
+    assert _folder_bytes(root) == before
+
+
+def test_a_store_held_read_only_refuses_writes(four_stores):
+    project = four_stores()
+    with project.opened("faiss:docs") as (backend, name):
+        backend.create_collection(name, 4, "l2")
+        with backend.read_only(), pytest.raises(OperationError, match="is read-only here"):
+            backend.upsert(name, Batch(["a"], np.ones((1, 4), np.float32), [None], [{}]))
+        backend.upsert(name, Batch(["a"], np.ones((1, 4), np.float32), [None], [{}]))
+        assert backend.count(name) == 1

@@ -23,6 +23,7 @@ as BackendError raised from them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -92,15 +93,31 @@ class Backend(ABC):
     # Set by the runner while it holds the migration lease: raises LockError once the lease is
     # lost, so a runner that lost it stops before its next write to the store (fencing).
     write_guard: Callable[[], None] | None = None
+    _read_only: bool = False
 
     # configuration shared by every adapter ------------------------------------------------------
 
     def _before_write(self) -> None:
+        if self._read_only:
+            raise OperationError(f"{self.name} store {self.location} is read-only here (the source of a "
+                                 "verification); vecflow tried to write to it, which is a bug")
         if self.write_guard is not None:
             self.write_guard()
 
-    # Long scans (digests, verification, snapshots) renew the lease the same way, page by page.
-    _keep_lease = _before_write
+    @contextlib.contextmanager
+    def read_only(self) -> Iterator[None]:
+        """Within: nothing is written to the store, derived files (FAISS's saved index) included;
+        a write raises. Verification reads a copy's source this way."""
+        previous, self._read_only = self._read_only, True
+        try:
+            yield
+        finally:
+            self._read_only = previous
+
+    def _keep_lease(self) -> None:
+        """Long scans (digests, verification, snapshots) renew the lease the same way, page by page."""
+        if self.write_guard is not None:
+            self.write_guard()
 
     @property
     def state(self) -> VecflowState:

@@ -349,7 +349,7 @@ class FaissBackend(Backend):
         if vectors.shape[1] != collection.dim:
             raise DimensionMismatchError(f"faiss collection {name!r} has dimension {collection.dim}; "
                                          f"query vectors have shape {vectors.shape}")
-        scores, fids = faiss_index.search(collection, vectors, k)
+        scores, fids = faiss_index.search(collection, vectors, k, save=not self._read_only)
         wanted = sorted({int(f) for f in fids.ravel() if f >= 0})
         id_of = dict(collection.conn.execute(
             "SELECT fid, id FROM records WHERE fid IN (SELECT value FROM json_each(?))", (json.dumps(wanted),)))

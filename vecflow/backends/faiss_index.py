@@ -77,10 +77,12 @@ def vectors_of(blobs: list[bytes], dim: int) -> np.ndarray:
     return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dim).astype(np.float32)
 
 
-def search(collection: OpenCollection, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def search(collection: OpenCollection, queries: np.ndarray, k: int,
+           save: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(scores, fids) of the k nearest records of each query; fid -1 pads a short row. Scores are
-    the index's own: squared L2, or inner product (of unit vectors for cosine)."""
-    index = synced_index(collection)
+    the index's own: squared L2, or inner product (of unit vectors for cosine). save=False: an
+    index brought up to date is not saved (the folder is only read)."""
+    index = synced_index(collection, save)
     if index.ntotal == 0:
         return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
     if collection.params["index_type"] == "hnsw":
@@ -88,8 +90,9 @@ def search(collection: OpenCollection, queries: np.ndarray, k: int) -> tuple[np.
     return index.search(for_index(np.ascontiguousarray(queries), collection.metric), min(k, index.ntotal))
 
 
-def synced_index(collection: OpenCollection) -> Any:
-    """The collection's index, brought up to the sidecar's current version and saved."""
+def synced_index(collection: OpenCollection, save: bool = True) -> Any:
+    """The collection's index, brought up to the sidecar's current version and saved (unless
+    save is False: then the folder is left as it was)."""
     conn = collection.conn
     with read_transaction(conn):
         version, tombstones_since = conn.execute("SELECT version, tombstones_since FROM collection").fetchone()
@@ -104,6 +107,8 @@ def synced_index(collection: OpenCollection) -> Any:
         except BaseException:
             collection.index = None  # possibly half patched: never reuse it
             raise
+    if not save:
+        return collection.index
     try:
         _save_index_file(collection)
     except OSError as exc:
