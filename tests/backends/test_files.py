@@ -140,6 +140,13 @@ def test_the_manifest_describes_the_folder_and_every_part_in_it(store):
         assert (part["rows"], part["digest"]) == (len(rows), batch_digest(batch).to_text())
 
 
+def test_a_page_that_ends_with_the_empty_id_continues_after_it(store):
+    store.create_collection("c", 3, "l2")
+    batch = Batch(["0", "1", "00", ""], np.zeros((4, 3), np.float32), [None] * 4, [{}] * 4)
+    store.upsert("c", batch)
+    assert sorted(scan_all(store, "c", batch_size=1).ids) == ["", "0", "00", "1"]
+
+
 def test_upserting_existing_ids_rewrites_only_their_part_and_keeps_every_position(store):
     store.create_collection("docs", 16, "cosine")
     for start in (0, 10, 20):

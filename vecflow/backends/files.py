@@ -477,7 +477,7 @@ def _parse_cursor(name: str, cursor: str | None) -> tuple[int, int, str]:
         return 0, 0, ""
     number, _, rest = str(cursor).partition(":")
     row, sep, last = rest.partition(":")
-    if sep and number.isdigit() and row.isdigit() and (last or row == "0"):
+    if sep and number.isdigit() and row.isdigit():  # the id before may be "" (an empty id)
         return int(number), int(row), last
     raise BackendError(f"invalid scan cursor {cursor!r} for files collection {name!r}; "
                        "pass None or a cursor returned by scan()")
