@@ -99,6 +99,17 @@ def test_copy_keeps_the_source_and_its_downgrade_drops_the_copy(four_stores):
     assert project.digest("faiss:docs_copy") == "absent" and project.digest("main:docs") == original
 
 
+def test_a_move_into_an_existing_empty_collection_is_undone_leaving_it_empty(four_stores):
+    project = four_stores()
+    original = seed(project, "main:docs", clustered_batch(300, 16), metric="l2")
+    empty = seed(project, "faiss:docs", Batch.empty(16), metric="l2")
+    project.write_python("m1", None, 'op.move_collection("main:docs", "faiss:docs")')
+    project.run("upgrade", "head")
+    assert project.digest("main:docs") == "absent" and project.digest("faiss:docs") == original
+    assert any("restored exactly" in line for line in project.run("downgrade", "base"))
+    assert project.digest("main:docs") == original and project.digest("faiss:docs") == empty
+
+
 def test_target_with_another_dimension_or_metric_is_refused_before_writing(four_stores):
     project = four_stores()
     seed(project, "main:docs", clustered_batch(300, 16))

@@ -251,6 +251,14 @@ class MoveCollectionOp(CopyCollectionOp):
     def reverse(self, record: StepRecord) -> Op | None:
         if self.keep_source:
             return super().reverse(record)
+        back = self._move_back(record)
+        if self.target in record.before and record.existed_before(self.target):
+            # The target existed (empty) before: the records go back and it stays, emptied.
+            return UnmoveCollectionOp(back=back, source_records=records_before(record, self.source),
+                                      target_created=False)
+        return back
+
+    def _move_back(self, record: StepRecord) -> MoveCollectionOp:
         info = record.state.get("source_info", {})
         return MoveCollectionOp(source=self.target, target=self.source, verify=self.verify,
                                 parity_queries=self.parity_queries, parity_threshold=self.parity_threshold,
@@ -262,7 +270,7 @@ class MoveCollectionOp(CopyCollectionOp):
         # The source is dropped only after the whole copy is checkpointed.
         if self.keep_source or not undo_copy or not record.state.get("copied"):
             return undo_copy
-        return [UnmoveCollectionOp(back=self.reverse(record), source_records=records_before(record, self.source),
+        return [UnmoveCollectionOp(back=self._move_back(record), source_records=records_before(record, self.source),
                                    target_created=not record.existed_before(self.target))]
 
     def run(self, ctx: StepContext) -> None:
