@@ -68,6 +68,17 @@ def read_chroma(options: dict[str, str]) -> dict[str, Any]:
 SELF_SEARCH = "not_found_by_own_vector"
 
 
+def _settings_unfound(collection: Any) -> list[str]:
+    return collection.get(SELF_SEARCH, []) if isinstance(collection, dict) else []
+
+
+def _settings(collection: Any) -> Any:
+    """A collection's settings without the self-search result (compared with a tolerance)."""
+    if isinstance(collection, dict):
+        return {k: v for k, v in collection.items() if k != SELF_SEARCH}
+    return collection
+
+
 def _self_search(collection: Any, got: dict[str, Any]) -> list[str]:
     """Records whose own vector does not find them first: what the application's queries see of
     the HNSW segment (a get() reads the SQLite side only; a segment chromadb can no longer load
@@ -238,14 +249,13 @@ def compare(expected: Contents, actual: Contents, limit: int = 12) -> Comparison
                 result.lines.append(f"{where}: unexpected collection with {held} records")
                 continue
             want, got = want_store[collection], got_store[collection]
-            settings = {k: v for k, v in got["collection"].items() if k != SELF_SEARCH}
-            if {k: v for k, v in want["collection"].items() if k != SELF_SEARCH} != settings:
+            if _settings(want["collection"]) != _settings(got["collection"]):
                 result.lines.append(f"{where}: settings differ: expected {want['collection']!r}, "
                                     f"got {got['collection']!r}")
-            unfound = got["collection"].get(SELF_SEARCH, [])
+            unfound = got["collection"].get(SELF_SEARCH, []) if isinstance(got["collection"], dict) else []
             if len(unfound) > max(1, len(got["records"]) // 100):
                 result.lines.append(f"{where}: {len(unfound)} records are not found by their own vector "
-                                    f"(the uninterrupted run: {len(want['collection'].get(SELF_SEARCH, []))}): "
+                                    f"(the uninterrupted run: {len(_settings_unfound(want['collection']))}): "
                                     f"{unfound[:limit]}")
             missing = sorted(set(want["records"]) - set(got["records"]))
             extra = sorted(set(got["records"]) - set(want["records"]))
