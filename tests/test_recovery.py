@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from tests.damaged_chroma import damaged_chroma_folder
 from tests.project import Project
 from vecflow.runtime.ledger import Ledger
 
@@ -33,8 +34,27 @@ sys.exit(main(sys.argv[3:]))
 """
 
 
+# Runs the CLI with Backend.drop_collection deleting half the collection's records, then a SIGKILL:
+# a drop killed part-way, as Chroma and Redis drop (records first, then the collection).
+HALF_DROP_KILLER = """
+import os, signal, sys
+from vecflow.backends.base import Backend
+def drop(backend, name):
+    page, _ = backend.scan(name, max(1, backend.count(name) // 2))
+    backend.delete(name, page.ids)
+    os.kill(os.getpid(), signal.SIGKILL)
+Backend.drop_collection = drop
+from vecflow.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def killed_in(project: Project, function: str, *args: str, call: int = 1) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-c", KILLER, function, str(call), *args], cwd=project.root,
+    return _killed(project, KILLER, function, str(call), *args)
+
+
+def _killed(project: Project, killer: str, *args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-c", killer, *args], cwd=project.root,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == -9, (result.returncode, result.stdout, result.stderr)
     return result
@@ -111,6 +131,65 @@ def test_a_killed_upgrade_is_rolled_back_by_a_downgrade(project, monkeypatch):
     assert project.digest("docs") == initial and project.run("current") == ["r1"]
     assert "Upgrade r2" in project.cli("upgrade", "head").stdout
     assert project.run("current") == ["r3 (head)"]
+
+
+@pytest.mark.parametrize("backend", ["chroma", "faiss"])
+def test_a_reembed_killed_half_way_through_dropping_the_old_collection_finishes_on_a_rerun(tmp_path, backend):
+    project = Project(tmp_path, {"path": f"%(here)s/{backend}"}, backend=backend, batch_size=40)
+    project.write_records("docs.jsonl", 100, dim=8)
+    project.write_python("r1", None, 'op.create_collection("docs", data="data/docs.jsonl")')
+    project.write_python("r2", "r1", 'op.reembed("docs", "tests.ops.sample_embedders:hash12()")')
+    project.cli("upgrade", "r1")
+    initial = project.digest("docs")
+    _killed(project, HALF_DROP_KILLER, "upgrade", "head")
+    with project.opened("docs") as (store, name):
+        assert store.describe(name).dim == 8 and store.count(name) == 50  # the old collection, half gone
+    project.cli("upgrade", "head")  # the same command again
+    with project.opened("docs") as (store, name):
+        assert store.describe(name).dim == 12 and store.count(name) == 100
+    assert project.run("current") == ["r2 (head)"]
+    assert "restored exactly" in project.cli("downgrade", "r1").stdout and project.digest("docs") == initial
+
+
+# A step that fills a Chroma collection from what it still holds, killed part-way, then that
+# collection damaged as a kill inside chromadb's own index save leaves it (chroma-core/chroma#7678):
+# (the step, the checkpoint the kill lands on). The move copies it again from its source; the
+# reembed rebuilds it from its snapshot.
+REBUILT_AFTER_DAMAGE = {
+    "move": ('op.move_collection("main:docs", "chroma:docs")', 3),
+    "reembed": ('op.reembed("chroma:docs", "tests.ops.sample_embedders:hash12()")', 9),
+}
+
+
+@pytest.mark.parametrize("case", list(REBUILT_AFTER_DAMAGE))
+def test_a_collection_a_kill_damaged_is_rebuilt_by_the_rerun_from_what_the_step_holds(tmp_path, case):
+    body, checkpoint = REBUILT_AFTER_DAMAGE[case]
+    damaged = "chroma:docs"
+    project = Project(tmp_path, {"path": "%(here)s/faiss"}, backend="faiss", batch_size=40,
+                      extra_stores={"chroma": ("chroma", {"path": "%(here)s/chroma"})})
+    project.write_records("docs.jsonl", 100, dim=8)
+    where = "main:docs" if case == "move" else "chroma:docs"
+    project.write_python("r1", None, f'op.create_collection("{where}", data="data/docs.jsonl")')
+    project.write_python("r2", "r1", body)
+    project.cli("upgrade", "r1")
+    initial = project.digest(where)
+    killed_in(project, "vecflow.runtime.context:StepContext.save", "upgrade", "head", call=checkpoint)
+    damaged_chroma_folder(tmp_path / "scratch", tmp_path / "chroma")
+    out = project.cli("upgrade", "head").stdout  # the same command again
+    assert f"{damaged} is damaged (chromadb cannot read its index" in out and "filled again" in out
+    with project.opened(damaged) as (store, name):
+        assert store.count(name) == 100 and store.describe(name).dim == (8 if case == "move" else 12)
+    assert project.run("current") == ["r2 (head)"]
+    assert "restored exactly" in project.cli("downgrade", "r1").stdout and project.digest(where) == initial
+
+
+def test_a_damaged_collection_the_step_cannot_rebuild_stops_in_one_line_naming_the_way_out(project, tmp_path):
+    project.cli("upgrade", "r1")
+    damaged_chroma_folder(tmp_path / "scratch", tmp_path / "chroma")
+    refused = project.cli("upgrade", "head", check=False)
+    assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1
+    assert "is damaged" in refused.stderr and "Restore the folder from a backup" in refused.stderr
+    assert "Traceback" not in refused.stderr and project.run("current")[0] == "r1"
 
 
 def test_a_killed_rollback_resumes(project):

@@ -37,6 +37,18 @@ class CollectionExistsError(BackendError):
     """A collection that an operation would create already exists."""
 
 
+class DamagedStoreError(BackendError):
+    """A store cannot read one of its own collections (e.g. a Chroma index torn by a kill inside
+    chromadb's save). Never retried: trying again would hide lost records. `scope` names the
+    collection (Backend.scope), so the runner can drop and rebuild one the step made itself;
+    `reason` says in a few words what the store cannot do."""
+
+    def __init__(self, message: str, scope: str | None = None, reason: str = "the store cannot read it") -> None:
+        super().__init__(message)
+        self.scope = scope
+        self.reason = reason
+
+
 class DimensionMismatchError(BackendError):
     """Vectors do not have the collection's dimension."""
 

@@ -15,30 +15,28 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import shutil
 import signal
 import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import chromadb
 import numpy as np
 import pytest
 from chromadb.api.models.Collection import Collection
 from chromadb.errors import InvalidArgumentError
 from qdrant_client import QdrantClient
 
+from tests.damaged_chroma import damaged_chroma_folder
 from vecflow.backends import exact, faiss_langchain, journal
 from vecflow.backends.base import Backend
 from vecflow.backends.chroma import ChromaBackend
-from vecflow.backends.chroma_connect import DamagedStoreError
 from vecflow.backends.faiss import FaissBackend
 from vecflow.backends.qdrant import QdrantBackend
 from vecflow.backends.redis import RedisBackend
 from vecflow.backends.retry import is_transient
 from vecflow.batch import Batch
-from vecflow.errors import BackendError
+from vecflow.errors import BackendError, DamagedStoreError
 from vecflow.runtime.digest import collection_digest
 from vecflow.state import VecflowState
 
@@ -287,40 +285,8 @@ def test_create_killed_right_after_the_store_created_keeps_the_layout(forkserver
 
 # a damaged Chroma folder -------------------------------------------------------------------------
 
-def _vectors(n: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
-
-
-def damaged_chroma_folder(root: Path) -> Path:
-    """The folder a kill inside chromadb's index save leaves: index files that already hold 300
-    deletes, beside the id map and log position from before them (chroma_connect.py).
-
-    `before` has 1,000 records saved (chromadb saves its index every 1,000 log entries) and 300
-    deletes only in its log; `after` is the same folder once 700 more inserts made chromadb save
-    the index again. The damaged folder is `before` with `after`'s index files."""
-    before, after, damaged = root / "before", root / "after", root / "damaged"
-    client = chromadb.PersistentClient(path=str(before))
-    collection = client.create_collection("docs", embedding_function=None)
-    ids = [f"r{i}" for i in range(1000)]
-    collection.upsert(ids=ids, embeddings=_vectors(1000, 1))
-    collection.delete(ids=ids[:300])
-    collection.count()
-    client.close()
-    shutil.copytree(before, after)
-    client = chromadb.PersistentClient(path=str(after))
-    collection = client.get_collection("docs", embedding_function=None)
-    collection.upsert(ids=[f"n{i}" for i in range(700)], embeddings=_vectors(700, 2))
-    collection.count()
-    client.close()
-    shutil.copytree(before, damaged)
-    (segment,) = [p.name for p in before.iterdir() if p.is_dir()]
-    for name in ("header.bin", "data_level0.bin", "length.bin", "link_lists.bin"):
-        shutil.copyfile(after / segment / name, damaged / segment / name)
-    return damaged
-
-
 def test_damaged_chroma_folder_stops_with_one_line_and_can_be_dropped(tmp_path):
-    damaged = damaged_chroma_folder(tmp_path)
+    damaged = damaged_chroma_folder(tmp_path, tmp_path / "damaged")
     backend = ChromaBackend(path=str(damaged))
     try:
         with pytest.raises(DamagedStoreError) as caught:

@@ -36,13 +36,14 @@ from vecflow.backends import chroma_order as order
 from vecflow.backends import chroma_values as values
 from vecflow.backends import exact, journal
 from vecflow.backends.base import Backend, CollectionInfo, Hit, NativePage
-from vecflow.backends.chroma_connect import FAILURES, DamagedStoreError, connect, damage
+from vecflow.backends.chroma_connect import FAILURES, connect, damage
 from vecflow.backends.helpers import one_line
 from vecflow.batch import Batch
 from vecflow.errors import (
     BackendError,
     CollectionExistsError,
     CollectionNotFoundError,
+    DamagedStoreError,
     DimensionMismatchError,
     OperationError,
     VecflowError,
@@ -505,7 +506,7 @@ class ChromaBackend(Backend):
         except (httpx.TransportError, OSError) as exc:
             raise BackendError(f"cannot reach Chroma at {self._where} ({action}): {one_line(exc)}") from exc
         except FAILURES as exc:
-            damaged = damage(exc, self._where, action)
+            damaged = damage(exc, self._where, action, self.scope(self._in_use))
             if damaged is not None:
                 self._damaged[self._in_use] = damaged
                 raise damaged from exc

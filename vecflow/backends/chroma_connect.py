@@ -27,7 +27,7 @@ import httpx
 from chromadb.errors import ChromaError
 
 from vecflow.backends.helpers import one_line, redacted, root_cause
-from vecflow.errors import BackendError, ConfigError, VecflowError
+from vecflow.errors import BackendError, ConfigError, DamagedStoreError, VecflowError
 
 FAILURES = (ChromaError, ValueError, TypeError, httpx.HTTPError, OSError)
 # What chromadb says when it cannot bring a collection's segments up to its own log.
@@ -36,12 +36,7 @@ DAMAGE_SIGNS = ("failed to apply logs to the hnsw segment", "failed to apply log
                 "error creating hnsw segment reader", "error getting embedding")
 
 
-class DamagedStoreError(BackendError):
-    """chromadb cannot read a collection of its own store (a torn index save; see the module
-    docstring). Not a transient failure: trying again would hide lost vectors."""
-
-
-def damage(exc: BaseException, where: str, action: str) -> DamagedStoreError | None:
+def damage(exc: BaseException, where: str, action: str, scope: str) -> DamagedStoreError | None:
     """The DamagedStoreError for a chromadb failure that shows a damaged store, else None."""
     text = one_line(exc)
     if not any(sign in text.lower() for sign in DAMAGE_SIGNS):
@@ -50,8 +45,9 @@ def damage(exc: BaseException, where: str, action: str) -> DamagedStoreError | N
         f"Chroma store {where} is damaged ({action}): chromadb cannot apply its own write-ahead log to "
         f"the collection's index ({text}), which a process killed while chromadb saved the index leaves "
         "behind (chroma-core/chroma#7678); vecflow stopped before writing more, as retrying would hide "
-        "lost vectors. Restore the folder from a backup, or drop the collection and restore it from "
-        "its source or from vecflow's snapshot ('vecflow downgrade')")
+        "lost vectors. Restore the folder from a backup, or drop the collection and load it again from "
+        "its source", scope, reason="chromadb cannot read its index: a process was killed while chromadb "
+        "saved it, chroma-core/chroma#7678")
 
 
 def connect(path: str | None, url: str | None, tenant: str | None, database: str | None,

@@ -90,6 +90,13 @@ class Op(BaseModel):
             raise IrreversibleError(f"{self.describe()} cannot be reversed")
         return [inverse]
 
+    def restart_after_damage(self, record: StepRecord, ref: str) -> dict[str, Any] | None:
+        """The step state to go on from once collection `ref`, found damaged part-way through
+        this step (DamagedStoreError), has been dropped; None when the step cannot rebuild it
+        (it held records only the store had). Ops that fill a collection from a source or a
+        snapshot they still hold return one; the runner drops `ref` and runs the step again."""
+        return None
+
     @property
     def reversible(self) -> bool:
         return self.reverse(StepRecord.hypothetical()) is not None

@@ -202,6 +202,10 @@ class CreateCollectionOp(CollectionOp):
         # A collection that existed before made the step refuse before writing.
         return [] if record.existed_before(self.collection) else [DiscardCollectionOp(collection=self.collection)]
 
+    def restart_after_damage(self, record: StepRecord, ref: str) -> dict[str, Any] | None:
+        # Loaded again from the data file (or created empty again).
+        return None if record.existed_before(self.collection) else {}
+
     def run(self, ctx: StepContext) -> None:
         backend, name = ctx.resolve(self.collection)
         data = (ctx.script_dir / self.data) if self.data else None
@@ -319,6 +323,12 @@ class RestoreCollectionOp(CollectionOp):
 
     def describe(self) -> str:
         return f"restore_collection {self.collection} from snapshot {self.snapshot}"
+
+    def restart_after_damage(self, record: StepRecord, ref: str) -> dict[str, Any] | None:
+        # Recreated from the snapshot; a partial drop it found was dropped already.
+        if record.state.get("left_whole") is False:
+            return {"left_whole": False}
+        return None if record.existed_before(self.collection) else {}
 
     def run(self, ctx: StepContext) -> None:
         backend, name = ctx.resolve(self.collection)

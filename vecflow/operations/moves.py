@@ -90,6 +90,10 @@ class CopyCollectionOp(Op):
             return [DiscardCollectionOp(collection=self.target)]
         return [UncopyCollectionOp(collection=self.target, drop=False)]
 
+    def restart_after_damage(self, record: StepRecord, ref: str) -> dict[str, Any] | None:
+        # A target this step created is copied again from the source, which it only reads.
+        return {} if ref == self.target and not record.existed_before(self.target) else None
+
     def preview(self, stores: Stores) -> list[str]:
         source, source_name = stores.resolve(self.source)
         target, target_name = stores.resolve(self.target)
@@ -272,6 +276,10 @@ class MoveCollectionOp(CopyCollectionOp):
             return undo_copy
         return [UnmoveCollectionOp(back=self._move_back(record), source_records=records_before(record, self.source),
                                    target_created=not record.existed_before(self.target))]
+
+    def restart_after_damage(self, record: StepRecord, ref: str) -> dict[str, Any] | None:
+        # Once the source is being dropped, the damaged target holds records found nowhere else.
+        return None if record.state.get("dropping_source") else super().restart_after_damage(record, ref)
 
     def run(self, ctx: StepContext) -> None:
         source, source_name = ctx.resolve(self.source)

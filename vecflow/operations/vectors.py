@@ -296,6 +296,12 @@ class ReembedOp(CollectionOp):
         return [RestoreVectorsOp(collection=self.collection, snapshot=record.snapshot, interrupted=True,
                                  collection_metadata=record.state.get("prior_collection_metadata"))]
 
+    def restart_after_damage(self, record: StepRecord, ref: str) -> dict[str, Any] | None:
+        # Once the drop began, the collection is rebuilt from the snapshot, which was checked.
+        if not record.state.get("dropping"):
+            return None
+        return {key: value for key, value in record.state.items() if key not in ("rebuilt", "embed_after")}
+
     def preview(self, stores: Stores) -> list[str]:
         backend, name = stores.resolve(self.collection)
         sampled = sample(backend, name)
@@ -334,8 +340,13 @@ class ReembedOp(CollectionOp):
         if not ctx.state.get("rebuilt"):
             info = ctx.snapshots.records_info(ctx.snapshot)
             if dim != info.dim:
-                if backend.has_collection(name) and backend.describe(name).dim == info.dim:
+                still_old = backend.has_collection(name) and backend.describe(name).dim == info.dim
+                if still_old and not ctx.state.get("dropping"):
                     self._check_snapshot(ctx, backend, name)
+                # Checkpointed before the drop: a drop killed part-way (Chroma and Redis delete
+                # records first) leaves a collection the check would refuse on every rerun; the
+                # snapshot was checked, so the resumed run finishes the rebuild.
+                ctx.save(dropping=True)
                 _rebuild(backend, name, dim, info.metric, info.params, ctx.snapshots.records_layout(ctx.snapshot))
             ctx.save(rebuilt=True)
         after = ctx.state.get("embed_after", 0)

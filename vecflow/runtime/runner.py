@@ -18,6 +18,7 @@ from pathlib import Path
 
 from vecflow.config import Config
 from vecflow.errors import (
+    DamagedStoreError,
     DigestMismatchError,
     IrreversibleError,
     LedgerError,
@@ -350,7 +351,11 @@ class Runner:
             resumed=resumed, script_dir=Path(rev.path).parent if rev.path else self.scripts.location,
             verify=verify, note=lambda line: self.out(f"      {line}"),
         )
-        step.run(ctx)
+        try:
+            step.run(ctx)
+        except DamagedStoreError as exc:
+            self._restart_after_damage(step, ctx, exc)
+            step.run(ctx)  # damaged again: the error stands
         # A digest an op computed is logical only; "absent" and empty need no native part.
         known = {ref: text for ref, text in ctx.known_digests.items() if text in ("absent", EMPTY_DIGEST)}
         read_only = {self.stores.canonical(r) for r in step.read_only_collections()}
@@ -363,6 +368,27 @@ class Runner:
         self.ledger.finish_step(attempt_id, index, after)
         self.out(f"  [{index + 1}/{total}] {step.describe()}: {ctx.rows_done} rows, "
                  f"{time.monotonic() - started:.2f} s")
+
+    def _restart_after_damage(self, step: Op, ctx: StepContext, exc: DamagedStoreError) -> None:
+        """A collection the step is filling from what it still holds (its source, a data file, a
+        snapshot) was found damaged: drop it and set the step back to where the op says it
+        rebuilds it. Any other damaged collection: the error stands."""
+        damaged = [ref for ref in step.collections() if exc.scope == self._scope(ref)]
+        record = self._step_record(step, self.ledger.step(ctx.attempt_id, ctx.step_index))
+        state = step.restart_after_damage(record, damaged[0]) if damaged else None
+        if state is None:
+            raise exc
+        backend, name = self.stores.resolve(damaged[0])
+        self.out(f"      {damaged[0]} is damaged ({exc.reason}); this step rebuilds it from what it holds: "
+                 "dropped, and filled again")
+        backend.drop_collection(name)
+        ctx.state, ctx.rows_done, ctx.resumed = {}, 0, True
+        ctx.known_digests.clear()
+        ctx.save(**state)
+
+    def _scope(self, ref: str) -> str:
+        backend, name = self.stores.resolve(ref)
+        return backend.scope(name)
 
     def _digest(self, ref: str, fresh: bool = False, version: int = DIGEST_VERSION) -> str:
         """A collection's digest text; one in an older digest version (to compare with what an
