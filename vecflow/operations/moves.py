@@ -32,6 +32,7 @@ from vecflow.operations.collections import (
 )
 from vecflow.operations.target_shape import TargetShape, choose_target_shape
 from vecflow.runtime.context import StepContext
+from vecflow.runtime.digest import collection_digests
 from vecflow.runtime.stores import Stores
 from vecflow.runtime.verify import SideDigest, copy_normalises, verify_copy
 
@@ -177,17 +178,32 @@ class CopyCollectionOp(Op):
         if ctx.resumed:
             self.ensure_target_kept(ctx, target, target_name, side.records.count or 0)
         retried = before = target.retried_calls
-        for page, cursor in source.pages(source_name, ctx.batch_size, ctx.state.get("copy_cursor")):
+        for native, cursor in source.native_pages(source_name, ctx.batch_size, ctx.state.get("copy_cursor")):
+            page = native.batch
             if len(page):
                 page.check_finite(f"{self.op_name} {self.source}")
                 target.upsert(target_name, page)
-                side = side.add(page, normalise)
+                side = side.add(native, normalise)
             # Checked when the target was away while this page was written, and at the end of a
             # copy during which it was away (it may have lost pages it took before it went).
             if target.retried_calls != retried or (cursor is None and target.retried_calls != before):
                 self.ensure_target_kept(ctx, target, target_name, side.records.count or 0)
                 retried = target.retried_calls
+            if cursor is None:
+                self._record_source_digest(ctx, source, source_name, side)
             ctx.save(len(page), copy_cursor=cursor, copied=cursor is None, source_side=side.to_dict())
+
+    def digested_while_running(self) -> list[str]:
+        # Read through another layout (layout=), the copy's digest is not the runner's.
+        return [self.source] if self.layout is None else []
+
+    def _record_source_digest(self, ctx: StepContext, source: Backend, source_name: str, side: SideDigest) -> None:
+        """The source's digest before the step, from the copy loop's pass (the runner did not read
+        it first); read afresh only when the loop's pair was lost (resumed from an older state)."""
+        if self.layout is not None:
+            return
+        pair = side.pair or collection_digests(source, source_name, ctx.batch_size)
+        ctx.record_digest_before(self.source, pair.to_text())
 
     def _create_target(self, ctx: StepContext, source: Backend, source_name: str, target: Backend,
                        target_name: str) -> None:
@@ -238,7 +254,9 @@ class CopyCollectionOp(Op):
                                     + "; ".join(report.problems))
         layouts = f"{source.layout_of(source_name).layout.name} and {target.layout_of(target_name).layout.name}"
         ctx.note(f"verified {self.target}: {report.summary()} (logical records, read through {layouts} layouts)")
-        if not report.normalised:
+        if report.target_pair is not None:
+            ctx.know_digest(self.target, report.target_pair)  # the runner need not read the target again
+        elif not report.normalised:
             ctx.know_digest(self.target, report.target_digest)
 
 

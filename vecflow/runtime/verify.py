@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from vecflow.backends import Backend
-from vecflow.backends.base import Hit
+from vecflow.backends.base import Hit, NativePage
 from vecflow.batch import Batch
-from vecflow.runtime.digest import VERSION, Digest, batch_digest
+from vecflow.runtime.digest import VERSION, Digest, DigestPair, batch_digest, native_digest
 
 NORMALISED_TOLERANCE = 1e-6
 # The recall@k an exact target must reach (the op's parity_threshold replaces it).
@@ -27,33 +27,54 @@ PARITY_K = 10
 
 @dataclass
 class SideDigest:
-    """Streaming summary of one side of a copy: record digest and an id-set digest.
+    """Streaming summary of one side of a copy: record digest and an id-set digest, and, when
+    it was fed the store's native pages from the start, the collection's `logical|native` digest
+    pair (the runner's digest of the collection, so it need not read it again).
 
-    Both are order-independent sums, so a copy loop can accumulate the source side batch by
+    All are order-independent sums, so a copy loop can accumulate the source side batch by
     batch (and checkpoint it) instead of scanning the source a second time to verify."""
 
     records: Digest
     ids: int = 0
+    pair: DigestPair | None = None
 
     @classmethod
     def empty(cls) -> SideDigest:
-        return cls(Digest.empty())
+        return cls(Digest.empty(), pair=DigestPair(Digest.empty(), Digest.empty()))
 
-    def add(self, page: Batch, normalise: bool) -> SideDigest:
-        """normalise: leave vectors out of the record digest (they are compared with a tolerance)."""
-        ids = sum(int.from_bytes(hashlib.blake2b(i.encode(), digest_size=16).digest(), "little") for i in page.ids)
-        records = self.records + batch_digest(page, include_vectors=not normalise)
-        return SideDigest(records, (self.ids + ids) % (1 << 128))
+    def add(self, page: Batch | NativePage, normalise: bool) -> SideDigest:
+        """normalise: leave vectors out of the record digest (they are compared with a tolerance).
+        A logical Batch instead of a NativePage ends the pair (None from then on)."""
+        batch = page.batch if isinstance(page, NativePage) else page
+        ids = sum(int.from_bytes(hashlib.blake2b(i.encode(), digest_size=16).digest(), "little") for i in batch.ids)
+        logical = batch_digest(batch)
+        records = self.records + (batch_digest(batch, include_vectors=False) if normalise else logical)
+        pair = None
+        if self.pair is not None and isinstance(page, NativePage):
+            pair = DigestPair(self.pair.logical + logical, self.pair.native + native_digest(page))
+        return SideDigest(records, (self.ids + ids) % (1 << 128), pair)
 
     def __add__(self, other: SideDigest) -> SideDigest:
-        return SideDigest(self.records + other.records, (self.ids + other.ids) % (1 << 128))
+        pair = None
+        if self.pair is not None and other.pair is not None:
+            pair = DigestPair(self.pair.logical + other.pair.logical, self.pair.native + other.pair.native)
+        return SideDigest(self.records + other.records, (self.ids + other.ids) % (1 << 128), pair)
 
     def to_dict(self) -> dict:
-        return {"records": self.records.to_text(), "ids": f"{self.ids:032x}"}
+        data = {"records": self.records.to_text(), "ids": f"{self.ids:032x}"}
+        if self.pair is not None:
+            data["pair"] = self.pair.to_text() if self.pair.logical.count else "empty"
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> SideDigest:
-        return cls(Digest.from_text(data["records"]), int(data["ids"], 16))
+        pair = None
+        if data.get("pair") == "empty":
+            pair = DigestPair(Digest.empty(), Digest.empty())
+        elif data.get("pair"):
+            logical, native = data["pair"].split("|")
+            pair = DigestPair(Digest.from_text(logical), Digest.from_text(native))
+        return cls(Digest.from_text(data["records"]), int(data["ids"], 16), pair)
 
 
 @dataclass
@@ -104,6 +125,8 @@ class VerificationReport:
     normalised: bool
     search: SearchParity
     vectors_off: list[str] = field(default_factory=list)
+    # The target's `logical|native` digest pair as verification read it (None: not read natively).
+    target_pair: str | None = None
 
     @property
     def problems(self) -> list[str]:
@@ -153,8 +176,9 @@ class VerificationReport:
 
 
 def read_side(backend: Backend, name: str, batch_size: int, normalise: bool) -> SideDigest:
+    """One side of a copy read in full, with its digest pair (native pages)."""
     total = SideDigest.empty()
-    for page, _ in backend.pages(name, batch_size):
+    for page, _ in backend.native_pages(name, batch_size):
         total = total.add(page, normalise)
     return total
 
@@ -329,7 +353,7 @@ def verify_copy(source: Backend, source_name: str, target: Backend, target_name:
     if src.ids != dst.ids or src.records.count != dst.records.count:
         source_ids, target_ids = read_ids(source, source_name, batch_size), read_ids(target, target_name, batch_size)
         missing, extra = sorted(source_ids - target_ids), sorted(target_ids - source_ids)
-    identical = not normalise and src == dst
+    identical = not normalise and (src.records, src.ids) == (dst.records, dst.ids)
     same = same_index(source, source_name, target, target_name) if identical else None
     if same:
         search = SearchParity(floor=threshold, skipped=f"the digests prove the data identical and {same}")
@@ -343,6 +367,7 @@ def verify_copy(source: Backend, source_name: str, target: Backend, target_name:
         source_digest=src.records.to_text(), target_digest=dst.records.to_text(), normalised=normalise,
         search=search,
         vectors_off=normalised_vectors_off(source, source_name, target, target_name, batch_size) if normalise else [],
+        target_pair=dst.pair.to_text() if dst.pair is not None else None,
     )
 
 
