@@ -139,8 +139,8 @@ def merge(config: Config, revisions: Sequence[str] = ("heads",), message: str = 
 def _migrate(config: Config, direction: str, target: str, dry_run: bool, verify: bool, as_json: bool,
              out: Out) -> None:
     if as_json and not dry_run:
-        raise VecflowError(f"--json needs --dry-run: a {direction} that runs reports its steps as lines (run "
-                           "'vecflow current --json' after it for the state it left)")
+        raise VecflowError(f"--json needs --dry-run: a real {direction} reports its steps as text lines ('vecflow "
+                           "current --json' shows the state it leaves)")
     with open_runner(config, _notes(out, as_json)) as runner:
         problems = runner.check_applied_scripts()
         if problems:

@@ -92,18 +92,18 @@ def branches_lines(report: Report, verbose: bool) -> list[str]:
     return lines
 
 
-def steps_info(steps: Sequence[Any], undo: bool = False) -> list[Report]:
-    """Planned steps as {"number", "op", "description"} (and "undo": true for a derived downgrade,
-    whose steps name the upgrade step each one undoes)."""
-    return [{"number": number, "op": step.op_name, "description": step.describe(), **({"undo": True} if undo else {})}
-            for number, step in enumerate(steps, start=1)]
+def steps_info(steps: Sequence[Any], undo: bool | None = None) -> list[Report]:
+    """Planned steps as {"number", "op", "description"}; downgrade steps also say whether they are
+    derived ("undo": true names the upgrade step each one undoes)."""
+    return [{"number": number, "op": step.op_name, "description": step.describe(),
+             **({} if undo is None else {"undo": undo})} for number, step in enumerate(steps, start=1)]
 
 
 def show_info(graph: RevisionMap, rev: Revision) -> Report:
     script = rev.script
     explicit = script.downgrade_ops()
     if explicit is not None:
-        downgrade = {"explicit": True, "irreversible": False, "steps": steps_info(explicit)}
+        downgrade = {"explicit": True, "irreversible": False, "steps": steps_info(explicit, undo=False)}
     elif script.irreversible:
         downgrade = {"explicit": False, "irreversible": True, "steps": []}
     else:
@@ -130,7 +130,7 @@ def show_lines(report: Report) -> list[str]:
         lines.append("Downgrade:" + ("" if downgrade["explicit"] else " (derived from the upgrade steps)"))
         if downgrade["irreversible"]:
             lines.append("  irreversible")
-        lines += [f"  {step['number']}. {'undo ' if step.get('undo') else ''}{step['description']}"
+        lines += [f"  {step['number']}. {'undo ' if step['undo'] else ''}{step['description']}"
                   for step in downgrade["steps"]]
     return lines
 
