@@ -222,6 +222,13 @@ def test_an_error_with_json_is_one_line_on_stderr_and_nothing_on_stdout(seen):
         assert line.startswith("vecflow: error: ") and message in line
 
 
+def test_the_cli_prints_the_document_alone_on_stdout_even_when_it_opens_a_store(seen):
+    result = seen["project"].cli("downgrade", "-1", "--dry-run", "--json")
+    plan = json.loads(result.stdout)  # fails on anything printed besides the document
+    assert [(r["direction"], r["revision"]) for r in plan["revisions"]] == [("downgrade", "r3")]
+    assert plan["collections"][0]["count"] == seen["store at r2"]["count"]
+
+
 def test_non_finite_floats_are_written_as_strict_json():
     from vecflow.report import document as render
 
