@@ -49,7 +49,7 @@ PARAMETERS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "repair": (("--repair",), {"action": "store_true", "help": "accept edits of applied scripts"}),
     "target": ((), {"nargs": "?", "default": "", "metavar": "STORE[:COLLECTION]",
                     "help": "store, or store:collection (default: the default store)"}),
-    "as_json": (("--json",), {"action": "store_true", "help": "print the report as JSON"}),
+    "as_json": (("--json",), {"action": "store_true", "help": "print one JSON document, not text (docs/json.md)"}),
     "collection": ((), {"metavar": "STORE:COLLECTION",
                         "help": "the collection: store:collection, or a collection of the default store"}),
     "path": ((), {"metavar": "PATH", "help": "the export folder (a VDF folder, or VDF_FOLDER/INDEX, for import)"}),

@@ -176,28 +176,27 @@ class Runner:
                           {ref: before.get(self.stores.canonical(ref), "") for ref in step.collections()},
                           finished=row["status"] == DONE)
 
-    def describe_plan(self, plan: list[PlannedRevision]) -> list[str]:
-        """The --dry-run report: revisions, steps, affected collections and their record counts."""
-        if not plan:
-            return ["Nothing to do: already at the target."]
-        lines = []
+    def describe_plan(self, plan: list[PlannedRevision]) -> dict:
+        """The --dry-run report: revisions, steps, affected collections and their record counts,
+        as data (`vecflow.report.plan_lines` makes the text, docs/json.md describes the JSON)."""
+        revisions = []
         touched: list[str] = []
         for item in plan:
-            lines.append(f"{item.direction} {item.label}")
+            steps = []
             for number, step in enumerate(item.steps, start=1):
-                lines.append(f"  {number}. {step.describe()}")
-                lines += [f"     {line}" for line in step.preview(self.stores)]
-                lines.append(f"     {self._estimate(step)}")
                 refs = [self.stores.canonical(r) for r in step.collections()]
+                steps.append({"number": number, "op": step.op_name, "description": step.describe(),
+                              "collections": refs, "preview": step.preview(self.stores),
+                              "estimate": self._estimate(step)})
                 touched += [ref for ref in refs if ref not in touched]
-            if not item.steps:
-                lines.append("  (no steps)")
-        lines.append("collections:")
+            revisions.append({"direction": item.direction, "revision": item.revision.revision,
+                              "message": item.revision.message, "steps": steps})
+        collections = []
         for ref in touched:
             backend, name = self.stores.resolve(ref)
-            state = f"{backend.count(name)} records" if backend.has_collection(name) else "does not exist yet"
-            lines.append(f"  {ref}: {state}")
-        return lines
+            exists = backend.has_collection(name)
+            collections.append({"collection": ref, "exists": exists, "count": backend.count(name) if exists else None})
+        return {"revisions": revisions, "collections": collections}
 
     def _estimate(self, step: Op) -> str:
         refs = step.collections()
