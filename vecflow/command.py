@@ -68,8 +68,10 @@ def _holding_lease(runner: Runner) -> Iterator[Owner]:
 
 def init(directory: str = ".", script_dir: str = "versions", template: str = DEFAULT_TEMPLATE,
          out: Out = print) -> Path:
-    """Create a project from a template (-t, see list_templates): vecflow.ini, the script
-    directory with its revision template, and a .gitignore entry for .vecflow/."""
+    """Create a project from a template (-t; see list_templates).
+
+    Writes vecflow.ini, the script directory with the template's revision template, and a
+    .gitignore entry for .vecflow/ (appended to an existing .gitignore that lacks it)."""
     chosen = project_template(template)
     root = Path(directory)
     ini = root / DEFAULT_CONFIG_NAME
@@ -94,8 +96,10 @@ def list_templates(out: Out = print) -> list[str]:
 def revision(config: Config, message: str = "", use_yaml: bool = False, use_python: bool = False,
              head: str = "head", splice: bool = False, branch_label: str | None = None,
              depends_on: Sequence[str] = (), rev_id: str | None = None, out: Out = print) -> Path:
-    """Create a new revision script on top of a head (YAML with --yaml, Python with --python;
-    default: revision_format in vecflow.ini); --splice builds on a revision that is not a head."""
+    """Create a new revision script on top of a head.
+
+    --yaml or --python choose the format (default: revision_format in vecflow.ini); --splice
+    allows --head to be a revision that is not a head, starting a new branch from it."""
     scripts = ScriptDirectory(config.script_location)
     graph = scripts.revision_map
     if head == "head" and len(graph.heads) > 1:
@@ -283,8 +287,9 @@ def show(config: Config, revision: str, out: Out = print) -> None:
 
 
 def stamp(config: Config, revisions: str | Sequence[str], purge: bool = False, out: Out = print) -> None:
-    """Set the ledger to one or more revisions (one per branch: stamp a2 b2) without running any
-    step (--purge empties it first)."""
+    """Set the ledger to one or more revisions without running any step.
+
+    One revision per branch (stamp a2 b2); --purge empties the applied set first."""
     specs = (revisions,) if isinstance(revisions, str) else tuple(revisions)
     with open_runner(config, out) as runner:
         graph = runner.scripts.revision_map
@@ -315,8 +320,10 @@ def stamp(config: Config, revisions: str | Sequence[str], purge: bool = False, o
 
 
 def edit(config: Config, revision: str = "head", out: Out = print) -> list[Path]:
-    """Open revision scripts in an editor ($EDITOR, else $VISUAL, else a common one), as Alembic
-    does; REVISION is any identifier (default: head; current, heads and -1 work too)."""
+    """Open a revision script in $EDITOR (default: head).
+
+    The editor is $EDITOR, else $VISUAL, else a common editor on the PATH, as in Alembic; any
+    identifier works (current, heads, -1: several revisions open one after the other)."""
     graph = ScriptDirectory(config.script_location).revision_map
     applied: set[str] = set()
     if config.ledger.exists():  # `current` and relative steps need the ledger; never create one here
