@@ -391,3 +391,25 @@ def test_the_named_section_example_in_configuration_md_loads(tmp_path):
     staging = load_config(path, name="staging")
     assert staging.default_store == "staging" and staging.batch_size == 200
     assert set(staging.stores) == {"main", "staging"} and load_config(path).default_store == "main"
+
+
+# the examples in cli.md -------------------------------------------------------------------------
+
+
+def console_example(heading: str, command_line: str) -> list[str]:
+    """The output lines shown under `$ command_line` in the cli.md section `heading`."""
+    for lang, body in code_blocks(section(read("cli.md"), heading) or ""):
+        lines = body.splitlines()
+        if lang == "console" and f"$ {command_line}" in lines:
+            start = lines.index(f"$ {command_line}") + 1
+            end = next((i for i in range(start, len(lines)) if lines[i].startswith("$ ")), len(lines))
+            return lines[start:end]
+    raise AssertionError(f"cli.md '{heading}' shows no `$ {command_line}`")
+
+
+def test_the_init_and_list_templates_examples_in_cli_md_show_what_the_commands_print(tmp_path, monkeypatch,
+                                                                                     capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli(capsys, "init", "myproject")[1].splitlines() == console_example("vecflow init", "vecflow init myproject")
+    assert cli(capsys, "list_templates")[1].splitlines() == console_example("vecflow list_templates",
+                                                                            "vecflow list_templates")

@@ -14,6 +14,8 @@ Values may use %(here)s (the folder holding vecflow.ini) and ${ENV_VAR} (for sec
     [store:main]
     backend = chroma
     path = %(here)s/.vecflow/chroma
+
+`-n NAME` reads a [vecflow:NAME] section instead of [vecflow] (another environment).
 """
 
 from __future__ import annotations
