@@ -14,6 +14,7 @@ from pathlib import Path
 
 from vecflow.backends import backend_class
 from vecflow.config import DEFAULT_CONFIG_NAME, Config, StoreConfig
+from vecflow.editor import find_editor, open_in_editor
 from vecflow.errors import (
     CollectionNotFoundError,
     ConfigError,
@@ -45,8 +46,9 @@ from vecflow.runtime.ledger import DONE, FAILED, Ledger, Owner
 from vecflow.runtime.runner import DOWNGRADE, UPGRADE, Runner
 from vecflow.runtime.snapshots import SnapshotStore
 from vecflow.runtime.stores import Stores
-from vecflow.script.directory import ScriptDirectory, render_template
+from vecflow.script.directory import ScriptDirectory
 from vecflow.script.revision import Revision
+from vecflow.script.templates import DEFAULT_TEMPLATE, project_template, project_templates, write_project
 
 Out = Callable[[str], None]
 
@@ -96,31 +98,56 @@ def _holding_lease(runner: Runner) -> Iterator[Owner]:
         runner.ledger.release_lease(owner)
 
 
-def init(directory: str = ".", script_dir: str = "versions", out: Out = print) -> Path:
-    """Create a project: vecflow.ini and an empty script directory."""
+def init(directory: str = ".", script_dir: str = "versions", template: str = DEFAULT_TEMPLATE,
+         out: Out = print) -> Path:
+    """Create a project from a template (-t; see list_templates).
+
+    Writes vecflow.ini, the script directory with the template's revision template, and a
+    .gitignore entry for .vecflow/ (appended to an existing .gitignore that lacks it)."""
+    chosen = project_template(template)
     root = Path(directory)
     ini = root / DEFAULT_CONFIG_NAME
     if ini.exists():
         raise VecflowError(f"{ini} already exists; vecflow init creates new projects only")
-    (root / script_dir).mkdir(parents=True, exist_ok=True)
-    ini.write_text(render_template("vecflow.ini.j2", script_dir=script_dir), encoding="utf-8")
-    out(f"Created {ini} and {root / script_dir}/")
+    for line in write_project(chosen, root, script_dir):
+        out(line)
     return ini
 
 
-def revision(config: Config, message: str = "", use_yaml: bool = False, head: str = "head",
-             branch_label: str | None = None, depends_on: Sequence[str] = (), rev_id: str | None = None,
-             out: Out = print) -> Path:
-    """Create a new revision script (Python, or YAML with --yaml) on top of a head."""
+def list_templates(out: Out = print) -> list[str]:
+    """List the project templates 'vecflow init -t' can start from, with their synopses."""
+    templates = project_templates()
+    out("Available templates:\n")
+    for template in templates:
+        out(f"{template.name} - {template.synopsis}")
+    out("\nTemplates are used via the 'init' command, e.g.:\n")
+    out("  vecflow init --template yaml ./myproject")
+    return [template.name for template in templates]
+
+
+def revision(config: Config, message: str = "", use_yaml: bool = False, use_python: bool = False,
+             head: str = "head", splice: bool = False, branch_label: str | None = None,
+             depends_on: Sequence[str] = (), rev_id: str | None = None, out: Out = print) -> Path:
+    """Create a new revision script on top of a head.
+
+    --yaml or --python choose the format (default: revision_format in vecflow.ini); --splice
+    allows --head to be a revision that is not a head, starting a new branch from it."""
     scripts = ScriptDirectory(config.script_location)
     graph = scripts.revision_map
     if head == "head" and len(graph.heads) > 1:
         raise MultipleHeadsError(f"multiple heads are present ({', '.join(graph.heads)}); pass --head <revision> "
                                  "or '<branch>@head' to choose one, or run 'vecflow merge'")
-    path = scripts.generate_revision(message, use_yaml=use_yaml, head=head, branch_label=branch_label,
-                                     depends_on=depends_on, rev_id=rev_id)
+    path = scripts.generate_revision(message, revision_format=_revision_format(config, use_yaml, use_python),
+                                     head=head, splice=splice, branch_label=branch_label, depends_on=depends_on,
+                                     rev_id=rev_id)
     out(f"Generated {path}")
     return path
+
+
+def _revision_format(config: Config, use_yaml: bool, use_python: bool) -> str:
+    if use_yaml and use_python:
+        raise VecflowError("--yaml and --python exclude each other; pass one of them")
+    return "yaml" if use_yaml else "python" if use_python else config.revision_format
 
 
 def merge(config: Config, revisions: Sequence[str] = ("heads",), message: str = "merge heads",
@@ -131,7 +158,8 @@ def merge(config: Config, revisions: Sequence[str] = ("heads",), message: str = 
     if len(parents) < 2:
         raise RevisionError(f"a merge needs at least two revisions; {', '.join(revisions)} resolved to "
                             f"{', '.join(parents) or 'nothing'}")
-    path = scripts.generate_revision(message, rev_id=rev_id, down_revisions=parents)
+    path = scripts.generate_revision(message, revision_format=config.revision_format, rev_id=rev_id,
+                                     down_revisions=parents)
     out(f"Generated {path}")
     return path
 
@@ -232,30 +260,61 @@ def show(config: Config, revision: str, as_json: bool = False, out: Out = print)
     return report
 
 
-def stamp(config: Config, revision: str, purge: bool = False, out: Out = print) -> None:
-    """Set the ledger to a revision without running any step (--purge empties it first)."""
-    with open_runner(config, out) as runner, _holding_lease(runner) as owner:
+def stamp(config: Config, revisions: str | Sequence[str], purge: bool = False, out: Out = print) -> None:
+    """Set the ledger to one or more revisions without running any step.
+
+    One revision per branch (stamp a2 b2); --purge empties the applied set first."""
+    specs = (revisions,) if isinstance(revisions, str) else tuple(revisions)
+    with open_runner(config, out) as runner:
         graph = runner.scripts.revision_map
-        for attempt in runner.ledger.abandon_unfinished():
-            out(f"Abandoned the unfinished {attempt['direction']} of {attempt['revision']}")
-        if purge:
-            runner.ledger.clear_applied()
-        applied = {r for r in runner.ledger.applied() if r in graph}
-        if revision == "base" or graph.resolve(revision, applied) == ():
-            to_remove, to_add = graph.plan_downgrade(applied, "base"), []
-        else:
-            resolved = graph.resolve(revision, applied)
-            to_add = graph.plan_upgrade(applied, revision)
-            keep = graph.ancestors(resolved)
+        applied = set() if purge else {r for r in runner.ledger.applied() if r in graph}
+        targets = tuple(dict.fromkeys(r for spec in specs for r in graph.resolve(spec, applied)))
+        for target in targets:
+            below = [other for other in targets
+                     if other != target and other in graph.ancestors(target, include_dependencies=False)]
+            if below:
+                raise RevisionError(f"cannot stamp {below[0]} and {target} together: {below[0]} is an ancestor of "
+                                    f"{target} on the same branch; stamp {target} alone")
+        with _holding_lease(runner) as owner:
+            for attempt in runner.ledger.abandon_unfinished():
+                out(f"Abandoned the unfinished {attempt['direction']} of {attempt['revision']}")
+            if purge:
+                runner.ledger.clear_applied()
+            keep = graph.ancestors(targets) if targets else set()
+            to_add = [graph.get(r) for r in graph.topological(keep - applied)]
             to_remove = [r for r in graph.plan_downgrade(applied, "base") if r.revision not in keep]
-        for rev in to_remove:
-            runner.ledger.mark_unapplied(rev.revision)
-            runner.ledger.record_stamp(rev.revision, DOWNGRADE, owner, rev.script.checksum)
-            out(f"Stamped down: {rev.revision}")
-        for rev in to_add:
-            runner.ledger.mark_applied(rev.revision, rev.script.checksum, rev.path or "")
-            runner.ledger.record_stamp(rev.revision, UPGRADE, owner, rev.script.checksum)
-            out(f"Stamped up: {rev.revision}")
+            for rev in to_remove:
+                runner.ledger.mark_unapplied(rev.revision)
+                runner.ledger.record_stamp(rev.revision, DOWNGRADE, owner, rev.script.checksum)
+                out(f"Stamped down: {rev.revision}")
+            for rev in to_add:
+                runner.ledger.mark_applied(rev.revision, rev.script.checksum, rev.path or "")
+                runner.ledger.record_stamp(rev.revision, UPGRADE, owner, rev.script.checksum)
+                out(f"Stamped up: {rev.revision}")
+
+
+def edit(config: Config, revision: str = "head", out: Out = print) -> list[Path]:
+    """Open a revision script in $EDITOR (default: head).
+
+    The editor is $EDITOR, else $VISUAL, else a common editor on the PATH, as in Alembic; any
+    identifier works (current, heads, -1: several revisions open one after the other)."""
+    graph = ScriptDirectory(config.script_location).revision_map
+    applied: set[str] = set()
+    if config.ledger.exists():  # `current` and relative steps need the ledger; never create one here
+        ledger = Ledger(config.ledger)
+        try:
+            applied = {r for r in ledger.applied() if r in graph}
+        finally:
+            ledger.close()
+    rev_ids = graph.resolve(revision, applied)
+    if not rev_ids:
+        raise RevisionError(f"'{revision}' resolves to base, not to a revision: there is no script to edit")
+    paths = [Path(graph.get(rev_id).path or "") for rev_id in rev_ids]
+    editor = find_editor()
+    for path in paths:
+        out(f"Editing {path}")
+        open_in_editor(path, editor)
+    return paths
 
 
 def inspect(config: Config, target: str = "", as_json: bool = False, out: Out = print) -> dict:
