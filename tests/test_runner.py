@@ -216,3 +216,28 @@ def test_a_copy_reads_its_source_and_its_target_once_and_no_verify_reads_nothing
     project.run("upgrade", "head", verify=False)
     assert digested == ["docs_copy"]  # the digest before the step, kept for the downgrade; none after
     assert "restored exactly" in "\n".join(project.run("downgrade", "r3"))
+
+
+def test_a_verified_copy_to_another_backend_reads_its_source_once_and_its_target_once(tmp_path, monkeypatch):
+    """The copy loop digests the source and feeds the search parity's ground truth as it copies;
+    the verification's read of the target is its digest after the step."""
+    from vecflow.backends.base import Backend
+
+    project = Project(tmp_path, {"path": str(tmp_path / "chroma")}, batch_size=50,
+                      extra_stores={"flat": ("faiss", {"path": str(tmp_path / "faiss")})})
+    # More records than the first page of 1,000 the parity queries are sampled from.
+    project.write_records("docs.jsonl", 1200, dim=6)
+    project.write_python("r1", None, 'op.create_collection("docs", data="data/docs.jsonl")')
+    project.write_python("r2", "r1", 'op.copy_collection("docs", "flat:docs")')
+    project.run("upgrade", "r1")
+    full_reads: list[str] = []
+    for method in ("pages", "native_pages"):
+        def counting(self, name, batch_size, cursor=None, _real=getattr(Backend, method)):
+            for page, following in _real(self, name, batch_size, cursor):
+                yield page, following
+                if following is None and cursor is None:
+                    full_reads.append(f"{self.name}:{name}")
+        monkeypatch.setattr(Backend, method, counting)
+    output = "\n".join(project.run("upgrade", "head"))
+    assert "search parity: recall@10 target" in output  # measured, against the loop's ground truth
+    assert sorted(full_reads) == ["chroma:docs", "faiss:docs"]

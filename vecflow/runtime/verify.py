@@ -248,11 +248,20 @@ def _units(vectors: np.ndarray) -> np.ndarray:
 
 class GroundTruth:
     """The exact top-k of each query over a stream of pages, ties broken by id. Holds only
-    queries x k (key, id) pairs, never the collection."""
+    queries x k (key, id) pairs, never the collection. `own`: how many of the queries are
+    records' own vectors (the first ones)."""
 
-    def __init__(self, queries: np.ndarray, k: int, metric: str):
-        self.queries, self.k, self.metric = queries.astype(np.float64), k, metric
+    def __init__(self, queries: np.ndarray, k: int, metric: str, own: int = 0):
+        self.queries, self.k, self.metric, self.own = queries.astype(np.float64), k, metric, own
         self.best: list[list[tuple[float, str]]] = [[] for _ in range(len(queries))]
+
+    def to_state(self) -> list[list[list]]:
+        """The top-k so far, for a step's checkpoint (floats round-trip exactly through JSON)."""
+        return [[[key, rid] for key, rid in best] for best in self.best]
+
+    def restore(self, state: list[list[list]]) -> GroundTruth:
+        self.best = [[(float(key), str(rid)) for key, rid in best] for best in state]
+        return self
 
     def add(self, page: Batch) -> None:
         if not len(page):
@@ -270,6 +279,18 @@ class GroundTruth:
         """The ranking key of one record for one query."""
         return float(_ranking_keys(self.queries[query:query + 1], vector[None, :].astype(np.float64),
                                    self.metric)[0, 0])
+
+
+def parity_truth(source: Backend, name: str, queries: int, seed: int = 0) -> GroundTruth | None:
+    """The search-parity queries of a copy from this source, with an empty ground truth for a
+    copy loop to feed page by page (sparing verification its own pass over the source); None when
+    no query will run. The queries are seeded and drawn from the first pages, so a resumed copy
+    draws the same ones."""
+    count = source.count(name)
+    if queries <= 0 or not count:
+        return None
+    vectors, own = query_vectors(source, name, queries, seed)
+    return GroundTruth(vectors, min(PARITY_K, count), source.describe(name).metric, own)
 
 
 def ground_truth(source: Backend, name: str, queries: np.ndarray, k: int, batch_size: int) -> GroundTruth:
@@ -309,18 +330,22 @@ def same_index(source: Backend, source_name: str, target: Backend, target_name: 
 
 
 def search_parity(source: Backend, source_name: str, target: Backend, target_name: str, *, queries: int,
-                  floor: float | None, seed: int, batch_size: int) -> SearchParity:
+                  floor: float | None, seed: int, batch_size: int, truth: GroundTruth | None = None) -> SearchParity:
     """Recall@k of the target's search (and of an approximate source's) against the exact top-k of
     the source's records, and the bar the target must reach: the floor (EXACT_FLOOR by default
-    for an exact target), and for an approximate source its own recall minus RECALL_TOLERANCE."""
+    for an exact target), and for an approximate source its own recall minus RECALL_TOLERANCE.
+    `truth`: the ground truth a copy loop accumulated (from parity_truth); else one more pass over
+    the source computes it."""
     if floor is None and target.search_is_exact(target_name):
         floor = EXACT_FLOOR
     count = source.count(source_name)
     if queries <= 0 or not count:
         return SearchParity(floor=floor, rule="no queries")
-    vectors, records = query_vectors(source, source_name, queries, seed)
-    k = min(PARITY_K, count)
-    truth = ground_truth(source, source_name, vectors, k, batch_size)
+    if truth is None or truth.k != min(PARITY_K, count):
+        vectors, own = query_vectors(source, source_name, queries, seed)
+        truth = ground_truth(source, source_name, vectors, min(PARITY_K, count), batch_size)
+        truth.own = own
+    vectors, records, k = truth.queries.astype(np.float32), truth.own, truth.k
     target_recall, missed = recall_at_k(target.query(target_name, vectors, k), truth, source, source_name)
     source_recall = None
     if not source.search_is_exact(source_name):
@@ -337,7 +362,7 @@ def search_parity(source: Backend, source_name: str, target: Backend, target_nam
 
 def verify_copy(source: Backend, source_name: str, target: Backend, target_name: str, *, batch_size: int,
                 queries: int = 20, threshold: float | None = None, seed: int = 0,
-                source_side: SideDigest | None = None) -> VerificationReport:
+                source_side: SideDigest | None = None, truth: GroundTruth | None = None) -> VerificationReport:
     """Compare a copy with its source. source_side, when the copy loop accumulated it, spares a
     second scan of the source for digests; ids are listed one by one only when the id digests
     differ. threshold: the recall floor of search parity (None: EXACT_FLOOR for exact targets).
@@ -359,7 +384,7 @@ def verify_copy(source: Backend, source_name: str, target: Backend, target_name:
         search = SearchParity(floor=threshold, skipped=f"the digests prove the data identical and {same}")
     else:
         search = search_parity(source, source_name, target, target_name, queries=queries, floor=threshold,
-                               seed=seed, batch_size=batch_size)
+                               seed=seed, batch_size=batch_size, truth=truth)
     return VerificationReport(
         source_count=src.records.count or 0, target_count=dst.records.count or 0,
         source_count_now=source.count(source_name),
