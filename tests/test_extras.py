@@ -30,7 +30,7 @@ CLIENTS = {"chroma": "chromadb", "faiss": "faiss-cpu", "redis": "redis", "qdrant
 ALL_CLIENTS = ",".join(sorted({module for backend in CLIENTS for module in _REGISTRY[backend][2]}))
 # The core dependencies (distribution -> import name).
 CORE = {"pydantic": "pydantic", "pyyaml": "yaml", "jinja2": "jinja2", "numpy": "numpy", "sqlite-utils": "sqlite_utils"}
-# One store per backend, in a chroma project whose head revision writes to the chroma store.
+# The store each backend gets in the test projects (chroma's is the default store).
 STORES = {"chroma": "main", "faiss": "local", "redis": "cache", "qdrant": "search", "files": "exports"}
 STORE_OPTIONS = {"chroma": "path = %(here)s/chroma", "faiss": "path = %(here)s/faiss",
                  "redis": "url = redis://127.0.0.1:1", "qdrant": "path = %(here)s/qdrant",
@@ -77,11 +77,12 @@ def without(blocked: str, steps: list[list[str]], cwd: Path) -> dict:
 @pytest.fixture(scope="module")
 def no_clients(tmp_path_factory) -> tuple[Path, dict]:
     """One Python with no backend client: `vecflow init`, the commands that open no store in the new
-    project, then `inspect` of a store of each backend in a second project."""
+    project, then `inspect` of a store of each backend and an `export` in a second project."""
     root = tmp_path_factory.mktemp("no-clients")
-    write_project(root / "stores", {"a1": 'op.create_collection("docs", 4, "cosine")'}, STORE_OPTIONS)
+    write_project(root / "stores", {}, STORE_OPTIONS)
     steps = [["init", "proj"], *(["-c", "proj/vecflow.ini", *args] for args in NO_STORE_COMMANDS)]
     steps += [["-c", "stores/vecflow.ini", "inspect", store] for store in STORES.values()]
+    steps += [["-c", "stores/vecflow.ini", "export", "docs", "out"]]
     return root, without(ALL_CLIENTS, steps, root)
 
 
@@ -96,7 +97,7 @@ def test_vecflow_cli_and_pytest_plugin_import_no_backend_client(no_clients):
 
 @pytest.mark.parametrize("args", [["init", "proj"], *NO_STORE_COMMANDS], ids=lambda args: " ".join(args))
 def test_commands_that_open_no_store_work_without_any_client(no_clients, args):
-    root, results = no_clients
+    _, results = no_clients
     step = by_command(results, *args)
     assert (step["code"], step["err"], step["refused"]) == (0, "", [])
 
@@ -118,6 +119,15 @@ def test_a_store_whose_client_is_missing_fails_in_one_line_naming_the_extra(no_c
     _, results = no_clients
     step = by_command(results, "inspect", STORES[backend])
     assert (step["code"], step["out"], step["err"]) == (1, "", missing_client_line(backend) + "\n")
+
+
+def test_export_without_pyarrow_fails_in_one_line_naming_the_files_extra(no_clients):
+    root, results = no_clients
+    step = by_command(results, "export", "docs", "out")
+    assert (step["code"], step["out"]) == (1, "")
+    assert step["err"] == ('vecflow: error: backend files needs its client, which is not installed; '
+                           'run: pip install "vecflow[files]"\n')
+    assert not (root / "out").exists()
 
 
 def test_an_upgrade_needing_a_store_without_its_client_exits_1_in_one_line(tmp_path):
