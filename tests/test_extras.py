@@ -27,7 +27,7 @@ RUNNER = Path(__file__).resolve().parent / "without_clients.py"
 CLIENTS = {"chroma": "chromadb", "faiss": "faiss-cpu", "redis": "redis", "qdrant": "qdrant-client",
            "files": "pyarrow"}
 # What a core install lacks: every module a bundled adapter imports from its extra.
-ALL_CLIENTS = ",".join(sorted({module for backend in CLIENTS for module in _REGISTRY[backend][2]}))
+ALL_CLIENTS = ",".join(sorted({module for backend in CLIENTS for module in _REGISTRY[backend].clients}))
 # The core dependencies (distribution -> import name).
 CORE = {"pydantic": "pydantic", "pyyaml": "yaml", "jinja2": "jinja2", "numpy": "numpy", "sqlite-utils": "sqlite_utils"}
 # The store each backend gets in the test projects (chroma's is the default store).
@@ -158,7 +158,7 @@ def test_a_migration_of_one_store_needs_only_that_stores_client(tmp_path):
 
 def extra_of(backend: str) -> str:
     """The extra a backend's registered install hint names."""
-    match = re.fullmatch(r'pip install "vecflow\[(\w+)\]"', _REGISTRY[backend][1])
+    match = re.fullmatch(r'pip install "vecflow\[(\w+)\]"', _REGISTRY[backend].install_hint)
     assert match, _REGISTRY[backend]
     return match.group(1)
 
@@ -204,8 +204,8 @@ def imported_at_load(module: str, seen: set[str] | None = None) -> set[str]:
 @pytest.mark.parametrize("backend", sorted(CLIENTS))
 def test_an_adapter_imports_only_the_core_and_the_modules_its_extra_brings(backend):
     """Else a core install would report a missing dependency as a client that "cannot be imported"."""
-    module = _REGISTRY[backend][0].partition(":")[0]
-    assert imported_at_load(module) - set(CORE.values()) == set(_REGISTRY[backend][2])
+    module = _REGISTRY[backend].target.partition(":")[0]
+    assert imported_at_load(module) - set(CORE.values()) == set(_REGISTRY[backend].clients)
 
 
 def test_the_all_extra_installs_every_backend_and_embeddings_is_its_own():

@@ -60,7 +60,7 @@ def backend_class(name: str, store: str | None = None) -> type[Backend]:
     it) only makes a missing client's message name it."""
     if name not in _REGISTRY:
         raise ConfigError(f"unknown backend {name!r}; known backends: {', '.join(known_backends())}")
-    target, hint, clients = BackendEntry(*_REGISTRY[name])
+    target, hint, clients = BackendEntry(*_REGISTRY[name])  # a bare (target, hint) pair works too
     module_name, _, class_name = target.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -71,6 +71,8 @@ def backend_class(name: str, store: str | None = None) -> type[Backend]:
 
 def _missing_client(name: str, store: str | None, module_name: str, hint: str, clients: tuple[str, ...],
                     exc: ImportError) -> ConfigError:
+    """The one line for an adapter that could not be imported: its client is not installed (or
+    cannot be imported: a broken or mismatched install), with the command that installs it."""
     missing = exc.name or ""
     if missing == module_name:
         return ConfigError(f"backend {name!r}: adapter module {module_name} is missing")
