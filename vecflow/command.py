@@ -42,7 +42,7 @@ def open_runner(config: Config, out: Out = print) -> Iterator[Runner]:
     """Open the script directory, ledger, snapshot store and stores of a project; close them after."""
     scripts = ScriptDirectory(config.script_location)
     ledger = Ledger(config.ledger)
-    snapshots = SnapshotStore(config.ledger.parent / "snapshots.db")
+    snapshots = SnapshotStore(config.beside_ledger("snapshots.db"))
     stores = Stores(config, out=out)
     try:
         yield Runner(config, scripts, ledger, snapshots, stores, out)
@@ -354,7 +354,7 @@ def snapshots(config: Config, action: str = "list", out: Out = print) -> list[di
                 before = runner.snapshots.file_bytes()
                 runner.snapshots.remove([row["name"] for row in unneeded])
                 out(f"Pruned {len(unneeded)} snapshot(s) ({sum(r['rows'] for r in unneeded)} rows); "
-                    f"snapshots.db {_megabytes(before)} -> {_megabytes(runner.snapshots.file_bytes())}")
+                    f"{runner.snapshots.label} {_megabytes(before)} -> {_megabytes(runner.snapshots.file_bytes())}")
             return [row for row in listing if row["needed"]]
         for row in listing:
             use = "needed" if row["needed"] else "not needed"
