@@ -15,6 +15,7 @@ another), so a second machine pointed at the same URL sees the same ledger, snap
 from __future__ import annotations
 
 import contextlib
+import re
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -257,12 +258,12 @@ class PostgresDatabase(Database):
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         try:
-            return self.conn.execute(_placeholders(sql), list(params))
+            return _Decoded(self.conn.execute(_placeholders(sql), [_encode(value) for value in params]))
         except self._errors as exc:
             raise LedgerError(f"{self.component} database {self.where}: {_one_line(exc)}") from exc
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        rows = [list(row) for row in rows]
+        rows = [[_encode(value) for value in row] for row in rows]
         if not rows:
             return
         try:
@@ -326,6 +327,43 @@ class PostgresDatabase(Database):
 
     def close(self) -> None:
         self.conn.close()
+
+
+# PostgreSQL text cannot hold NUL, which record ids and documents may: such a string (and one that
+# starts with the escape character) is stored escaped. The encoding is injective, so equality and
+# IN (...) compare as before, and every value read back is decoded.
+_ESCAPE, _ESCAPED = "\ue000", {"\ue000": "\ue000\ue001", "\x00": "\ue000\ue002"}
+_UNESCAPE = re.compile("\ue000([\ue001\ue002])")
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, str) and ("\x00" in value or value.startswith(_ESCAPE)):
+        return _ESCAPE + value.replace(_ESCAPE, _ESCAPED[_ESCAPE]).replace("\x00", _ESCAPED["\x00"])
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith(_ESCAPE):
+        return _UNESCAPE.sub(lambda m: _ESCAPE if m.group(1) == "\ue001" else "\x00", value[1:])
+    return value
+
+
+class _Decoded:
+    """A psycopg cursor whose rows come back decoded (see _encode)."""
+
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+        self.description = cursor.description
+
+    def fetchone(self) -> tuple | None:
+        row = self._cursor.fetchone()
+        return None if row is None else tuple(_decode(value) for value in row)
+
+    def fetchall(self) -> list[tuple]:
+        return [tuple(_decode(value) for value in row) for row in self._cursor.fetchall()]
+
+    def __iter__(self) -> Iterator[tuple]:
+        return iter(self.fetchall())
 
 
 def _placeholders(sql: str, cache: dict[str, str] = {}) -> str:  # noqa: B006 (a deliberate cache)
