@@ -16,6 +16,7 @@ from pathlib import Path
 from vecflow.backends import backend_class
 from vecflow.config import DEFAULT_CONFIG_NAME, Config, StoreConfig
 from vecflow.errors import (
+    BackendError,
     CollectionNotFoundError,
     ConfigError,
     LedgerError,
@@ -27,6 +28,7 @@ from vecflow.errors import (
 )
 from vecflow.inspection import format_report, inspect_store
 from vecflow.operations.moves import CopyCollectionOp
+from vecflow.runtime import markers
 from vecflow.runtime.ledger import DONE, FAILED, Ledger, Owner
 from vecflow.runtime.runner import DOWNGRADE, UPGRADE, Runner
 from vecflow.runtime.snapshots import SnapshotStore
@@ -282,12 +284,31 @@ def stamp(config: Config, revision: str, purge: bool = False, out: Out = print) 
             runner.ledger.mark_applied(rev.revision, rev.script.checksum, rev.path or "")
             runner.ledger.record_stamp(rev.revision, UPGRADE, owner, rev.script.checksum)
             out(f"Stamped up: {rev.revision}")
+        _adopt_marked_stores(runner, out)
+
+
+def _adopt_marked_stores(runner: Runner, out: Out) -> None:
+    """After a stamp: every configured store that carries a marker names this ledger at its new
+    heads (a store marked by another ledger is adopted). A store that cannot be reached keeps
+    its marker, with a warning."""
+    for name in sorted(runner.config.stores):
+        try:
+            marker = markers.read(runner.stores.backend(name), name)
+            if marker is None:
+                continue
+            runner.mark_stores({name})
+        except (BackendError, ConfigError) as exc:
+            out(f"warning: store {name!r} keeps its marker: {exc}")
+            continue
+        if marker["ledger"] != runner.ledger.identity:
+            out(f"Adopted store {name!r} into this ledger (its marker named {marker.get('where', '?')})")
 
 
 def inspect(config: Config, target: str = "", as_json: bool = False, out: Out = print) -> dict:
     """Show a store's collections as their application wrote them: count, dimension, metric, the
     detected layout and why, where the text lives, id kinds, and metadata fields with types, fill
-    rate and an example (STORE, STORE:COLLECTION, or nothing for the default store). Read-only."""
+    rate and an example (STORE, STORE:COLLECTION, or nothing for the default store), and the
+    store's vecflow marker (which ledger migrates it, at which heads). Read-only."""
     store, _, collection = (target or config.default_store).partition(":")
     stores = Stores(config)
     try:
@@ -295,6 +316,7 @@ def inspect(config: Config, target: str = "", as_json: bool = False, out: Out = 
         if collection and not backend.has_collection(collection):
             raise CollectionNotFoundError(f"store {store!r} has no collection {collection!r}")
         report = inspect_store(backend, collection or None)
+        report["marker"] = markers.read(backend, store or config.default_store)
     finally:
         stores.close()
     if as_json:

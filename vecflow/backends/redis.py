@@ -304,6 +304,21 @@ class RedisBackend(Backend):
         keys = first_keys(self._client, shape.prefix, DETECTION_SAMPLE)
         return [fields for fields in hashes(self._client, keys) if fields]
 
+    # the store marker: a string key outside the store's key prefix (no index covers a string)
+
+    @property
+    def _marker_key(self) -> bytes:
+        return f"vecflow-marker:{self._key_prefix}".encode()
+
+    @_translated
+    def _read_marker(self) -> str | None:
+        value = self._client.get(self._marker_key)
+        return None if value is None else value.decode("utf-8")
+
+    @_translated
+    def _write_marker(self, text: str) -> None:
+        self._client.set(self._marker_key, text.encode("utf-8"))
+
     # collections -------------------------------------------------------------------------------
 
     @_translated
