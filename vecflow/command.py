@@ -30,6 +30,7 @@ from vecflow.inspection import format_report, inspect_store
 from vecflow.operations.moves import CopyCollectionOp
 from vecflow.runtime import markers
 from vecflow.runtime.ledger import DONE, FAILED, Ledger, Owner
+from vecflow.runtime.ledger_copy import copy_ledger
 from vecflow.runtime.runner import DOWNGRADE, UPGRADE, Runner
 from vecflow.runtime.snapshots import SnapshotStore
 from vecflow.runtime.stores import Stores
@@ -44,6 +45,11 @@ def open_runner(config: Config, out: Out = print) -> Iterator[Runner]:
     """Open the script directory, ledger, snapshot store and stores of a project; close them after."""
     scripts = ScriptDirectory(config.script_location)
     ledger = Ledger(config.ledger)
+    moved_to = ledger.moved_to
+    if moved_to:
+        ledger.close()
+        raise LedgerError(f"ledger {config.ledger} was copied to {moved_to} (vecflow ledger copy); point "
+                          f"`ledger =` in {config.config_file.name} at it")
     snapshots = SnapshotStore(config.beside_ledger("snapshots.db"))
     stores = Stores(config, out=out)
     try:
@@ -384,6 +390,23 @@ def snapshots(config: Config, action: str = "list", out: Out = print) -> list[di
         if not listing:
             out("no snapshots")
         return listing
+
+
+def ledger(operation: str, source_url: str, target_url: str, out: Out = print) -> dict[str, int]:
+    """Copy a project's history (applied set, attempts, steps, snapshots, vecflow's state and the
+    ledger's identity) from one ledger to another, typically its SQLite file to a shared
+    PostgreSQL database. Verified (row counts and digests of every table) and resumable (run the
+    same command again); the source is then marked as moved, so a project still pointed at it
+    is refused."""
+    counts = copy_ledger(source_url, target_url, out)
+    if not counts:
+        return counts
+    snapshot_rows = sum(rows for name, rows in counts.items() if name.startswith("snap_"))
+    out(f"Copied and verified: {counts['applied']} applied, {counts['attempts']} attempts, {counts['steps']} steps, "
+        f"{counts['snapshots']} snapshots ({snapshot_rows} rows), "
+        f"{counts['record_state'] + counts['collection_state']} state entries")
+    out(f"Now set `ledger = {target_url}` in vecflow.ini (a ${{VAR}} keeps a password out of it)")
+    return counts
 
 
 def _megabytes(size: int) -> str:

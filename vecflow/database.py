@@ -58,12 +58,13 @@ def split_schema(url: str) -> tuple[str, str]:
     return urlunsplit(parts._replace(query=rest)), schema.lower()
 
 
-def upsert_sql(table: str, columns: Sequence[str], keys: Sequence[str]) -> str:
-    """INSERT a row, or replace the row with the same keys (both databases' ON CONFLICT form)."""
+def upsert_sql(table: str, columns: Sequence[str], keys: Sequence[str], replace: bool = True) -> str:
+    """INSERT a row, or replace (replace=False: keep) the row with the same keys (both databases'
+    ON CONFLICT form)."""
     names = ", ".join(f'"{c}"' for c in columns)
     updates = ", ".join(f'"{c}" = excluded."{c}"' for c in columns if c not in keys)
     conflict = ", ".join(f'"{k}"' for k in keys)
-    action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
+    action = f"DO UPDATE SET {updates}" if updates and replace else "DO NOTHING"
     return (f'INSERT INTO "{table}" ({names}) VALUES ({", ".join("?" * len(columns))}) '
             f"ON CONFLICT ({conflict}) {action}")
 

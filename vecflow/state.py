@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from vecflow.database import SQLiteDatabase, is_database_url, open_database, upsert_sql
+from vecflow.database import Database, SQLiteDatabase, is_database_url, open_database, upsert_sql
 
 _TABLES = {
     "record_state": ({"scope": "TEXT NOT NULL", "kind": "TEXT NOT NULL", "id": "TEXT NOT NULL",
@@ -54,6 +54,11 @@ class VecflowState:
             self._db.durable()
         for table, (columns, key) in _TABLES.items():
             self._db.create_table(table, columns, key, compact=True)
+
+    @property
+    def db(self) -> Database:
+        """The database the entries are in (`vecflow ledger copy` reads and writes its tables)."""
+        return self._db
 
     @classmethod
     def in_memory(cls) -> VecflowState:

@@ -186,6 +186,12 @@ class Ledger:
         return str(self.db.one("SELECT value FROM meta WHERE key = 'ledger_id'")[0])
 
     @property
+    def moved_to(self) -> str | None:
+        """Where `vecflow ledger copy` moved this ledger's history (None: it was not moved)."""
+        row = self.db.one("SELECT value FROM meta WHERE key = 'moved_to'")
+        return None if row is None else str(row[0])
+
+    @property
     def shared(self) -> bool:
         """A database other machines reach (PostgreSQL), not a file of this checkout."""
         return not isinstance(self.db, SQLiteDatabase)
