@@ -68,7 +68,7 @@ def test_two_ledgers_on_one_store_the_second_refuses_naming_the_first(tmp_path, 
     assert "at r2" in lines[0] and "vecflow stamp" in lines[0] and "ledger =" in lines[0]
     assert ci.digest("docs") == before and Ledger(laptop.config.ledger).attempts() == []
     shown = laptop.run("inspect")
-    assert f"vecflow marker: ledger {ci_ledger.identity} ({ci_ledger.describe()}), at r2" in shown
+    assert f"marker: ledger {ci_ledger.identity} ({ci_ledger.describe()}), at r2" in shown
     report = json.loads(laptop.run("inspect", as_json=True)[0])
     assert report["marker"]["ledger"] == ci_ledger.identity and report["marker"]["heads"] == ["r2"]
 
