@@ -17,6 +17,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from tests.conftest import unavailable
 from vecflow.backends.base import CollectionInfo
 from vecflow.batch import Batch
 from vecflow.errors import LedgerError, LockError
@@ -259,3 +260,15 @@ def test_vecflow_state_entries_survive_reopening_and_move_with_their_scope(locat
     state.drop_scope("s|c")
     state.put_collection("s|b", "layout", None)
     assert not state.has_records("s|c", "ids") and state.get_collection("s|b", "layout") is None
+
+
+def test_an_unreachable_or_malformed_postgresql_ledger_is_one_line_without_the_password():
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        unavailable("psycopg is not installed (pip install 'vecflow[postgres]')")
+    unreachable = r"^cannot reach the ledger database postgresql://bob:\*\*\*@127.0.0.1:1/db: "
+    with pytest.raises(LedgerError, match=unreachable):
+        Ledger("postgresql://bob:secret@127.0.0.1:1/db")
+    with pytest.raises(LedgerError, match=r"^cannot use the ledger database URL .*invalid URI query parameter"):
+        Ledger("postgresql://bob@127.0.0.1:1/db?nonsense=1")

@@ -241,9 +241,9 @@ class PostgresDatabase(Database):
         self._errors: tuple[type[BaseException], ...] = (psycopg.Error,)
         try:
             self.conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=WAIT_SECONDS)
-        except psycopg.Error as exc:
+        except psycopg.OperationalError as exc:
             raise LedgerError(f"cannot reach the {component} database {self.where}: {_one_line(exc)}") from exc
-        except Exception as exc:  # noqa: BLE001 (libpq's parser raises ProgrammingError and others)
+        except (psycopg.Error, ValueError, TypeError) as exc:  # libpq's URL parser: ProgrammingError
             raise LedgerError(f"cannot use the {component} database URL {self.where}: {_one_line(exc)}") from exc
         # A component's write lock: one advisory lock per schema and component.
         self._lock_key = f"vecflow:{self.schema}:{component}"
