@@ -71,7 +71,7 @@ def upsert_sql(table: str, columns: Sequence[str], keys: Sequence[str], replace:
 
 def open_database(location: str | Path | None, component: str) -> Database:
     """The database at a location; `component` ('ledger', 'snapshots', 'state') names it in
-    messages and keeps the components' write locks apart."""
+    messages and keys its format version."""
     if is_database_url(location):
         return PostgresDatabase(str(location), component)
     return SQLiteDatabase(None if location is None else Path(location), component)
@@ -105,8 +105,9 @@ class Database:
 
     @contextlib.contextmanager
     def transaction(self, lock: bool = False) -> Iterator[Database]:
-        """One transaction. lock=True first takes the component's write lock, so two runners'
-        check-then-write transactions run one after the other (SQLite: BEGIN IMMEDIATE)."""
+        """One transaction. lock=True first takes the write lock (SQLite: BEGIN IMMEDIATE on the
+        file; PostgreSQL: an advisory lock of the schema), so two runners' check-then-write
+        transactions, and their table creations, run one after the other."""
         self._begin(lock)
         try:
             yield self
@@ -245,8 +246,9 @@ class PostgresDatabase(Database):
             raise LedgerError(f"cannot reach the {component} database {self.where}: {_one_line(exc)}") from exc
         except (psycopg.Error, ValueError, TypeError) as exc:  # libpq's URL parser: ProgrammingError
             raise LedgerError(f"cannot use the {component} database URL {self.where}: {_one_line(exc)}") from exc
-        # A component's write lock: one advisory lock per schema and component.
-        self._lock_key = f"vecflow:{self.schema}:{component}"
+        # The write lock: one advisory lock per schema, which every component's check-then-write
+        # transactions and table creations take (as SQLite's BEGIN IMMEDIATE locks the file).
+        self._lock_key = f"vecflow:{self.schema}"
         try:
             self.execute(f"SET lock_timeout = '{WAIT_SECONDS}s'")
             if self.one("SELECT 1 FROM pg_namespace WHERE nspname = ?", [self.schema]) is None:

@@ -52,8 +52,9 @@ class VecflowState:
         self._lock = threading.Lock()
         if isinstance(self._db, SQLiteDatabase):
             self._db.durable()
-        for table, (columns, key) in _TABLES.items():
-            self._db.create_table(table, columns, key, compact=True)
+        with self._db.transaction(lock=True):  # two runners creating the tables at once wait in turn
+            for table, (columns, key) in _TABLES.items():
+                self._db.create_table(table, columns, key, compact=True)
 
     @property
     def db(self) -> Database:
