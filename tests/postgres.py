@@ -2,7 +2,8 @@
 
 The binaries are found on PATH or where Debian's `postgresql` package puts them
 (/usr/lib/postgresql/<version>/bin). PostgreSQL refuses to run as root, so as root the server
-runs as the unprivileged `postgres` user (which that package creates). Durability is not what
+runs as the unprivileged `postgres` user (which that package creates), switched to in the child
+process before it starts. Durability is not what
 these tests check: the cluster runs with fsync off, on tmpfs when the machine has one.
 """
 
@@ -37,16 +38,26 @@ def binaries() -> Path | None:
     return None
 
 
-def _as_server_user() -> tuple[list[str], int | None]:
-    """(command prefix, uid owning the files): as root, run as the `postgres` user."""
+def _server_user() -> pwd.struct_passwd | None:
+    """As root, the unprivileged `postgres` user the server runs as; None when not root."""
     if os.geteuid() != 0:
-        return [], None
+        return None
     try:
-        entry = pwd.getpwnam(USER)
+        return pwd.getpwnam(USER)
     except KeyError:
         unavailable(f"running as root and there is no {USER!r} user to run PostgreSQL as "
                     "(apt-get install -y postgresql creates it)")
-    return ["runuser", "-u", USER, "--"], entry.pw_uid
+
+
+def _run_as(user: pwd.struct_passwd | None, args: list[str], cwd: Path, timeout: float) -> None:
+    def drop() -> None:
+        if user is not None:
+            os.setgid(user.pw_gid)
+            os.setgroups([])
+            os.setuid(user.pw_uid)
+
+    subprocess.run(args, check=True, capture_output=True, timeout=timeout, cwd=cwd, preexec_fn=drop,
+                   env={**os.environ, "HOME": str(cwd)})
 
 
 @contextlib.contextmanager
@@ -55,28 +66,31 @@ def running_postgres() -> Iterator[str]:
     folder = binaries()
     if folder is None:
         unavailable("PostgreSQL is not installed (apt-get install -y postgresql)")
-    prefix, uid = _as_server_user()
+    user = _server_user()
     base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
     root = Path(tempfile.mkdtemp(prefix="vecflow-pg-", dir=base))
-    if uid is not None:
-        os.chown(root, uid, -1)
+    if user is not None:
+        os.chown(root, user.pw_uid, user.pw_gid)
     data, port = root / "data", free_port()
     options = (f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off -c full_page_writes=off "
                "-c synchronous_commit=off -c max_connections=100")
     try:
-        subprocess.run([*prefix, str(folder / "initdb"), "-D", str(data), "-U", USER, "--auth=trust", "-E", "UTF8",
-                        "--no-sync"], check=True, capture_output=True, timeout=120)
-        subprocess.run([*prefix, str(folder / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(data), "-l",
-                        str(root / "server.log"), "-o", options], check=True, capture_output=True, timeout=90)
+        _run_as(user, [str(folder / "initdb"), "-D", str(data), "-U", USER, "--auth=trust", "-E", "UTF8",
+                       "--no-sync"], root, 120)
+        _run_as(user, [str(folder / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(data), "-l",
+                       str(root / "server.log"), "-o", options], root, 90)
     except subprocess.CalledProcessError as exc:
         log = (root / "server.log").read_text(errors="replace")[-2000:] if (root / "server.log").exists() else ""
         shutil.rmtree(root, ignore_errors=True)
         raise RuntimeError(f"PostgreSQL did not start: {exc.stderr.decode(errors='replace')}\n{log}") from exc
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
     try:
         yield f"postgresql://{USER}@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run([*prefix, str(folder / "pg_ctl"), "stop", "-m", "immediate", "-D", str(data)],
-                       capture_output=True, timeout=60)
+        with contextlib.suppress(subprocess.SubprocessError):
+            _run_as(user, [str(folder / "pg_ctl"), "stop", "-m", "immediate", "-D", str(data)], root, 60)
         shutil.rmtree(root, ignore_errors=True)
 
 
