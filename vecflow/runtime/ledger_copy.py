@@ -167,44 +167,49 @@ def _set_meta(db: Database, key: str, value: str) -> None:
     db.execute(upsert_sql("meta", ("key", "value"), ("key",)), [key, value])
 
 
+def _pages(db: Database, table: Table, after: list | None = None) -> Iterator[list[tuple]]:
+    """The table's rows in pages, ordered by its key (ordered tables: by rowid, which comes first
+    in each row), starting after the key `after`."""
+    key = (db.rowid,) if table.ordered else table.key
+    columns = key + table.columns if table.ordered else table.columns
+    select = ", ".join(c if c == db.rowid else f'"{c}"' for c in columns)
+    order = ", ".join(c if c == db.rowid else f'"{c}"' for c in key)
+    position = [columns.index(c) for c in key]
+    while True:
+        where, params = "", []
+        if after is not None:
+            where, params = f"WHERE ({order}) > ({', '.join('?' * len(key))})", list(after)
+        rows = db.execute(f'SELECT {select} FROM "{table.name}" {where} ORDER BY {order} LIMIT ?',
+                          [*params, PAGE_ROWS]).fetchall()
+        if not rows:
+            return
+        yield [tuple(_plain(v) for v in row) for row in rows]
+        if len(rows) < PAGE_ROWS:
+            return
+        after = [rows[-1][i] for i in position]
+
+
 def _copy_table(table: Table, target_ledger: Database, keep_leases: Callable[[], object]) -> None:
-    """Copy one table page by page, each page with its resume point in one target transaction
-    (the resume point lives in the target ledger's meta table: the same transaction when the
-    table is in the ledger's database, else written right after the page, whose rows are
-    insert-or-ignore, so a page copied twice changes nothing)."""
+    """Copy one table page by page. The resume point is in the target ledger's meta table: in the
+    page's own transaction when the table is in the ledger's database, else written right after
+    it (the rows are insert-or-ignore, so a page copied twice changes nothing)."""
     source, target = table.db_source, table.db_target
-    key = (source.rowid,) if table.ordered else table.key
-    read_columns = key + table.columns if table.ordered else table.columns
     write_columns = ((target.rowid,) + table.columns) if table.ordered else table.columns
     conflict = ("name",) if table.name == "snapshots" else ("id",) if table.ordered else table.key
     insert = upsert_sql(table.name, write_columns, conflict, replace=False)
-    names = ", ".join(f'"{c}"' for c in read_columns)
-    order = ", ".join(f'"{c}"' if c != source.rowid else c for c in key)
+    key = (0,) if table.ordered else tuple(table.columns.index(c) for c in table.key)
     progress_key = f"copy:{table.name}"
     saved = _progress(target_ledger, progress_key)
-    after = json.loads(saved) if saved else None
-    while True:
+    shared = target is target_ledger
+    for rows in _pages(source, table, json.loads(saved) if saved else None):
         keep_leases()
-        select = names.replace(f'"{source.rowid}"', source.rowid)
-        where, params = "", []
-        if after is not None:
-            where = f"WHERE ({order}) > ({', '.join('?' * len(key))})"
-            params = list(after)
-        rows = source.execute(f'SELECT {select} FROM "{table.name}" {where} ORDER BY {order} LIMIT ?',
-                              [*params, PAGE_ROWS]).fetchall()
-        if not rows:
-            break
-        after = list(rows[-1][:len(key)])
-        values = [[_plain(v) for v in row] for row in rows]
-        shared = target is target_ledger
+        after = json.dumps([rows[-1][i] for i in key])
         with target.transaction():
-            target.executemany(insert, values)
+            target.executemany(insert, rows)
             if shared:
-                _set_meta(target, progress_key, json.dumps(after))
+                _set_meta(target, progress_key, after)
         if not shared:
-            _set_meta(target_ledger, progress_key, json.dumps(after))
-        if len(rows) < PAGE_ROWS:
-            break
+            _set_meta(target_ledger, progress_key, after)
     if table.ordered or table.name == "attempts":
         target.after_explicit_ids(table.name, target.rowid if table.ordered else "id")
 
@@ -215,13 +220,12 @@ def _plain(value: Any) -> Any:
 
 def _digest(db: Database, table: Table) -> tuple[int, str]:
     """(rows, an order-independent digest of them); ordered tables include their position."""
-    columns = ((db.rowid,) if table.ordered else ()) + table.columns
-    select = ", ".join(c if c == db.rowid else f'"{c}"' for c in columns)
     total, count = 0, 0
-    for row in db.execute(f'SELECT {select} FROM "{table.name}"').fetchall():
-        text = repr(tuple(_plain(v) for v in row)).encode("utf-8", "surrogatepass")
-        total = (total + int.from_bytes(hashlib.blake2b(text, digest_size=16).digest(), "big")) % (1 << 128)
-        count += 1
+    for rows in _pages(db, table):
+        for row in rows:
+            text = repr(row).encode("utf-8", "surrogatepass")
+            total = (total + int.from_bytes(hashlib.blake2b(text, digest_size=16).digest(), "big")) % (1 << 128)
+            count += 1
     return count, f"{total:032x}"
 
 
