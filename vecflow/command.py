@@ -27,6 +27,7 @@ from vecflow.errors import (
 )
 from vecflow.inspection import format_report, inspect_store
 from vecflow.operations.moves import CopyCollectionOp
+from vecflow.progress import Progress
 from vecflow.runtime.ledger import DONE, FAILED, Ledger, Owner
 from vecflow.runtime.runner import DOWNGRADE, UPGRADE, Runner
 from vecflow.runtime.snapshots import SnapshotStore
@@ -38,14 +39,15 @@ Out = Callable[[str], None]
 
 
 @contextlib.contextmanager
-def open_runner(config: Config, out: Out = print) -> Iterator[Runner]:
-    """Open the script directory, ledger, snapshot store and stores of a project; close them after."""
+def open_runner(config: Config, out: Out = print, progress: Progress | None = None) -> Iterator[Runner]:
+    """Open the script directory, ledger, snapshot store and stores of a project; close them after.
+    progress: where long steps show their progress (the CLI's bar or log lines; none by default)."""
     scripts = ScriptDirectory(config.script_location)
     ledger = Ledger(config.ledger)
     snapshots = SnapshotStore(config.ledger.parent / "snapshots.db")
     stores = Stores(config, out=out)
     try:
-        yield Runner(config, scripts, ledger, snapshots, stores, out)
+        yield Runner(config, scripts, ledger, snapshots, stores, out, progress)
     finally:
         stores.close()
         snapshots.close()
@@ -104,8 +106,9 @@ def merge(config: Config, revisions: Sequence[str] = ("heads",), message: str = 
     return path
 
 
-def _migrate(config: Config, direction: str, target: str, dry_run: bool, verify: bool, out: Out) -> None:
-    with open_runner(config, out) as runner:
+def _migrate(config: Config, direction: str, target: str, dry_run: bool, verify: bool, out: Out,
+             progress: Progress | None) -> None:
+    with open_runner(config, out, progress) as runner:
         problems = runner.check_applied_scripts()
         if problems:
             raise LedgerError(problems[0])
@@ -121,14 +124,16 @@ def _migrate(config: Config, direction: str, target: str, dry_run: bool, verify:
             runner.run(plan, owner, verify=verify)
 
 
-def upgrade(config: Config, revision: str, dry_run: bool = False, verify: bool = True, out: Out = print) -> None:
+def upgrade(config: Config, revision: str, dry_run: bool = False, verify: bool = True, out: Out = print,
+            progress: Progress | None = None) -> None:
     """Upgrade to a later revision (head, heads, +N, <rev>, <branch>@head); copies and moves are verified."""
-    _migrate(config, UPGRADE, revision, dry_run, verify, out)
+    _migrate(config, UPGRADE, revision, dry_run, verify, out, progress)
 
 
-def downgrade(config: Config, revision: str, dry_run: bool = False, verify: bool = True, out: Out = print) -> None:
+def downgrade(config: Config, revision: str, dry_run: bool = False, verify: bool = True, out: Out = print,
+              progress: Progress | None = None) -> None:
     """Revert to an earlier revision (-N, <rev>, base); digests (and moves back) are verified."""
-    _migrate(config, DOWNGRADE, revision, dry_run, verify, out)
+    _migrate(config, DOWNGRADE, revision, dry_run, verify, out, progress)
 
 
 def _line(rev: Revision, verbose: bool, tags: str = "") -> str:
@@ -373,14 +378,15 @@ def _megabytes(size: int) -> str:
 EXPORT, IMPORT = "export", "import"
 
 
-def export(config: Config, collection: str, path: str, file_format: str = "parquet", out: Out = print) -> None:
+def export(config: Config, collection: str, path: str, file_format: str = "parquet", out: Out = print,
+           progress: Progress | None = None) -> None:
     """Copy a collection into a folder of Parquet, VDF (vector-io) or JSON lines files.
 
     The folder gets a manifest with the collection's count, dimension, metric, layout, embedding
     model and digest. Recorded in the ledger, resumable (rerun the same command), verified like
     copy_collection."""
     root, name = backend_class("files").export_location(path)
-    with open_runner(_with_files_store(config, EXPORT, root, file_format), out) as runner:
+    with open_runner(_with_files_store(config, EXPORT, root, file_format), out, progress) as runner:
         source, target = runner.stores.canonical(collection), f"@{EXPORT}:{name}"
         files = runner.stores.backend(f"@{EXPORT}")
         folder = root / name
@@ -407,14 +413,14 @@ def export(config: Config, collection: str, path: str, file_format: str = "parqu
             f"digest {manifest['digest']}")
 
 
-def import_(config: Config, path: str, collection: str, out: Out = print) -> None:
+def import_(config: Config, path: str, collection: str, out: Out = print, progress: Progress | None = None) -> None:
     """Copy an export folder (or a VDF folder vector-io wrote) into a collection.
 
     Every file is first checked against the digests in its manifest: a folder that does not
     match is refused. Recorded in the ledger, resumable (rerun the same command), verified like
     copy_collection."""
     root, name = backend_class("files").import_location(path)
-    with open_runner(_with_files_store(config, IMPORT, root, "parquet"), out) as runner:
+    with open_runner(_with_files_store(config, IMPORT, root, "parquet"), out, progress) as runner:
         source, target = f"@{IMPORT}:{name}", runner.stores.canonical(collection)
         files = runner.stores.backend(f"@{IMPORT}")
         folder = root / name
@@ -472,11 +478,11 @@ def _run_copy(runner: Runner, direction: str, label: str, step: CopyCollectionOp
         if mine:
             attempt_id = mine[-1]["id"]
             ledger.resume_attempt(attempt_id, owner)
-            runner.out(f"Resuming {direction} {label}")
+            runner.announce(f"Resuming {direction} {label}")
         else:
             precheck()
             attempt_id = ledger.begin_attempt(label, direction, owner, "")
-            runner.out(f"{direction.capitalize()} {label}")
+            runner.announce(f"{direction.capitalize()} {label}")
         try:
             # The revision only says where a step's user code would be found: the script directory.
             runner.run_step(step, 0, 1, attempt_id, owner, Revision(direction), verify=True)

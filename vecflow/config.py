@@ -61,6 +61,8 @@ class Config(BaseModel):
     # wait between two (waits double from 0.5 s up to it, with full jitter).
     retries: int = Field(5, ge=0, le=100)
     retry_max_seconds: float = Field(10.0, gt=0, le=3600, allow_inf_nan=False)
+    # Seconds between two progress lines when the output is not a terminal (a CI log).
+    progress_interval: float = Field(10.0, gt=0, le=86400, allow_inf_nan=False)
     stores: dict[str, StoreConfig] = Field(default_factory=dict)
 
     @field_validator("script_location", "ledger", mode="before")
@@ -79,7 +81,7 @@ class Config(BaseModel):
 
 
 _MAIN_KEYS = {"script_location", "ledger", "batch_size", "default_store", "lock_lease_seconds", "retries",
-              "retry_max_seconds"}
+              "retry_max_seconds", "progress_interval"}
 
 
 def parse_x_args(pairs: Sequence[str]) -> dict[str, str]:
