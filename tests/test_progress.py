@@ -18,7 +18,7 @@ import pytest
 
 from tests.project import Project
 from vecflow.cli import build_parser
-from vecflow.errors import InvalidDataError
+from vecflow.errors import BackendError, InvalidDataError
 from vecflow.progress import BarProgress, LogProgress, Progress, Task, duration, progress_for
 
 N = 600
@@ -113,7 +113,8 @@ def progress_lines(lines: list[str]) -> list[str]:
 
 def test_a_log_gets_progress_lines_that_name_their_step_and_come_in_order(project):
     lines = project.cli("upgrade", "head", env=FREQUENT).stdout.splitlines()
-    assert re.fullmatch(r"Started in \d+\.\d\d s \(scripts, ledger, lock and stores opened\)", lines[0]), lines[0]
+    assert lines[0] == "Upgrade r1 (revision r1)"
+    assert re.fullmatch(r"  start-up took \d+\.\d\d s \(scripts, ledger, lock and stores opened\)", lines[1]), lines
     create = "  [1/1] create_collection docs (dim ?, cosine) from data/docs.jsonl"
     copy = "  [1/1] copy_collection docs -> faiss:docs"
     assert any(re.fullmatch(rf"{re.escape(create)}: \d+/{N} records \(\d+%\), \d+ records/s, ETA \d+ s", line)
@@ -142,7 +143,7 @@ def test_a_log_gets_progress_lines_that_name_their_step_and_come_in_order(projec
 
 def test_quiet_shows_no_progress_and_keeps_what_was_done(project):
     lines = project.cli("-q", "upgrade", "head", env=FREQUENT).stdout.splitlines()
-    assert not progress_lines(lines) and not any(line.startswith("Started in") for line in lines), lines
+    assert not progress_lines(lines) and not any("start-up" in line for line in lines), lines
     assert lines[:2] == ["Upgrade r1 (revision r1)", f"  {lines[1].split(': ')[0].strip()}: {N} rows, "
                          + lines[1].split(" rows, ")[1]]
     assert any(line.startswith(f"      verified faiss:docs: {N} records") for line in lines), lines
@@ -195,3 +196,12 @@ def test_a_failing_step_says_where_it_stopped_before_the_error(tmp_path):
         project.run("upgrade", "head")
     assert project.output[-1].startswith("  [2/2] set_field docs: x = {{ missing + 1 }}: stopped at 0 rows after "), \
         project.output
+
+
+def test_a_store_that_cannot_count_now_leaves_the_total_unknown():
+    def unreachable() -> int:
+        raise BackendError("store 'main' is unreachable")
+
+    progress = LogProgress(io.StringIO(), interval=0)
+    with progress.task("[1/1] step", unreachable) as task:
+        assert task.total is None

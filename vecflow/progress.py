@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from vecflow.errors import VecflowError
+
 DEFAULT_INTERVAL = 10.0  # seconds between two plain progress lines ([vecflow] progress_interval)
 
 
@@ -105,9 +107,17 @@ class Progress:
             self._closed(task)
 
     def measure(self, total: int | Callable[[], int | None] | None) -> int | None:
-        if callable(total):
-            return total() if self.live else None
-        return total
+        """The total; a function is called only when the progress is shown. A store that cannot
+        count now (unreachable, damaged) gives an unknown total: the work itself meets that error
+        where it knows what to do about it."""
+        if not callable(total):
+            return total
+        if not self.live:
+            return None
+        try:
+            return total()
+        except VecflowError:
+            return None
 
     def expect(self, total: int | Callable[[], int | None] | None) -> None:
         """Set the total of the innermost row-counting task (a step that learnt its size)."""
@@ -137,7 +147,7 @@ class Progress:
         """Report once how long the command took to get ready for its first step."""
         if not self._ready:
             self._ready = True
-            self.report(f"Started in {time.monotonic() - self.started:.2f} s ({what})")
+            self.report(f"  start-up took {time.monotonic() - self.started:.2f} s ({what})")
 
     def report(self, line: str) -> None:
         """A line about timing or progress, shown with the progress (not with -q)."""

@@ -331,9 +331,9 @@ class Runner:
             raise
 
     def announce(self, heading: str) -> None:
-        """Print the heading of what runs next; before the first one, how long start-up took."""
-        self.progress.ready("scripts, ledger, lock and stores opened")
+        """Print the heading of what runs next; after the first one, how long start-up took."""
         self.out(heading)
+        self.progress.ready("scripts, ledger, lock and stores opened")
 
     def run_step(self, step: Op, index: int, total: int, attempt_id: int, owner: Owner, rev: Revision,
                  verify: bool) -> None:
