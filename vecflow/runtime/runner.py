@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vecflow.backends import Backend
 from vecflow.config import Config
 from vecflow.errors import (
     DamagedStoreError,
@@ -370,14 +371,14 @@ class Runner:
                 after = self._run_op(step, ctx, refs, before, verify)
             except BaseException:
                 self.out(f"  {label}: stopped at {ctx.rows_done} rows after {time.monotonic() - started:.2f} s")
-                self.out_notes(notes)
+                self._out_notes(notes)
                 raise
         self.ledger.finish_step(attempt_id, index, after)
         self.out(f"  {label}: {ctx.rows_done} rows, {time.monotonic() - started:.2f} s "
                  f"(digests {self._digest_seconds:.2f} s)")
-        self.out_notes(notes)
+        self._out_notes(notes)
 
-    def out_notes(self, notes: list[str]) -> None:
+    def _out_notes(self, notes: list[str]) -> None:
         for line in notes:
             self.out(f"      {line}")
 
@@ -403,11 +404,8 @@ class Runner:
     def _size(self, step: Op) -> int | None:
         """The records of the step's first existing collection: its progress total until the op
         tells a better one (StepContext.expect)."""
-        for ref in step.collections():
-            backend, name = self.stores.resolve(ref)
-            if backend.has_collection(name):
-                return backend.count(name)
-        return None
+        counts = (_count(*self.stores.resolve(ref)) for ref in step.collections())
+        return next((count for count in counts if count is not None), None)
 
     def _restart_after_damage(self, step: Op, ctx: StepContext, exc: DamagedStoreError) -> None:
         """A collection the step is filling from what it still holds (its source, a data file, a
@@ -436,8 +434,7 @@ class Runner:
         if fresh or ref not in self._digests or version != DIGEST_VERSION:
             backend, name = self.stores.resolve(ref)
             started = time.monotonic()
-            with self.progress.task(f"{purpose} {ref}", lambda: backend.count(name) if backend.has_collection(name)
-                                    else None, reads=True):
+            with self.progress.task(f"{purpose} {ref}", lambda: _count(backend, name), reads=True):
                 text = collection_digests(backend, name, self.config.batch_size, on_page=self._heartbeat,
                                           version=version).to_text()
             self._digest_seconds += time.monotonic() - started
@@ -469,3 +466,8 @@ class Runner:
                 f"{parents[0] if parents else 'base'}'")
         self.out(f"  verified: {', '.join(sorted(item.expected_digests))} restored exactly "
                  f"(native records as the application reads them, and logical digest)")
+
+
+def _count(backend: Backend, name: str) -> int | None:
+    """The records of a collection, or None when it does not exist."""
+    return backend.count(name) if backend.has_collection(name) else None
