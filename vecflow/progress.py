@@ -12,6 +12,7 @@ progress is shown (`live`), so quiet runs pay nothing for them.
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -107,16 +108,16 @@ class Progress:
             self._closed(task)
 
     def measure(self, total: int | Callable[[], int | None] | None) -> int | None:
-        """The total; a function is called only when the progress is shown. A store that cannot
-        count now (unreachable, damaged) gives an unknown total: the work itself meets that error
-        where it knows what to do about it."""
+        """The total; a function is called only when the progress is shown. A store, snapshot or
+        file that cannot be counted now (unreachable, damaged, missing) gives an unknown total:
+        the work itself meets that error where it knows what to do about it."""
         if not callable(total):
             return total
         if not self.live:
             return None
         try:
             return total()
-        except VecflowError:
+        except (VecflowError, OSError, sqlite3.Error):
             return None
 
     def expect(self, total: int | Callable[[], int | None] | None) -> None:

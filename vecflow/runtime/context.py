@@ -143,7 +143,7 @@ class StepContext:
         backend, name = self.require(ref)
         after = self.state.get(key, 0)
         if after is not None:
-            self.expect(lambda: self.snapshots.rows_after(snapshot, after))
+            self.expect(lambda: self.snapshots.rows_after(snapshot, "values", after))
         while after is not None:
             values, after = self.snapshots.read_values(snapshot, after, self.batch_size)
             value_of = {rid: (value, position) for rid, value, position in values}
@@ -158,7 +158,7 @@ class StepContext:
         backend, name = self.resolve(ref)
         after = self.state.get(key, 0)
         if after is not None:
-            self.expect(lambda: self.snapshots.rows_after(snapshot, after))
+            self.expect(lambda: self.snapshots.rows_after(snapshot, "records", after))
         while after is not None:
             page, after = self.snapshots.read_records(snapshot, after, self.batch_size)
             if len(page):
