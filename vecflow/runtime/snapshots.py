@@ -185,7 +185,7 @@ class SnapshotStore:
     def rows_after(self, name: str, kind: str, after: int) -> int:
         """How many rows of a snapshot come after rowid `after` (what a restore from there reads)."""
         self._check(name, kind)
-        return self.conn.execute(f'SELECT COUNT(*) FROM "{name}" WHERE rowid > ?', [after]).fetchone()[0]
+        return self.db.one(f'SELECT COUNT(*) FROM "{name}" WHERE {self.db.rowid} > ?', [after])[0]
 
     def lookup_records(self, name: str, ids: list[str]) -> dict[str, tuple[str | None, dict[str, Any]]]:
         """(document, metadata) already recorded in a records snapshot for these ids: a page
