@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shlex
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from vecflow.config import DEFAULT_CONFIG_NAME, Config, StoreConfig
 from vecflow.errors import (
     CollectionNotFoundError,
     ConfigError,
+    DryRunFailedError,
     LedgerError,
     LockError,
     MultipleHeadsError,
@@ -38,18 +40,31 @@ Out = Callable[[str], None]
 
 
 @contextlib.contextmanager
-def open_runner(config: Config, out: Out = print) -> Iterator[Runner]:
-    """Open the script directory, ledger, snapshot store and stores of a project; close them after."""
-    scripts = ScriptDirectory(config.script_location)
-    ledger = Ledger(config.ledger)
-    snapshots = SnapshotStore(config.ledger.parent / "snapshots.db")
-    stores = Stores(config, out=out)
+def open_runner(config: Config, out: Out = print, read_only: bool = False) -> Iterator[Runner]:
+    """Open the script directory, ledger, snapshot store and stores of a project; close them after.
+
+    read_only (dry runs): nothing is written anywhere. The ledger and vecflow's state are read
+    into memory, snapshots and stores are only read (Backend.open_read_only), and Python writes
+    no bytecode cache for the scripts and user modules it imports."""
+    bytecode = sys.dont_write_bytecode
+    sys.dont_write_bytecode = bytecode or read_only
     try:
-        yield Runner(config, scripts, ledger, snapshots, stores, out)
+        scripts = ScriptDirectory(config.script_location)
+        ledger = Ledger(config.ledger, read_only=read_only)
+        try:
+            snapshots = SnapshotStore(config.ledger.parent / "snapshots.db", read_only=read_only)
+        except BaseException:
+            ledger.close()
+            raise
+        stores = Stores(config, out=out, read_only=read_only)
+        try:
+            yield Runner(config, scripts, ledger, snapshots, stores, out)
+        finally:
+            stores.close()
+            snapshots.close()
+            ledger.close()
     finally:
-        stores.close()
-        snapshots.close()
-        ledger.close()
+        sys.dont_write_bytecode = bytecode
 
 
 @contextlib.contextmanager
@@ -105,13 +120,16 @@ def merge(config: Config, revisions: Sequence[str] = ("heads",), message: str = 
 
 
 def _migrate(config: Config, direction: str, target: str, dry_run: bool, verify: bool, out: Out) -> None:
-    with open_runner(config, out) as runner:
+    with open_runner(config, out, read_only=dry_run) as runner:
         problems = runner.check_applied_scripts()
         if problems:
             raise LedgerError(problems[0])
         if dry_run:
-            for line in runner.describe_plan(runner.plan(direction, target)):
+            report = runner.dry_run(runner.plan(direction, target))
+            for line in report.lines():
                 out(line)
+            if failure := report.failure():
+                raise DryRunFailedError(failure)
             return
         with _holding_lease(runner) as owner:
             settled = runner.settle_unfinished(direction, target, owner, verify)

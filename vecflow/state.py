@@ -28,6 +28,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from vecflow.read_only import copy_into_memory
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS record_state (
     scope TEXT NOT NULL, kind TEXT NOT NULL, id TEXT NOT NULL, value BLOB NOT NULL,
@@ -42,12 +44,17 @@ _CHUNK = 500  # ids per IN (...) query, below SQLite's variable limit
 class VecflowState:
     """Record and collection entries by scope; every write is durable when the call returns."""
 
-    def __init__(self, path: str | Path | None) -> None:
-        self.path = None if path is None else Path(path)
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(":memory:" if self.path is None else str(self.path),
-                                     isolation_level=None, check_same_thread=False, timeout=30)
+    def __init__(self, path: str | Path | None, read_only: bool = False) -> None:
+        """read_only: work on an in-memory copy of the file (dry runs): the file, or its absence,
+        stays as it was."""
+        self.path = None if path is None or read_only else Path(path)
+        if read_only and path is not None:
+            self._conn = copy_into_memory(Path(path))
+        else:
+            if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(":memory:" if self.path is None else str(self.path),
+                                         isolation_level=None, check_same_thread=False, timeout=30)
         self._lock = threading.Lock()
         if self.path is not None:
             self._conn.execute("PRAGMA journal_mode=WAL")

@@ -95,6 +95,17 @@ class Backend(ABC):
     write_guard: Callable[[], None] | None = None
     _read_only: bool = False
 
+    @classmethod
+    def open_read_only(cls, **options: Any) -> Backend:
+        """Open the store for reading only (dry runs): every write raises, and nothing is written
+        on the way, not even what opening a store usually creates (a missing store folder stays
+        missing and reads as a store without collections). Adapters whose client writes to the
+        store as it opens it override this."""
+        backend = cls.__new__(cls)
+        backend._read_only = True
+        backend.__init__(**options)  # type: ignore[misc]
+        return backend
+
     # configuration shared by every adapter ------------------------------------------------------
 
     def _before_write(self) -> None:

@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import bisect
 import json
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,7 +39,7 @@ from vecflow.backends import chroma_order as order
 from vecflow.backends import chroma_values as values
 from vecflow.backends import exact, journal
 from vecflow.backends.base import Backend, CollectionInfo, Hit, NativePage
-from vecflow.backends.chroma_connect import FAILURES, connect, damage
+from vecflow.backends.chroma_connect import FAILURES, connect, damage, location
 from vecflow.backends.helpers import one_line
 from vecflow.batch import Batch
 from vecflow.errors import (
@@ -76,6 +79,8 @@ class ChromaBackend(Backend):
     normalises_cosine = False
     has_text_slot = True
     layouts = ("raw", "langchain", "llamaindex")
+    # The temporary copy of an embedded store opened read only (see open_read_only).
+    _copy: str | None = None
 
     def __init__(self, path: str | None = None, url: str | None = None, tenant: str | None = None,
                  database: str | None = None, headers: dict[str, str] | str | None = None) -> None:
@@ -95,6 +100,29 @@ class ChromaBackend(Backend):
         except FAILURES as exc:
             self.close()
             raise BackendError(f"cannot open Chroma at {self._where}: {one_line(exc)}") from exc
+
+    @classmethod
+    def open_read_only(cls, **options: Any) -> Backend:
+        """chromadb writes to an embedded store's folder whenever it opens it (a row of its write
+        lock table, its log applied to the index files): read only, an embedded store is opened
+        from a temporary copy of its folder, removed on close. Messages and vecflow's state still
+        name the store's own folder."""
+        path = options.get("path")
+        if not path:
+            return super().open_read_only(**options)
+        original = os.path.abspath(os.path.expanduser(path))
+        copy = tempfile.mkdtemp(prefix="vecflow-read-only-chroma-")
+        try:
+            if os.path.isdir(original):
+                shutil.copytree(original, copy, dirs_exist_ok=True)
+            backend = super().open_read_only(**{**options, "path": copy})
+        except BaseException:
+            shutil.rmtree(copy, ignore_errors=True)
+            raise
+        assert isinstance(backend, ChromaBackend)
+        backend._copy = copy
+        backend._where = location(original, options.get("tenant"), options.get("database"))
+        return backend
 
     @property
     def client(self) -> Any:
@@ -117,6 +145,9 @@ class ChromaBackend(Backend):
         self._ready.clear()
         if client is not None:
             client.close()
+        if self._copy is not None:
+            shutil.rmtree(self._copy, ignore_errors=True)
+            self._copy = None
 
     # collections -----------------------------------------------------------------------------
 
@@ -438,6 +469,8 @@ class ChromaBackend(Backend):
         finish the writes a kill interrupted: their records are written again, whole."""
         with self._errors(f"opening collection {name!r}"):
             collection.count()
+        if self._read_only:
+            return  # read as stored: finishing an interrupted write is a write
         pending = journal.pending(self.state, self.scope(name), self._dim(collection, name))
         if pending.records is not None:
             self._upsert(name, pending.records)

@@ -140,13 +140,15 @@ class FaissBackend(Backend):
         _index_params(self._defaults, ConfigError)
         self.allow_pickle = bool(option_bool("faiss", "allow_pickle", allow_pickle))
         self.index_name = _index_name(index_name)
+        self._open: dict[str, OpenCollection] = {}
+        self._folders: dict[str, LangChainFolder] = {}
+        self._new_layout = "raw"
+        if self._read_only:
+            return  # a missing folder reads as a store without collections
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise BackendError(f"cannot create the faiss store directory {self.root}: {exc}") from exc
-        self._open: dict[str, OpenCollection] = {}
-        self._folders: dict[str, LangChainFolder] = {}
-        self._new_layout = "raw"
         _remove_trash(self.root)
 
     def search_is_exact(self, name: str) -> bool:
@@ -184,6 +186,8 @@ class FaissBackend(Backend):
     # collections ---------------------------------------------------------------------------
 
     def _list_collections(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
         return [entry.name for entry in os.scandir(self.root)
                 if not entry.name.startswith(".") and entry.is_dir() and self._holds_collection(Path(entry.path))]
 
@@ -418,7 +422,7 @@ class FaissBackend(Backend):
         if folder is None or not folder.is_current():
             self._folders.pop(name, None)
             folder = load_folder(self._directory(name), self.index_name, self.state, self.scope(name),
-                                 self.allow_pickle)
+                                 self.allow_pickle, finish_writes=not self._read_only)
             self._folders[name] = folder
         return folder
 

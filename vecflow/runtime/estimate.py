@@ -36,12 +36,19 @@ class Sample:
 
 
 def sample(backend: Backend, name: str, size: int = SAMPLE_SIZE) -> Sample | None:
-    """The first `size` records of a collection, or None when it does not exist."""
+    """The first `size` records of a collection, or None when it does not exist. On a dry run's
+    simulated store, the total is the number of records the simulated sample stands for."""
     if not backend.has_collection(name):
         return None
     started = time.monotonic()
     page, _ = backend.scan(name, size)
-    return Sample(page, backend.count(name), time.monotonic() - started)
+    return Sample(page, total_records(backend, name), time.monotonic() - started)
+
+
+def total_records(backend: Backend, name: str) -> int:
+    """The collection's record count (extrapolated, for a dry run's simulated collection)."""
+    represented = getattr(backend, "represented_count", None)
+    return int(represented(name)) if represented is not None else backend.count(name)
 
 
 def count_matching(sampled: Sample, predicate: Callable[[str, dict, str | None], bool]) -> int:
@@ -62,13 +69,16 @@ def rows_per_second(ledger: Ledger, op_name: str) -> float | None:
     return rows / seconds if rows and seconds > 0 else None
 
 
-def estimate_line(ledger: Ledger, op_name: str, records: int, sampled: Sample | None) -> str:
+def estimate_line(ledger: Ledger, op_name: str, records: int, read_rate: float | None) -> str:
+    """records: how many records the step reads or writes (the largest of its collections before
+    or after it, data files included); read_rate: rows/s measured reading a sample of them."""
     rate = rows_per_second(ledger, op_name)
     if rate:
         return (f"estimated time: ~{records / rate:.1f} s for {records} records "
                 f"({rate:.0f} rows/s in earlier {op_name} runs)")
-    if sampled is not None and len(sampled.page) and sampled.read_seconds > 0:
-        read_rate = len(sampled.page) / sampled.read_seconds
+    if read_rate and records:
         return (f"estimated time: at least ~{records / read_rate:.1f} s to read {records} records "
                 f"({read_rate:.0f} rows/s measured on the sample; writes not measured yet)")
+    if records:
+        return f"estimated time: unknown for {records} records (no earlier {op_name} runs in this ledger)"
     return "estimated time: unknown (no history, nothing to sample)"

@@ -37,6 +37,7 @@ from typing import Any
 import sqlite_utils
 
 from vecflow.errors import LedgerError, LockError
+from vecflow.read_only import copy_into_memory
 
 RUNNING, DONE, FAILED, ABANDONED, STAMPED, ROLLED_BACK = (
     "running", "done", "failed", "abandoned", "stamped", "rolled-back")
@@ -104,8 +105,11 @@ class _Held:
 class Ledger:
     """Applied state and history of one project, stored in a SQLite file."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, read_only: bool = False) -> None:
+        """read_only: work on an in-memory copy of the file (dry runs): the file, or its absence,
+        stays as it was; an older format is upgraded in the copy only."""
         self.path = Path(path)
+        self.read_only = read_only
         self._held: _Held | None = None
         deadline = time.monotonic() + OPEN_RETRY_SECONDS
         while True:
@@ -125,8 +129,11 @@ class Ledger:
     def _open(self) -> None:
         if self.path.is_dir():
             raise LedgerError(f"cannot open ledger {self.path}: it is a directory")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
+        if self.read_only:
+            conn = copy_into_memory(self.path)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
         try:
             conn.execute("PRAGMA busy_timeout = 30000")
             self.conn = conn

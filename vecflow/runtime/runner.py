@@ -30,8 +30,8 @@ from vecflow.runtime.context import StepContext
 from vecflow.runtime.digest import VERSION as DIGEST_VERSION
 from vecflow.runtime.digest import Digest, DigestPair, collection_digests
 from vecflow.runtime.digest import version_of as digest_version
-from vecflow.runtime.estimate import estimate_line, sample
 from vecflow.runtime.ledger import DONE, FAILED, ROLLBACK, RUNNING, Ledger, Owner
+from vecflow.runtime.simulate import DryRunReport, simulate
 from vecflow.runtime.snapshots import SnapshotStore, snapshot_name
 from vecflow.runtime.stores import Stores
 from vecflow.script.directory import ScriptDirectory
@@ -169,36 +169,15 @@ class Runner:
                           {ref: before.get(self.stores.canonical(ref), "") for ref in step.collections()},
                           finished=row["status"] == DONE)
 
-    def describe_plan(self, plan: list[PlannedRevision]) -> list[str]:
-        """The --dry-run report: revisions, steps, affected collections and their record counts."""
-        if not plan:
-            return ["Nothing to do: already at the target."]
-        lines = []
-        touched: list[str] = []
-        for item in plan:
-            lines.append(f"{item.direction} {item.label}")
-            for number, step in enumerate(item.steps, start=1):
-                lines.append(f"  {number}. {step.describe()}")
-                lines += [f"     {line}" for line in step.preview(self.stores)]
-                lines.append(f"     {self._estimate(step)}")
-                refs = [self.stores.canonical(r) for r in step.collections()]
-                touched += [ref for ref in refs if ref not in touched]
-            if not item.steps:
-                lines.append("  (no steps)")
-        lines.append("collections:")
-        for ref in touched:
-            backend, name = self.stores.resolve(ref)
-            state = f"{backend.count(name)} records" if backend.has_collection(name) else "does not exist yet"
-            lines.append(f"  {ref}: {state}")
-        return lines
+    def dry_run(self, plan: list[PlannedRevision]) -> DryRunReport:
+        """The --dry-run report: the plan simulated in order on samples (runtime/simulate.py);
+        open the runner read only (command.open_runner) so that nothing is written."""
+        return simulate(self, plan)
 
-    def _estimate(self, step: Op) -> str:
-        refs = step.collections()
-        if not refs:
-            return estimate_line(self.ledger, step.op_name, 0, None)
-        backend, name = self.stores.resolve(refs[0])
-        sampled = sample(backend, name)
-        return estimate_line(self.ledger, step.op_name, sampled.total if sampled else 0, sampled)
+    def describe_plan(self, plan: list[PlannedRevision]) -> list[str]:
+        """The --dry-run report as lines: revisions, steps (each with its preview, estimated time
+        and why it would fail), and the record counts of the collections touched, now and after."""
+        return self.dry_run(plan).lines()
 
     # unfinished attempts -------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ import numpy as np
 from vecflow.backends.base import CollectionInfo
 from vecflow.batch import Batch
 from vecflow.errors import LedgerError
+from vecflow.read_only import connect_read_only
 
 ABSENT = object()
 
@@ -36,9 +37,14 @@ SNAPSHOT_FORMAT = 1
 
 
 class SnapshotStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, read_only: bool = False) -> None:
+        """read_only: only read the file (dry runs); nothing is created or changed, and a missing
+        file reads as one holding no snapshot. Path(":memory:") keeps snapshots in memory."""
         self.path = Path(path)
         try:
+            if read_only:
+                self._open_read_only()
+                return
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
             self._create_or_check()
@@ -48,6 +54,19 @@ class SnapshotStore:
             raise LedgerError(f"cannot open the snapshot file {self.path}: {exc}") from exc
         except OSError as exc:
             raise LedgerError(f"cannot open the snapshot file {self.path}: {exc}") from exc
+
+    def _open_read_only(self) -> None:
+        if self.path.is_file():
+            self.conn = connect_read_only(self.path)
+            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SNAPSHOT_FORMAT:
+                raise LedgerError(f"snapshot file {self.path} has format version {version}; this vecflow reads "
+                                  f"format {SNAPSHOT_FORMAT} and older: upgrade vecflow (pip install -U vecflow)")
+            if self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'snapshots'").fetchone():
+                return
+            self.conn.close()
+        self.conn = sqlite3.connect(":memory:", isolation_level=None)
+        self._create_or_check()
 
     def _create_or_check(self) -> None:
         conn = self.conn
