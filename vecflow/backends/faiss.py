@@ -59,6 +59,7 @@ from vecflow.errors import (
     OperationError,
 )
 from vecflow.layouts import Detected, get_layout
+from vecflow.read_only import connect_read_only
 
 SIDECAR = "records.db"
 INDEX_FILE, INDEX_META = faiss_index.INDEX_FILE, faiss_index.INDEX_META
@@ -386,7 +387,10 @@ class FaissBackend(Backend):
         if collection is not None and collection.identity == identity:
             return collection
         self._forget(name)
-        conn = sqlite3.connect(directory / SIDECAR, isolation_level=None, timeout=60, check_same_thread=False)
+        if self._read_only:  # not even the -wal and -shm files an ordinary open creates
+            conn = connect_read_only(directory / SIDECAR)
+        else:
+            conn = sqlite3.connect(directory / SIDECAR, isolation_level=None, timeout=60, check_same_thread=False)
         try:
             conn.execute("PRAGMA synchronous=FULL")
             fmt, dim, metric, params = conn.execute("SELECT format, dim, metric, params FROM collection").fetchone()

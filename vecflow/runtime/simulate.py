@@ -65,15 +65,12 @@ class SimulatedCollection:
     origin: str | None = None
     hidden_deleted: set[str] = field(default_factory=set)
     read_rate: float | None = None  # rows/s of the sample read from the store
+    # Whether `represented` is exact: no record of it was extrapolated from a sample.
+    exact: bool = True
 
     @property
     def represented(self) -> float:
         return self.scale * sum(record[4] for record in self.records.values())
-
-    @property
-    def exact(self) -> bool:
-        """Whether every record it stands for is in the sample."""
-        return self.origin is None and all(abs(r[4] * self.scale - 1) < 1e-9 for r in self.records.values())
 
 
 class SimulatedBackend(Backend):
@@ -124,7 +121,7 @@ class SimulatedBackend(Backend):
         collection = SimulatedCollection(
             CollectionInfo(name, info.dim, info.metric, dict(info.params)),
             scale=total / len(page) if len(page) else 1.0, origin=name if len(page) < total else None,
-            read_rate=len(page) / seconds if len(page) and seconds > 0 else None)
+            read_rate=len(page) / seconds if len(page) and seconds > 0 else None, exact=len(page) >= total)
         for i, rid in enumerate(page.ids):
             collection.records[rid] = [page.vectors[i].copy(), page.documents[i], copy.deepcopy(page.metadatas[i]),
                                        copy.deepcopy(page.extras[i]), 1.0]
@@ -216,6 +213,7 @@ class SimulatedBackend(Backend):
             weight = held[4] if held else None
             if held is None and rid in self._weights:
                 weight = self._weights[rid] / collection.scale
+                collection.exact = collection.exact and abs(self._weights[rid] - 1) < 1e-9
             if weight is None:
                 total = sum(record[4] for record in collection.records.values())
                 if collection.fresh >= SAMPLE_SIZE and total > 0:
@@ -384,23 +382,28 @@ class RevisionReport:
 class CollectionReport:
     ref: str
     now: int | None  # records in the store now; None: it does not exist
-    after: int | None  # records after the plan; None: it would not exist
-    exact: bool = True  # after is exact (else extrapolated from a sample)
-    recorded: str | None = None  # the revision whose recorded digest gives `after`
+    after: int | None  # records after the plan, simulated; None: it would not exist
+    exact: bool = True  # `after` is exact (else extrapolated from a sample)
+    # A downgrade restores what the ledger recorded before the upgrade (and verifies it):
+    # (records then, None when the collection did not exist; the revision).
+    recorded: tuple[int | None, str] | None = None
 
     def line(self) -> str:
         now = "does not exist yet" if self.now is None else f"{self.now} records"
-        if self.after is None:
+        if self.recorded is not None:
+            count, revision = self.recorded
+            after = "does not exist" if count is None else f"{count} records"
+            after += f" (as recorded before the upgrade of {revision})"
+        elif self.after is None:
             after = "does not exist"
         else:
             after = f"{'' if self.exact else '~'}{self.after} records"
-        if self.recorded:
-            after += f" (as recorded before the upgrade of {self.recorded}; the downgrade verifies it)"
         return f"  {self.ref}: {now}; after the plan: {after}"
 
     def to_dict(self) -> dict[str, Any]:
+        recorded = None if self.recorded is None else {"records": self.recorded[0], "revision": self.recorded[1]}
         return {"ref": self.ref, "now": self.now, "after": self.after, "exact": self.exact,
-                "recorded_before": self.recorded}
+                "recorded_before_upgrade": recorded}
 
 
 @dataclass
@@ -566,6 +569,5 @@ class Simulation:
             entry = CollectionReport(ref, backend.initial.get(name), None if collection is None else
                                      round(collection.represented), collection is None or collection.exact)
             if ref in recorded and not self.report.failing_step():
-                entry.after, entry.recorded = recorded[ref]
-                entry.exact = True
+                entry.recorded = recorded[ref]
             self.report.collections.append(entry)
