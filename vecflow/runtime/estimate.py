@@ -1,14 +1,14 @@
 """Dry-run estimates: how many records a step touches, and how long it may take.
 
-Counts come from a sample (the first pages of a collection, read-only) extrapolated to its size.
-Time comes from the ledger: the rows per second that earlier runs of the same op achieved on
-this project. Without history, only the measured read rate of the sample is reported, labelled
-as such.
+Counts come from a sample (the first records of a collection, as the dry run's simulation holds
+it, see runtime/simulate.py) extrapolated to what the sample stands for. Time comes from the
+ledger: the rows per second that earlier runs of the same op achieved on this project, applied to
+the records the step reads or writes (data files included). Without history, only the measured
+read rate of the store's sample is reported, labelled as such.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,7 +24,6 @@ SAMPLE_SIZE = 1000
 class Sample:
     page: Batch
     total: int
-    read_seconds: float
 
     def extrapolate(self, matching: int) -> str:
         """'N of M records' (exact when the sample is the whole collection, else ~N)."""
@@ -40,9 +39,8 @@ def sample(backend: Backend, name: str, size: int = SAMPLE_SIZE) -> Sample | Non
     simulated store, the total is the number of records the simulated sample stands for."""
     if not backend.has_collection(name):
         return None
-    started = time.monotonic()
     page, _ = backend.scan(name, size)
-    return Sample(page, total_records(backend, name), time.monotonic() - started)
+    return Sample(page, total_records(backend, name))
 
 
 def total_records(backend: Backend, name: str) -> int:
