@@ -15,7 +15,7 @@ import pytest
 
 from tests.project import Project
 from vecflow import command
-from vecflow.errors import DryRunFailedError, InvalidDataError
+from vecflow.errors import DryRunFailedError, InvalidDataError, VecflowError
 
 pytestmark = pytest.mark.parametrize("backend", ["chroma", "faiss"])
 
@@ -96,6 +96,17 @@ def test_steps_after_a_split_are_previewed_on_the_records_it_routed(project):
                          "main:linus": "100 records", "main:ada_quarantine": "20 records"}
     project.run("upgrade", "head")
     assert [len(project.records(name)) for name in ("ada", "ada_quarantine", "grace")] == [80, 20, 100]
+
+
+def test_a_name_or_parameter_the_store_refuses_fails_the_dry_run_as_the_run_would(project, backend):
+    name = {"chroma": "x", "faiss": ".x"}[backend]  # too short for Chroma; hidden for FAISS
+    for body in (f'op.create_collection("{name}", dim=8)', 'op.create_collection("new", dim=8, params={"colour": 1})'):
+        project.write_python("r2", "r1", f'op.add_field("docs", "lang", "en")\n{body}')
+        message, _ = failing_dry_run(project, "upgrade", "head")
+        with pytest.raises(VecflowError) as failure:
+            project.run("upgrade", "head")
+        assert "upgrade r2, step 2 (create_collection " in message and message.endswith(f": {failure.value}")
+        project.run("downgrade", "r1")  # rolls back the failed upgrade (its add_field)
 
 
 def test_a_downgrade_dry_run_predicts_the_records_that_come_back(tmp_path, backend):

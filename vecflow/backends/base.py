@@ -210,6 +210,11 @@ class Backend(ABC):
                       settled=lambda: self._has_collection(name))
         self._forget_layout(name)
 
+    def check_new_collection(self, name: str, params: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
+        """Raise what create_collection would raise for this name and these index parameters,
+        without creating anything (a dry run's simulated create). Adapters whose store refuses
+        names or parameters override it with the store's rules."""
+
     def drop_collection(self, name: str) -> None:
         """Delete a collection and its records; CollectionNotFoundError when it is absent."""
         self._before_write()

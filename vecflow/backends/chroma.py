@@ -21,8 +21,10 @@ what a kill interrupted. That first use also checks that chromadb can still read
 from __future__ import annotations
 
 import bisect
+import ipaddress
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -163,14 +165,18 @@ class ChromaBackend(Backend):
             return False
         return True
 
+    def check_new_collection(self, name: str, params: dict[str, Any]) -> None:
+        _check_params(name, params)
+        for broken, rule in _NAME_RULES:
+            if broken(name):
+                raise BackendError(f"Chroma rejected collection name {name!r}: {rule}")
+
     def _create_collection(self, name: str, dim: int, metric: str, params: dict[str, Any]) -> None:
         """params: `hnsw` (HNSW settings other than space) and `metadata` (the collection's own
         metadata), as describe() reports them."""
+        _check_params(name, params)
         hnsw = dict(params.pop("hnsw", None) or {})
         metadata = dict(params.pop("metadata", None) or {})
-        if params:
-            raise OperationError(f"Chroma collection {name!r}: unknown parameter(s) {', '.join(sorted(params))}; "
-                                 f"Chroma takes 'hnsw' and 'metadata'")
         with self._errors(f"creating collection {name!r}"):
             try:
                 self._api.create_collection(name, embedding_function=None, metadata=metadata or None,
@@ -575,6 +581,32 @@ def _decode_cursor(collection: str, cursor: str) -> str:
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
     for lo in range(0, len(items), size):
         yield items[lo:lo + size]
+
+
+def _check_params(name: str, params: dict[str, Any]) -> None:
+    unknown = sorted(set(params) - {"hnsw", "metadata"})
+    if unknown:
+        raise OperationError(f"Chroma collection {name!r}: unknown parameter(s) {', '.join(unknown)}; "
+                             f"Chroma takes 'hnsw' and 'metadata'")
+
+
+def _is_ip_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+# The collection names chromadb 1.5.9 refuses, and its words for why (for dry runs, which create
+# nothing in the store).
+_NAME_RULES = (
+    (lambda name: not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]", name),
+     "Expected a name containing 3-512 characters from [a-zA-Z0-9._-], starting and ending with a character "
+     "in [a-zA-Z0-9]."),
+    (lambda name: ".." in name, "Expected a name that does not contains two consecutive periods (..)."),
+    (_is_ip_address, "Expected a name that is not a valid ip address."),
+)
 
 
 def _raise_if_name_rejected(name: str, exc: ChromaError) -> None:

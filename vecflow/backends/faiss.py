@@ -198,12 +198,20 @@ class FaissBackend(Backend):
     def _holds_collection(self, directory: Path) -> bool:
         return (directory / SIDECAR).is_file() or is_folder(directory, self.index_name)
 
-    def _create_collection(self, name: str, dim: int, metric: str, params: dict[str, Any]) -> None:
-        directory = self._directory(name)
+    def check_new_collection(self, name: str, params: dict[str, Any]) -> None:
+        self._directory(name)
+        self._check_params(name, params)
+        _index_params({**self._defaults, **params}, OperationError)
+
+    def _check_params(self, name: str, params: dict[str, Any]) -> None:
         unknown = sorted(set(params) - set(self._defaults))
         if unknown:
             raise OperationError(f"unknown faiss collection parameter(s) {unknown} for {name!r}; "
                                  f"known: {sorted(self._defaults)}")
+
+    def _create_collection(self, name: str, dim: int, metric: str, params: dict[str, Any]) -> None:
+        directory = self._directory(name)
+        self._check_params(name, params)
         if self._new_layout == "langchain":
             if _index_params({**self._defaults, "index_type": "flat", **params}, OperationError) != FLAT_PARAMS:
                 raise OperationError(f"faiss collection {name!r}: a LangChain folder has a flat index "

@@ -158,6 +158,7 @@ class SimulatedBackend(Backend):
         return self.collection(name) is not None
 
     def _create_collection(self, name: str, dim: int, metric: str, params: dict[str, Any]) -> None:
+        self.real.check_new_collection(name, dict(params))
         self._collections[name] = SimulatedCollection(CollectionInfo(name, dim, metric, dict(params)))
 
     def _drop_collection(self, name: str) -> None:
