@@ -109,6 +109,21 @@ def test_a_name_or_parameter_the_store_refuses_fails_the_dry_run_as_the_run_woul
         project.run("downgrade", "r1")  # rolls back the failed upgrade (its add_field)
 
 
+def test_steps_a_failed_attempt_finished_are_not_simulated_again(project):
+    project.run("upgrade", "r1")
+    body = 'op.create_collection("extra", dim=8)\nop.set_field("docs", "next", "{expression}")'
+    project.write_python("r2", "r1", body.format(expression="missing + 1"))
+    with pytest.raises(InvalidDataError):
+        project.run("upgrade", "head")
+    project.write_python("r2", "r1", body.format(expression="rank + 1"))  # fixed: the rerun resumes at step 2
+    printed = project.run("upgrade", "head", dry_run=True)
+    assert printed[1:5] == ["  1. create_collection extra (dim 8, cosine)",
+                            "     already done: the unfinished attempt resumes after it",
+                            "  2. set_field docs: next = {{ rank + 1 }}",
+                            "     field set: next; records affected: 300 of 300 records"]
+    project.run("upgrade", "head")
+
+
 def test_a_downgrade_dry_run_predicts_the_records_that_come_back(tmp_path, backend):
     project = Project(tmp_path, {"path": str(tmp_path / backend)}, backend=backend, batch_size=500)
     project.write_records("docs.jsonl", 1500, dim=4)  # more than the 1,000 records a dry run samples
