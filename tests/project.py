@@ -18,7 +18,7 @@ from vecflow import command
 from vecflow.backends import Backend
 from vecflow.batch import Batch
 from vecflow.config import Config, load_config
-from vecflow.runtime.digest import collection_digest
+from vecflow.runtime.digest import collection_digest, collection_digests
 from vecflow.runtime.stores import Stores
 
 REPO = Path(__file__).resolve().parent.parent
@@ -114,6 +114,15 @@ class Project:
         try:
             backend, name = stores.resolve(collection)
             return collection_digest(backend, name).to_text()
+        finally:
+            stores.close()
+
+    def digest_pair(self, collection: str) -> str:
+        """The `logical|native` digest text the runner records."""
+        stores = Stores(self.config)
+        try:
+            backend, name = stores.resolve(collection)
+            return collection_digests(backend, name).to_text()
         finally:
             stores.close()
 

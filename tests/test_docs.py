@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vecflow.cli import build_parser
+from vecflow.cli import ALIASES, build_parser
 from vecflow.config import _MAIN_KEYS
 from vecflow.operations import Operations, get_op, public_ops
 from vecflow.operations.base import OP_REGISTRY
@@ -68,8 +68,13 @@ def mentions(text: str, token: str) -> bool:
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """Each command by its name; an alias (list-templates) is documented in its command's section."""
     action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return dict(action.choices)
+    commands: dict[str, argparse.ArgumentParser] = {}
+    for name, sub in action.choices.items():
+        if not any(sub is known for known in commands.values()):
+            commands[name] = sub
+    return commands
 
 
 def documented_arguments(parser: argparse.ArgumentParser) -> list[str]:
@@ -102,6 +107,13 @@ def op_section(name: str) -> str | None:
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_every_cli_command_has_its_own_section_in_cli_md(name):
     assert command_section(name) is not None, f"docs/cli.md has no '## vecflow {name}' section"
+
+
+@pytest.mark.parametrize("name", sorted(ALIASES))
+def test_every_other_spelling_of_a_command_is_documented_in_its_section(name):
+    text = command_section(name) or ""
+    missing = [alias for alias in ALIASES[name] if not mentions(text, f"vecflow {alias}")]
+    assert not missing, f"docs/cli.md section 'vecflow {name}' does not mention {missing}"
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))

@@ -140,8 +140,9 @@ def test_a_downgrade_dry_run_predicts_the_records_that_come_back(tmp_path, backe
         "  main:docs: 1200 records; after the plan: 1500 records (as recorded before the upgrade of r2)")
     # The simulation itself (the 300 snapshotted records restored into the sampled collection) agrees.
     with command.open_runner(project.config, read_only=True) as runner:
-        report = runner.dry_run(runner.plan("downgrade", "r1"))
-    assert [(c.ref, c.now, c.after) for c in report.collections] == [("main:docs", 1200, 1500)]
+        report = runner.describe_plan(runner.plan("downgrade", "r1"))
+    assert [(c["collection"], c["count"], c["after"]["count"]) for c in report["collections"]] == [
+        ("main:docs", 1200, 1500)]
     project.run("downgrade", "r1")
     assert len(project.records("docs")) == 1500
 

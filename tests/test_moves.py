@@ -281,6 +281,21 @@ def test_verifying_a_copy_writes_nothing_into_an_approximate_faiss_source(four_s
     assert _folder_bytes(root) == before
 
 
+@pytest.mark.parametrize("source", ["main:docs", "qdrant:docs"])
+def test_verifying_a_move_leaves_a_chroma_or_qdrant_source_as_the_application_reads_it(four_stores, source):
+    """keep_source keeps the source after the verified move: its records, as the application
+    reads them natively (every byte of every record), are what they were before."""
+    project = four_stores(batch_size=200)
+    with project.opened(source) as (backend, name):
+        backend.create_collection(name, 16, "cosine")
+        backend.upsert(name, clustered_batch(600, 16))
+    before = project.digest_pair(source)
+    project.write_python("m1", None, f'op.move_collection("{source}", "faiss:docs", keep_source=True)')
+    lines = project.run("upgrade", "head")
+    assert any("verified faiss:docs" in line and "search parity: recall@10" in line for line in lines), lines
+    assert project.digest_pair(source) == before
+
+
 def test_a_store_held_read_only_refuses_writes(four_stores):
     project = four_stores()
     with project.opened("faiss:docs") as (backend, name):

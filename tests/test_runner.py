@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.project import Project
 from vecflow.errors import DigestMismatchError, InvalidDataError, IrreversibleError, LedgerError
 from vecflow.runtime.ledger import Ledger
+from vecflow.runtime.runner import recorded_before
 
 
 @pytest.fixture
@@ -186,10 +189,11 @@ def test_show_lists_upgrade_and_derived_downgrade(project):
     assert "  1. undo drop_field docs: -rank" in lines
 
 
-def test_a_copy_reads_its_source_once_for_digests_and_no_verify_reads_nothing_after(project, monkeypatch):
+def test_a_copy_reads_its_source_and_its_target_once_and_no_verify_reads_nothing_after(project, monkeypatch):
     import vecflow.runtime.runner as runner_module
 
     project.run("upgrade", "head")
+    source_digest = project.digest_pair("docs")
     project.write_python("r3", "r2", 'op.copy_collection("docs", "docs_copy")')
     project.write_python("r4", "r3", 'op.set_field("docs_copy", "flag", "1")')
     digested: list[str] = []
@@ -201,11 +205,39 @@ def test_a_copy_reads_its_source_once_for_digests_and_no_verify_reads_nothing_af
 
     monkeypatch.setattr(runner_module, "collection_digests", counting)
     project.run("upgrade", "r3")
-    # before: source and target; after: the target only (the source was only read)
-    assert sorted(digested) == ["docs", "docs_copy", "docs_copy"]
+    # The runner digests only the (absent) target before the step: the copy loop digests the
+    # source as it reads it, and the verification the target as it reads it.
+    assert digested == ["docs_copy"]
     [step] = [row for row in Ledger(project.config.ledger).steps(3)]
-    assert step["digest_after"].count("main:docs\"") == 1 and "main:docs_copy" in step["digest_after"]
+    before, after = recorded_before(step), json.loads(step["digest_after"])
+    assert before == {"main:docs": source_digest, "main:docs_copy": "absent"}
+    assert after == {"main:docs": source_digest, "main:docs_copy": project.digest_pair("docs_copy")}
     digested.clear()
     project.run("upgrade", "head", verify=False)
     assert digested == ["docs_copy"]  # the digest before the step, kept for the downgrade; none after
     assert "restored exactly" in "\n".join(project.run("downgrade", "r3"))
+
+
+def test_a_verified_copy_to_another_backend_reads_its_source_once_and_its_target_once(tmp_path, monkeypatch):
+    """The copy loop digests the source and feeds the search parity's ground truth as it copies;
+    the verification's read of the target is its digest after the step."""
+    from vecflow.backends.base import Backend
+
+    project = Project(tmp_path, {"path": str(tmp_path / "chroma")}, batch_size=50,
+                      extra_stores={"flat": ("faiss", {"path": str(tmp_path / "faiss")})})
+    # More records than the first page of 1,000 the parity queries are sampled from.
+    project.write_records("docs.jsonl", 1200, dim=6)
+    project.write_python("r1", None, 'op.create_collection("docs", data="data/docs.jsonl")')
+    project.write_python("r2", "r1", 'op.copy_collection("docs", "flat:docs")')
+    project.run("upgrade", "r1")
+    full_reads: list[str] = []
+    for method in ("pages", "native_pages"):
+        def counting(self, name, batch_size, cursor=None, _real=getattr(Backend, method)):
+            for page, following in _real(self, name, batch_size, cursor):
+                yield page, following
+                if following is None and cursor is None:
+                    full_reads.append(f"{self.name}:{name}")
+        monkeypatch.setattr(Backend, method, counting)
+    output = "\n".join(project.run("upgrade", "head"))
+    assert "search parity: recall@10 target" in output  # measured, against the loop's ground truth
+    assert sorted(full_reads) == ["chroma:docs", "faiss:docs"]

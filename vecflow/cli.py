@@ -20,22 +20,31 @@ from vecflow.errors import VecflowError
 COMMANDS: list[Callable[..., Any]] = [
     command.init, command.revision, command.merge, command.upgrade, command.downgrade, command.current,
     command.history, command.heads, command.branches, command.show, command.stamp, command.check,
-    command.inspect, command.export, command.import_, command.snapshots,
+    command.inspect, command.export, command.import_, command.snapshots, command.list_templates, command.edit,
 ]
 
+# Other spellings a command accepts: Alembic spells it list_templates, vecflow's options use dashes.
+ALIASES: dict[str, list[str]] = {"list_templates": ["list-templates"]}
+
 # How each parameter of a command function appears on the command line: (flags, argparse kwargs).
-# A parameter without flags is positional.
+# A parameter without flags is positional. A "COMMAND.PARAMETER" key overrides one command's.
 PARAMETERS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "directory": ((), {"nargs": "?", "default": ".", "help": "folder of the new project (default: .)"}),
     "script_dir": (("--script-dir",), {"help": "name of the script folder (default: versions)"}),
     "message": (("-m", "--message"), {"help": "message of the revision"}),
+    "template": (("-t", "--template"), {"help": "project template (default: python; see list_templates)"}),
     "use_yaml": (("--yaml",), {"action": "store_true", "help": "write a declarative YAML revision"}),
+    "use_python": (("--python",), {"action": "store_true", "help": "write a Python revision"}),
     "head": (("--head",), {"help": "revision to build on (default: head)"}),
+    "splice": (("--splice",), {"action": "store_true", "help": "allow --head to be a revision that is not a head"}),
     "branch_label": (("--branch-label",), {"help": "label starting a named branch"}),
     "depends_on": (("--depends-on",), {"action": "append", "default": [], "help": "revision this one depends on"}),
     "rev_id": (("--rev-id",), {"help": "revision id to use instead of a generated one"}),
     "revisions": ((), {"nargs": "*", "default": ["heads"], "help": "revisions to merge (default: heads)"}),
     "revision": ((), {"help": "revision identifier (id, prefix, label, head, base, +N, -N, label@head, ...)"}),
+    "stamp.revisions": ((), {"nargs": "+", "metavar": "revision",
+                             "help": "revision(s) to stamp, one per branch (base empties the ledger)"}),
+    "edit.revision": ((), {"nargs": "?", "help": "revision(s) to edit (default: head; current, heads, -1, ...)"}),
     "dry_run": (("--dry-run",), {"action": "store_true", "help": "print the plan and record counts; change nothing"}),
     "verify": (("--no-verify",), {"action": "store_false", "dest": "verify",
                                   "help": "skip verification (copy/move checks, downgrade digests)"}),
@@ -49,7 +58,7 @@ PARAMETERS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "repair": (("--repair",), {"action": "store_true", "help": "accept edits of applied scripts"}),
     "target": ((), {"nargs": "?", "default": "", "metavar": "STORE[:COLLECTION]",
                     "help": "store, or store:collection (default: the default store)"}),
-    "as_json": (("--json",), {"action": "store_true", "help": "print the report as JSON"}),
+    "as_json": (("--json",), {"action": "store_true", "help": "print one JSON document, not text (docs/json.md)"}),
     "collection": ((), {"metavar": "STORE:COLLECTION",
                         "help": "the collection: store:collection, or a collection of the default store"}),
     "path": ((), {"metavar": "PATH", "help": "the export folder (a VDF folder, or VDF_FOLDER/INDEX, for import)"}),
@@ -62,17 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vecflow", description="Versioned, reversible migrations for vector stores.")
     parser.add_argument("--version", action="version", version=f"vecflow {__version__}")
     parser.add_argument("-c", "--config", help="path to vecflow.ini (default: ./vecflow.ini or $VECFLOW_CONFIG)")
+    parser.add_argument("-n", "--name", metavar="NAME",
+                        help="use the [vecflow:NAME] section of vecflow.ini instead of [vecflow]")
     parser.add_argument("-x", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting (batch_size=100, store.main.path=...); repeatable")
     parser.add_argument("--raiseerr", action="store_true", help="show the full traceback on errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for function in COMMANDS:
         doc = inspect.getdoc(function) or ""
-        sub = subparsers.add_parser(function.__name__, help=doc.splitlines()[0], description=doc)
+        sub = subparsers.add_parser(function.__name__, aliases=ALIASES.get(function.__name__, []),
+                                    help=doc.splitlines()[0], description=doc)
         sub.set_defaults(function=function)
         signature = inspect.signature(function).parameters
         for name in _parameters(function):
-            flags, options = PARAMETERS[name]
+            flags, options = PARAMETERS.get(f"{function.__name__}.{name}") or PARAMETERS[name]
             if signature[name].default is not inspect.Parameter.empty and "default" not in options:
                 options = {**options, "default": signature[name].default}
             if flags:
@@ -96,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     kwargs = {name: getattr(args, name) for name in _parameters(function)}
     try:
         if "config" in inspect.signature(function).parameters:
-            kwargs["config"] = load_config(args.config, args.x)
+            kwargs["config"] = load_config(args.config, args.x, name=args.name)
         function(**kwargs)
     except BrokenPipeError:  # e.g. `vecflow history | head`
         sys.stderr.close()

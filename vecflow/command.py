@@ -7,15 +7,14 @@ command line from these functions and their docstrings, so the two cannot drift 
 from __future__ import annotations
 
 import contextlib
-import json
 import shlex
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from vecflow.backends import backend_class
 from vecflow.config import DEFAULT_CONFIG_NAME, Config, StoreConfig
+from vecflow.editor import find_editor, open_in_editor
 from vecflow.errors import (
     CollectionNotFoundError,
     ConfigError,
@@ -29,14 +28,48 @@ from vecflow.errors import (
 )
 from vecflow.inspection import format_report, inspect_store
 from vecflow.operations.moves import CopyCollectionOp
+from vecflow.report import (
+    branches_lines,
+    check_lines,
+    current_lines,
+    document,
+    heads_lines,
+    history_lines,
+    plan_lines,
+    revision_info,
+    running_info,
+    show_info,
+    show_lines,
+    unfinished_info,
+    unfinished_line,
+)
 from vecflow.runtime.ledger import DONE, FAILED, Ledger, Owner
 from vecflow.runtime.runner import DOWNGRADE, UPGRADE, Runner
 from vecflow.runtime.snapshots import SnapshotStore
 from vecflow.runtime.stores import Stores
-from vecflow.script.directory import ScriptDirectory, render_template
+from vecflow.script.directory import ScriptDirectory
 from vecflow.script.revision import Revision
+from vecflow.script.templates import DEFAULT_TEMPLATE, project_template, project_templates, write_project
 
 Out = Callable[[str], None]
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def _notes(out: Out, as_json: bool) -> Out:
+    """Where a command's side remarks (retry lines) go: `out`, or stderr while stdout carries JSON."""
+    return _to_stderr if as_json else out
+
+
+def _report(out: Out, as_json: bool, command: str, report: dict, lines: list[str], **extra: object) -> None:
+    """Print a report: its text lines, or (--json) its one JSON document."""
+    if as_json:
+        out(document(command, report, **extra))
+        return
+    for line in lines:
+        out(line)
 
 
 @contextlib.contextmanager
@@ -79,31 +112,56 @@ def _holding_lease(runner: Runner) -> Iterator[Owner]:
         runner.ledger.release_lease(owner)
 
 
-def init(directory: str = ".", script_dir: str = "versions", out: Out = print) -> Path:
-    """Create a project: vecflow.ini and an empty script directory."""
+def init(directory: str = ".", script_dir: str = "versions", template: str = DEFAULT_TEMPLATE,
+         out: Out = print) -> Path:
+    """Create a project from a template (-t; see list_templates).
+
+    Writes vecflow.ini, the script directory with the template's revision template, and a
+    .gitignore entry for .vecflow/ (appended to an existing .gitignore that lacks it)."""
+    chosen = project_template(template)
     root = Path(directory)
     ini = root / DEFAULT_CONFIG_NAME
     if ini.exists():
         raise VecflowError(f"{ini} already exists; vecflow init creates new projects only")
-    (root / script_dir).mkdir(parents=True, exist_ok=True)
-    ini.write_text(render_template("vecflow.ini.j2", script_dir=script_dir), encoding="utf-8")
-    out(f"Created {ini} and {root / script_dir}/")
+    for line in write_project(chosen, root, script_dir):
+        out(line)
     return ini
 
 
-def revision(config: Config, message: str = "", use_yaml: bool = False, head: str = "head",
-             branch_label: str | None = None, depends_on: Sequence[str] = (), rev_id: str | None = None,
-             out: Out = print) -> Path:
-    """Create a new revision script (Python, or YAML with --yaml) on top of a head."""
+def list_templates(out: Out = print) -> list[str]:
+    """List the project templates 'vecflow init -t' can start from, with their synopses."""
+    templates = project_templates()
+    out("Available templates:\n")
+    for template in templates:
+        out(f"{template.name} - {template.synopsis}")
+    out("\nTemplates are used via the 'init' command, e.g.:\n")
+    out("  vecflow init --template yaml ./myproject")
+    return [template.name for template in templates]
+
+
+def revision(config: Config, message: str = "", use_yaml: bool = False, use_python: bool = False,
+             head: str = "head", splice: bool = False, branch_label: str | None = None,
+             depends_on: Sequence[str] = (), rev_id: str | None = None, out: Out = print) -> Path:
+    """Create a new revision script on top of a head.
+
+    --yaml or --python choose the format (default: revision_format in vecflow.ini); --splice
+    allows --head to be a revision that is not a head, starting a new branch from it."""
     scripts = ScriptDirectory(config.script_location)
     graph = scripts.revision_map
     if head == "head" and len(graph.heads) > 1:
         raise MultipleHeadsError(f"multiple heads are present ({', '.join(graph.heads)}); pass --head <revision> "
                                  "or '<branch>@head' to choose one, or run 'vecflow merge'")
-    path = scripts.generate_revision(message, use_yaml=use_yaml, head=head, branch_label=branch_label,
-                                     depends_on=depends_on, rev_id=rev_id)
+    path = scripts.generate_revision(message, revision_format=_revision_format(config, use_yaml, use_python),
+                                     head=head, splice=splice, branch_label=branch_label, depends_on=depends_on,
+                                     rev_id=rev_id)
     out(f"Generated {path}")
     return path
+
+
+def _revision_format(config: Config, use_yaml: bool, use_python: bool) -> str:
+    if use_yaml and use_python:
+        raise VecflowError("--yaml and --python exclude each other; pass one of them")
+    return "yaml" if use_yaml else "python" if use_python else config.revision_format
 
 
 def merge(config: Config, revisions: Sequence[str] = ("heads",), message: str = "merge heads",
@@ -114,22 +172,26 @@ def merge(config: Config, revisions: Sequence[str] = ("heads",), message: str = 
     if len(parents) < 2:
         raise RevisionError(f"a merge needs at least two revisions; {', '.join(revisions)} resolved to "
                             f"{', '.join(parents) or 'nothing'}")
-    path = scripts.generate_revision(message, rev_id=rev_id, down_revisions=parents)
+    path = scripts.generate_revision(message, revision_format=config.revision_format, rev_id=rev_id,
+                                     down_revisions=parents)
     out(f"Generated {path}")
     return path
 
 
-def _migrate(config: Config, direction: str, target: str, dry_run: bool, verify: bool, out: Out) -> None:
-    with open_runner(config, out, read_only=dry_run) as runner:
+def _migrate(config: Config, direction: str, target: str, dry_run: bool, verify: bool, as_json: bool,
+             out: Out) -> None:
+    if as_json and not dry_run:
+        raise VecflowError(f"--json needs --dry-run: a real {direction} reports its steps as text lines ('vecflow "
+                           "current --json' shows the state it leaves)")
+    with open_runner(config, _notes(out, as_json), read_only=dry_run) as runner:
         problems = runner.check_applied_scripts()
         if problems:
             raise LedgerError(problems[0])
         if dry_run:
-            report = runner.dry_run(runner.plan(direction, target))
-            for line in report.lines():
-                out(line)
-            if failure := report.failure():
-                raise DryRunFailedError(failure)
+            report = runner.describe_plan(runner.plan(direction, target))
+            _report(out, as_json, direction, report, plan_lines(report), dry_run=True, target=target)
+            if report["failure"]:
+                raise DryRunFailedError(report["failure"])
             return
         with _holding_lease(runner) as owner:
             settled = runner.settle_unfinished(direction, target, owner, verify)
@@ -139,167 +201,136 @@ def _migrate(config: Config, direction: str, target: str, dry_run: bool, verify:
             runner.run(plan, owner, verify=verify)
 
 
-def upgrade(config: Config, revision: str, dry_run: bool = False, verify: bool = True, out: Out = print) -> None:
+def upgrade(config: Config, revision: str, dry_run: bool = False, verify: bool = True, as_json: bool = False,
+            out: Out = print) -> None:
     """Upgrade to a later revision (head, heads, +N, <rev>, <branch>@head); copies and moves are verified."""
-    _migrate(config, UPGRADE, revision, dry_run, verify, out)
+    _migrate(config, UPGRADE, revision, dry_run, verify, as_json, out)
 
 
-def downgrade(config: Config, revision: str, dry_run: bool = False, verify: bool = True, out: Out = print) -> None:
+def downgrade(config: Config, revision: str, dry_run: bool = False, verify: bool = True, as_json: bool = False,
+              out: Out = print) -> None:
     """Revert to an earlier revision (-N, <rev>, base); digests (and moves back) are verified."""
-    _migrate(config, DOWNGRADE, revision, dry_run, verify, out)
+    _migrate(config, DOWNGRADE, revision, dry_run, verify, as_json, out)
 
 
-def _line(rev: Revision, verbose: bool, tags: str = "") -> str:
-    parents = ", ".join(rev.down_revision) or "<base>"
-    text = f"{parents} -> {rev.revision}{tags}, {rev.message}"
-    if verbose:
-        labels = f"\n    branch labels: {', '.join(rev.branch_labels)}" if rev.branch_labels else ""
-        deps = f"\n    depends on: {', '.join(rev.depends_on)}" if rev.depends_on else ""
-        text += f"\n    path: {rev.path}{labels}{deps}"
-    return text
-
-
-def _tags(graph, rev: Revision, applied: set[str] | None = None) -> str:
-    tags = []
-    if rev.revision in graph.heads:
-        tags.append("head")
-    if rev.is_merge:
-        tags.append("mergepoint")
-    if len(rev.nextrev) > 1:
-        tags.append("branchpoint")
-    if applied is not None and rev.revision in graph.heads_of(applied):
-        tags.append("current")
-    return f" ({', '.join(tags)})" if tags else ""
-
-
-def current(config: Config, verbose: bool = False, check_heads: bool = False, out: Out = print) -> list[str]:
+def current(config: Config, verbose: bool = False, check_heads: bool = False, as_json: bool = False,
+            out: Out = print) -> list[str]:
     """Show the current revision(s) of the ledger, unfinished attempts and a runner holding the
     lock; --check-heads fails unless the ledger is at the script directory's heads."""
-    with open_runner(config, out) as runner:
+    with open_runner(config, _notes(out, as_json)) as runner:
         graph = runner.scripts.revision_map
         applied = runner.ledger.applied()
         heads = graph.heads_of({r for r in applied if r in graph})
-        for rev_id in heads:
-            rev = graph.get(rev_id)
-            out(f"{rev_id}{_tags(graph, rev)}" + (f"\n    applied {applied[rev_id]['applied_at']}\n"
-                                                 f"    {_line(rev, True)}" if verbose else ""))
-        for problem in runner.check_applied_scripts():
-            out(f"warning: {problem}")
-        if not heads:
-            out("<base> (nothing applied)")
-        for line in _unfinished_lines(runner) + _runner_lines(runner):
-            out(line)
-        if check_heads and set(heads) != set(graph.heads):
+        report = {
+            "heads": [{**revision_info(graph, graph.get(r)), "applied_at": applied[r]["applied_at"]} for r in heads],
+            "applied": [{"revision": r, "applied_at": row["applied_at"], "path": row["path"]}
+                        for r, row in sorted(applied.items(), key=lambda item: (item[1]["applied_at"] or "", item[0]))],
+            "script_heads": list(graph.heads),
+            "at_heads": set(heads) == set(graph.heads),
+            "warnings": runner.check_applied_scripts(),
+            "unfinished": unfinished_info(runner.ledger),
+            "running": running_info(runner.ledger),
+        }
+        _report(out, as_json, "current", report, current_lines(report, verbose))
+        if check_heads and not report["at_heads"]:
             raise VecflowError(f"the ledger is at {', '.join(heads) or 'base'}, not at the head(s) "
                                f"{', '.join(graph.heads) or '<none>'}")
         return list(heads)
 
 
-def _unfinished_lines(runner: Runner) -> list[str]:
-    """One line per unfinished attempt: what, since when, by whom, where it stopped, why."""
-    lines = []
-    for attempt in runner.ledger.unfinished_attempts():
-        steps = runner.ledger.steps(attempt["id"])
-        where = ""
-        if steps:
-            last = steps[-1]
-            where = f"; step {last['step_index'] + 1} ({last['description']}) {last['status']} at {last['rows_done']} rows"
-        error = f": {' '.join(attempt['error'].split())}" if attempt["error"] else ""
-        lines.append(f"unfinished: {attempt['direction']} of {attempt['revision']} ({attempt['outcome']}), started "
-                     f"{attempt['started_at']} by {attempt['user']}@{attempt['host']}{where}{error}")
-    return lines
-
-
-def _runner_lines(runner: Runner) -> list[str]:
-    """The runner holding the lock, if its lease is live."""
-    holder = runner.ledger.lease_holder()
-    if holder is None or holder["expires_at"] < time.time():
-        return []
-    return [f"running: {holder['user']}@{holder['host']} (pid {holder['pid']}) holds the lock since "
-            f"{holder['acquired_at']} (last heartbeat {holder['heartbeat_at']})"]
-
-
-def history(config: Config, rev_range: str | None = None, verbose: bool = False, out: Out = print) -> None:
+def history(config: Config, rev_range: str | None = None, verbose: bool = False, as_json: bool = False,
+            out: Out = print) -> dict:
     """List revisions newest first; -r a:b limits the range (base, head, current allowed)."""
-    with open_runner(config, out) as runner:
+    with open_runner(config, _notes(out, as_json)) as runner:
         graph = runner.scripts.revision_map
         applied = {r for r in runner.ledger.applied() if r in graph}
-        for rev in graph.history(rev_range, applied):
-            out(_line(rev, verbose, _tags(graph, rev, applied)))
+        report = {"range": rev_range,
+                  "revisions": [revision_info(graph, rev, applied) for rev in graph.history(rev_range, applied)]}
+    _report(out, as_json, "history", report, history_lines(report, verbose))
+    return report
 
 
-def heads(config: Config, verbose: bool = False, out: Out = print) -> list[str]:
+def heads(config: Config, verbose: bool = False, as_json: bool = False, out: Out = print) -> list[str]:
     """Show the head revisions of the script directory."""
     graph = ScriptDirectory(config.script_location).revision_map
-    for rev_id in graph.heads:
-        rev = graph.get(rev_id)
-        out(_line(rev, verbose, _tags(graph, rev)) if verbose else f"{rev_id}{_tags(graph, rev)}")
+    report = {"heads": [revision_info(graph, graph.get(rev_id)) for rev_id in graph.heads]}
+    _report(out, as_json, "heads", report, heads_lines(report, verbose))
     return list(graph.heads)
 
 
-def branches(config: Config, verbose: bool = False, out: Out = print) -> None:
+def branches(config: Config, verbose: bool = False, as_json: bool = False, out: Out = print) -> dict:
     """Show the branch points: revisions with more than one child."""
     graph = ScriptDirectory(config.script_location).revision_map
-    for rev in graph.branch_points():
-        out(_line(rev, verbose, _tags(graph, rev)))
-        for child in rev.nextrev:
-            out(f"    -> {child}, {graph.get(child).message}")
+    report = {"branch_points": [{"revision": revision_info(graph, rev),
+                                 "children": [revision_info(graph, graph.get(child)) for child in rev.nextrev]}
+                                for rev in graph.branch_points()]}
+    _report(out, as_json, "branches", report, branches_lines(report, verbose))
+    return report
 
 
-def show(config: Config, revision: str, out: Out = print) -> None:
+def show(config: Config, revision: str, as_json: bool = False, out: Out = print) -> dict:
     """Show one revision: its edges, path, and planned upgrade and downgrade steps."""
     graph = ScriptDirectory(config.script_location).revision_map
-    for rev_id in graph.resolve(revision):
-        rev = graph.get(rev_id)
-        script = rev.script
-        out(f"Revision: {rev.revision}{_tags(graph, rev)}")
-        out(f"Parent: {', '.join(rev.down_revision) or '<base>'}")
-        if rev.nextrev:
-            out(f"Children: {', '.join(rev.nextrev)}")
-        for name, values in (("Branch labels", rev.branch_labels), ("Depends on", rev.depends_on)):
-            if values:
-                out(f"{name}: {', '.join(values)}")
-        out(f"Path: {rev.path}")
-        out(f"Message: {rev.message}")
-        out("Upgrade:")
-        for number, step in enumerate(script.upgrade_ops(), start=1):
-            out(f"  {number}. {step.describe()}")
-        explicit = script.downgrade_ops()
-        out("Downgrade:" + ("" if explicit is not None else " (derived from the upgrade steps)"))
-        if explicit is not None:
-            for number, step in enumerate(explicit, start=1):
-                out(f"  {number}. {step.describe()}")
-        elif script.irreversible:
-            out("  irreversible")
-        else:
-            for number, step in enumerate(reversed(script.upgrade_ops()), start=1):
-                out(f"  {number}. undo {step.describe()}")
+    report = {"revisions": [show_info(graph, graph.get(rev_id)) for rev_id in graph.resolve(revision)]}
+    _report(out, as_json, "show", report, show_lines(report))
+    return report
 
 
-def stamp(config: Config, revision: str, purge: bool = False, out: Out = print) -> None:
-    """Set the ledger to a revision without running any step (--purge empties it first)."""
-    with open_runner(config, out) as runner, _holding_lease(runner) as owner:
+def stamp(config: Config, revisions: str | Sequence[str], purge: bool = False, out: Out = print) -> None:
+    """Set the ledger to one or more revisions without running any step.
+
+    One revision per branch (stamp a2 b2); --purge empties the applied set first."""
+    specs = (revisions,) if isinstance(revisions, str) else tuple(revisions)
+    with open_runner(config, out) as runner:
         graph = runner.scripts.revision_map
-        for attempt in runner.ledger.abandon_unfinished():
-            out(f"Abandoned the unfinished {attempt['direction']} of {attempt['revision']}")
-        if purge:
-            runner.ledger.clear_applied()
-        applied = {r for r in runner.ledger.applied() if r in graph}
-        if revision == "base" or graph.resolve(revision, applied) == ():
-            to_remove, to_add = graph.plan_downgrade(applied, "base"), []
-        else:
-            resolved = graph.resolve(revision, applied)
-            to_add = graph.plan_upgrade(applied, revision)
-            keep = graph.ancestors(resolved)
+        applied = set() if purge else {r for r in runner.ledger.applied() if r in graph}
+        targets = tuple(dict.fromkeys(r for spec in specs for r in graph.resolve(spec, applied)))
+        for target in targets:
+            below = [other for other in targets
+                     if other != target and other in graph.ancestors(target, include_dependencies=False)]
+            if below:
+                raise RevisionError(f"cannot stamp {below[0]} and {target} together: {below[0]} is an ancestor of "
+                                    f"{target} on the same branch; stamp {target} alone")
+        with _holding_lease(runner) as owner:
+            for attempt in runner.ledger.abandon_unfinished():
+                out(f"Abandoned the unfinished {attempt['direction']} of {attempt['revision']}")
+            if purge:
+                runner.ledger.clear_applied()
+            keep = graph.ancestors(targets) if targets else set()
+            to_add = [graph.get(r) for r in graph.topological(keep - applied)]
             to_remove = [r for r in graph.plan_downgrade(applied, "base") if r.revision not in keep]
-        for rev in to_remove:
-            runner.ledger.mark_unapplied(rev.revision)
-            runner.ledger.record_stamp(rev.revision, DOWNGRADE, owner, rev.script.checksum)
-            out(f"Stamped down: {rev.revision}")
-        for rev in to_add:
-            runner.ledger.mark_applied(rev.revision, rev.script.checksum, rev.path or "")
-            runner.ledger.record_stamp(rev.revision, UPGRADE, owner, rev.script.checksum)
-            out(f"Stamped up: {rev.revision}")
+            for rev in to_remove:
+                runner.ledger.mark_unapplied(rev.revision)
+                runner.ledger.record_stamp(rev.revision, DOWNGRADE, owner, rev.script.checksum)
+                out(f"Stamped down: {rev.revision}")
+            for rev in to_add:
+                runner.ledger.mark_applied(rev.revision, rev.script.checksum, rev.path or "")
+                runner.ledger.record_stamp(rev.revision, UPGRADE, owner, rev.script.checksum)
+                out(f"Stamped up: {rev.revision}")
+
+
+def edit(config: Config, revision: str = "head", out: Out = print) -> list[Path]:
+    """Open a revision script in $EDITOR (default: head).
+
+    The editor is $EDITOR, else $VISUAL, else a common editor on the PATH, as in Alembic; any
+    identifier works (current, heads, -1: several revisions open one after the other)."""
+    graph = ScriptDirectory(config.script_location).revision_map
+    applied: set[str] = set()
+    if config.ledger.exists():  # `current` and relative steps need the ledger; never create one here
+        ledger = Ledger(config.ledger)
+        try:
+            applied = {r for r in ledger.applied() if r in graph}
+        finally:
+            ledger.close()
+    rev_ids = graph.resolve(revision, applied)
+    if not rev_ids:
+        raise RevisionError(f"'{revision}' resolves to base, not to a revision: there is no script to edit")
+    paths = [Path(graph.get(rev_id).path or "") for rev_id in rev_ids]
+    editor = find_editor()
+    for path in paths:
+        out(f"Editing {path}")
+        open_in_editor(path, editor)
+    return paths
 
 
 def inspect(config: Config, target: str = "", as_json: bool = False, out: Out = print) -> dict:
@@ -315,48 +346,53 @@ def inspect(config: Config, target: str = "", as_json: bool = False, out: Out = 
         report = inspect_store(backend, collection or None)
     finally:
         stores.close()
-    if as_json:
-        out(json.dumps(report, indent=2, sort_keys=True, default=str))
-    else:
-        for line in format_report(report):
-            out(line)
+    _report(out, as_json, "inspect", report, format_report(report))
     return report
 
 
-def check(config: Config, repair: bool = False, out: Out = print) -> None:
+def check(config: Config, repair: bool = False, as_json: bool = False, out: Out = print) -> dict:
     """Verify the project: no edited applied scripts, one head, every revision reversible or marked.
 
     --repair records the current checksums of edited applied scripts (accepting the edits)."""
-    with open_runner(config, out) as runner:
+    notes = _notes(out, as_json)
+    with open_runner(config, notes) as runner:
         graph = runner.scripts.revision_map
         problems = runner.check_applied_scripts()
+        repaired = []
         if repair and problems:
             with _holding_lease(runner):
                 for rev_id, row in runner.ledger.applied().items():
                     if rev_id in graph and graph.get(rev_id).script.checksum != row["checksum"]:
                         runner.ledger.accept_checksum(rev_id, graph.get(rev_id).script.checksum)
-                        out(f"Accepted the edit of {graph.get(rev_id).path}")
+                        repaired.append(graph.get(rev_id).path)
+                        notes(f"Accepted the edit of {graph.get(rev_id).path}")
             problems = runner.check_applied_scripts()
+        found = [{"kind": "applied-script", "message": problem} for problem in problems]
         if len(graph.heads) > 1:
-            problems.append(f"multiple heads are present ({', '.join(graph.heads)}); run 'vecflow merge'")
-        problems += _unfinished_lines(runner)
+            found.append({"kind": "multiple-heads",
+                          "message": f"multiple heads are present ({', '.join(graph.heads)}); run 'vecflow merge'"})
+        found += [{"kind": "unfinished", "message": unfinished_line(info), "attempt": info}
+                  for info in unfinished_info(runner.ledger)]
         current_heads = graph.heads_of({r for r in runner.ledger.applied() if r in graph})
         if set(current_heads) != set(graph.heads):
-            problems.append(f"the ledger is at {', '.join(current_heads) or 'base'}, not at the head(s) "
-                            f"{', '.join(graph.heads) or '<none>'}; run 'vecflow upgrade heads'")
+            found.append({"kind": "not-at-head",
+                          "message": f"the ledger is at {', '.join(current_heads) or 'base'}, not at the head(s) "
+                                     f"{', '.join(graph.heads) or '<none>'}; run 'vecflow upgrade heads'"})
         for rev in graph:
             script = rev.script
             if script.has_downgrade or script.irreversible:
                 continue
             blocking = [s.describe() for s in script.upgrade_ops() if not s.reversible]
             if blocking:
-                problems.append(f"{rev.path}: no downgrade() and step(s) {'; '.join(blocking)} cannot be "
-                                "reversed; write a downgrade or mark the revision irreversible = True")
-        if problems:
-            for problem in problems:
-                out(f"error: {problem}")
-            raise VecflowError(f"check failed: {len(problems)} problem(s)")
-        out(f"OK: {len(graph)} revisions, head {', '.join(graph.heads) or '<none>'}, ledger matches the scripts")
+                found.append({"kind": "irreversible", "revision": rev.revision,
+                              "message": f"{rev.path}: no downgrade() and step(s) {'; '.join(blocking)} cannot be "
+                                         "reversed; write a downgrade or mark the revision irreversible = True"})
+        report = {"ok": not found, "revisions": len(graph), "heads": list(graph.heads),
+                  "current_heads": list(current_heads), "repaired": repaired, "problems": found}
+        _report(out, as_json, "check", report, check_lines(report))
+        if found:
+            raise VecflowError(f"check failed: {len(found)} problem(s)")
+        return report
 
 
 def snapshots(config: Config, action: str = "list", out: Out = print) -> list[dict]:

@@ -14,6 +14,8 @@ Values may use %(here)s (the folder holding vecflow.ini) and ${ENV_VAR} (for sec
     [store:main]
     backend = chroma
     path = %(here)s/.vecflow/chroma
+
+`-n NAME` reads a [vecflow:NAME] section instead of [vecflow] (another environment).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -32,6 +34,8 @@ from vecflow.errors import ConfigError
 DEFAULT_CONFIG_NAME = "vecflow.ini"
 MAIN_SECTION = "vecflow"
 STORE_PREFIX = "store:"
+NAMED_PREFIX = f"{MAIN_SECTION}:"  # [vecflow:NAME], chosen with -n NAME
+_SECTION_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -61,6 +65,8 @@ class Config(BaseModel):
     # wait between two (waits double from 0.5 s up to it, with full jitter).
     retries: int = Field(5, ge=0, le=100)
     retry_max_seconds: float = Field(10.0, gt=0, le=3600, allow_inf_nan=False)
+    # What `vecflow revision` and `vecflow merge` write unless --yaml / --python says otherwise.
+    revision_format: Literal["python", "yaml"] = "python"
     stores: dict[str, StoreConfig] = Field(default_factory=dict)
 
     @field_validator("script_location", "ledger", mode="before")
@@ -79,7 +85,7 @@ class Config(BaseModel):
 
 
 _MAIN_KEYS = {"script_location", "ledger", "batch_size", "default_store", "lock_lease_seconds", "retries",
-              "retry_max_seconds"}
+              "retry_max_seconds", "revision_format"}
 
 
 def parse_x_args(pairs: Sequence[str]) -> dict[str, str]:
@@ -110,8 +116,13 @@ def load_config(
     config_file: str | os.PathLike | None = None,
     x_args: Sequence[str] | Mapping[str, str] = (),
     environ: Mapping[str, str] | None = None,
+    name: str | None = None,
 ) -> Config:
-    """Read, interpolate, override and validate a vecflow.ini."""
+    """Read, interpolate, override and validate a vecflow.ini.
+
+    `name` (the CLI's -n) reads the [vecflow:NAME] section instead of [vecflow], as Alembic's -n
+    picks a section; its ledger defaults to .vecflow/NAME/ledger.db, so each environment keeps
+    its own applied set."""
     environ = os.environ if environ is None else environ
     path = find_config_file(config_file)
     here = path.parent
@@ -141,24 +152,34 @@ def load_config(
             values[key] = _interpolate_env(raw, environ, f"{path.name} [{section}] {key}")
         sections[section] = values
 
-    main = dict(sections.get(MAIN_SECTION, {}))
-    unknown = set(main) - _MAIN_KEYS
-    if unknown:
-        raise ConfigError(f"{path.name} [{MAIN_SECTION}]: unknown key(s) {', '.join(sorted(unknown))}; "
-                          f"known keys: {', '.join(sorted(_MAIN_KEYS))}")
+    for section, values in sections.items():
+        if section.startswith(STORE_PREFIX):
+            continue
+        if section != MAIN_SECTION and not section.startswith(NAMED_PREFIX):
+            raise ConfigError(f"{path.name}: unknown section [{section}]; expected [{MAIN_SECTION}], "
+                              f"[{NAMED_PREFIX}NAME] or [{STORE_PREFIX}NAME]")
+        if section != MAIN_SECTION and not _SECTION_NAME.fullmatch(section[len(NAMED_PREFIX):]):
+            raise ConfigError(f"{path.name}: section [{section}]: NAME may hold letters, digits, '_' and '-' only")
+        unknown = set(values) - _MAIN_KEYS
+        if unknown:
+            raise ConfigError(f"{path.name} [{section}]: unknown key(s) {', '.join(sorted(unknown))}; "
+                              f"known keys: {', '.join(sorted(_MAIN_KEYS))}")
+    main_section = MAIN_SECTION if name is None else f"{NAMED_PREFIX}{name}"
+    if name is not None and main_section not in sections:
+        named = [f"[{s}]" for s in sections if s.startswith(NAMED_PREFIX)]
+        raise ConfigError(f"{path.name} has no [{main_section}] section (-n {name}); "
+                          f"{'its named sections: ' + ', '.join(named) if named else 'it has no named sections'}")
+    main = dict(sections.get(main_section, {}))
     stores = {s[len(STORE_PREFIX):]: dict(v) for s, v in sections.items() if s.startswith(STORE_PREFIX)}
-    for section in sections:
-        if section != MAIN_SECTION and not section.startswith(STORE_PREFIX):
-            raise ConfigError(f"{path.name}: unknown section [{section}]; expected [vecflow] or [store:NAME]")
 
-    origins = {key: f"{path.name} [{MAIN_SECTION}] {key}" for key in main}
+    origins = {key: f"{path.name} [{main_section}] {key}" for key in main}
     env = _env_overrides(environ)
     _apply_overrides(main, stores, env, origins, lambda key: f"environment VECFLOW_{key.upper()}")
     x = dict(x_args) if isinstance(x_args, Mapping) else parse_x_args(x_args)
     _apply_overrides(main, stores, x, origins, lambda key: f"-x {key}")
 
     main.setdefault("script_location", str(here / "versions"))
-    main.setdefault("ledger", str(here / ".vecflow" / "ledger.db"))
+    main.setdefault("ledger", str(here / ".vecflow" / (name or "") / "ledger.db"))
     store_models = {}
     for name, values in stores.items():
         if "backend" not in values:
@@ -170,7 +191,7 @@ def load_config(
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{origins.get(key, f'{path.name} [{MAIN_SECTION}] {key}')}: {err['msg']}") from exc
+        raise ConfigError(f"{origins.get(key, f'{path.name} [{main_section}] {key}')}: {err['msg']}") from exc
     for option, folder in (("script_location", config.script_location), ("ledger", config.ledger)):
         if not folder.is_absolute():
             setattr(config, option, (here / folder).resolve())

@@ -30,6 +30,7 @@ from vecflow.operations.base import Op, StepRecord
 from vecflow.runtime.context import StepContext
 from vecflow.runtime.digest import DigestPair, collection_digests
 from vecflow.runtime.ledger import Owner
+from vecflow.runtime.runner import recorded_before
 from vecflow.runtime.snapshots import SnapshotStore
 from vecflow.runtime.stores import Stores
 
@@ -91,6 +92,8 @@ def run_step(project: Project, body: str, saves: int | None = None,
         runner.ledger.acquire_lease(owner, runner.config.lock_lease_seconds)
         rev = runner.scripts.revision_map.get("step1")
         step = rev.script.upgrade_ops()[0]
+        # Taken here too: the runner leaves those the op digests as it reads (a copy's source) to the op.
+        independent = digests(project, [runner.stores.canonical(ref) for ref in step.collections()])
         attempt = runner.ledger.begin_attempt("step1", "upgrade", owner, rev.script.checksum)
         if saves is not None:
             def finish_step(*args) -> None:
@@ -112,7 +115,9 @@ def run_step(project: Project, body: str, saves: int | None = None,
         row = runner.ledger.step(attempt, 0)
         runner.ledger.finish_attempt(attempt, "failed" if how != "finished" else "done")
         runner.ledger.release_lease(owner)
-        before = json.loads(row["digest_before"])
+        recorded = recorded_before(row)
+        assert all(DigestPair.same(text, independent[ref]) for ref, text in recorded.items()), (recorded, independent)
+        before = {**independent, **recorded}
         record = StepRecord(snapshot=row["snapshot"], state=json.loads(row["cursor"] or "{}"),
                             before={ref: before[runner.stores.canonical(ref)] for ref in step.collections()},
                             finished=how == "finished")

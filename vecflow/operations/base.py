@@ -71,6 +71,12 @@ class Op(BaseModel):
         digest after the step to be the one before, instead of reading them again."""
         return []
 
+    def digested_while_running(self) -> list[str]:
+        """Those of `collections()` whose digest before the step the op computes itself while it
+        reads them anyway (a copy's source, in its copy loop; StepContext.record_digest_before):
+        the runner does not read them a first time before the step."""
+        return []
+
     def describe(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.model_dump(exclude_defaults=True).items())
         return f"{self.op_name}({args})"

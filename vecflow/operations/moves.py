@@ -32,10 +32,13 @@ from vecflow.operations.collections import (
 )
 from vecflow.operations.target_shape import TargetShape, choose_target_shape
 from vecflow.runtime.context import StepContext
+from vecflow.runtime.digest import collection_digests
 from vecflow.runtime.stores import Stores
-from vecflow.runtime.verify import SideDigest, copy_normalises, verify_copy
+from vecflow.runtime.verify import GroundTruth, SideDigest, copy_normalises, parity_truth, verify_copy
 
 COERCION_SAMPLE = 1000
+# The step-state key of the search-parity ground truth the copy loop accumulates.
+PARITY_TRUTH = "parity_truth"
 
 
 class CopyCollectionOp(Op):
@@ -175,18 +178,48 @@ class CopyCollectionOp(Op):
         side = SideDigest.from_dict(ctx.state["source_side"]) if "source_side" in ctx.state else SideDigest.empty()
         if ctx.resumed:
             self.ensure_target_kept(ctx, target, target_name, side.records.count or 0)
+        truth = self._parity_truth(ctx, source, source_name)
         retried = before = target.retried_calls
-        for page, cursor in source.pages(source_name, ctx.batch_size, ctx.state.get("copy_cursor")):
+        for native, cursor in source.native_pages(source_name, ctx.batch_size, ctx.state.get("copy_cursor")):
+            page = native.batch
             if len(page):
                 page.check_finite(f"{self.op_name} {self.source}")
                 target.upsert(target_name, page)
-                side = side.add(page, normalise)
+                side = side.add(native, normalise)
+                if truth is not None:
+                    truth.add(page)
             # Checked when the target was away while this page was written, and at the end of a
             # copy during which it was away (it may have lost pages it took before it went).
             if target.retried_calls != retried or (cursor is None and target.retried_calls != before):
                 self.ensure_target_kept(ctx, target, target_name, side.records.count or 0)
                 retried = target.retried_calls
-            ctx.save(len(page), copy_cursor=cursor, copied=cursor is None, source_side=side.to_dict())
+            if cursor is None:
+                self._record_source_digest(ctx, source, source_name, side)
+            ctx.save(len(page), copy_cursor=cursor, copied=cursor is None, source_side=side.to_dict(),
+                     **({PARITY_TRUTH: truth.to_state()} if truth is not None else {}))
+
+    def _parity_truth(self, ctx: StepContext, source: Backend, source_name: str) -> GroundTruth | None:
+        """The search-parity ground truth the copy loop feeds (so verification does not read the
+        source again), restored from the checkpoint on resume; None when no parity will be
+        measured, or when a resumed copy began without one (verification then reads the source)."""
+        if not (self.verify and ctx.verify) or (ctx.state.get("copy_cursor") and PARITY_TRUTH not in ctx.state):
+            return None
+        truth = parity_truth(source, source_name, self.parity_queries)
+        if truth is not None and ctx.state.get("copy_cursor"):
+            truth.restore(ctx.state[PARITY_TRUTH])
+        return truth
+
+    def digested_while_running(self) -> list[str]:
+        # Read through another layout (layout=), the copy's digest is not the runner's.
+        return [self.source] if self.layout is None else []
+
+    def _record_source_digest(self, ctx: StepContext, source: Backend, source_name: str, side: SideDigest) -> None:
+        """The source's digest before the step, from the copy loop's pass (the runner did not read
+        it first); read afresh only when the loop's pair was lost (resumed from an older state)."""
+        if self.layout is not None:
+            return
+        pair = side.pair or collection_digests(source, source_name, ctx.batch_size)
+        ctx.record_digest_before(self.source, pair.to_text())
 
     def _create_target(self, ctx: StepContext, source: Backend, source_name: str, target: Backend,
                        target_name: str) -> None:
@@ -226,9 +259,12 @@ class CopyCollectionOp(Op):
         if ctx.resumed:
             self.ensure_target_kept(ctx, target, target_name, written)
         retried = target.retried_calls
+        truth = parity_truth(source, source_name, self.parity_queries) if PARITY_TRUTH in ctx.state else None
+        if truth is not None:
+            truth.restore(ctx.state[PARITY_TRUTH])
         report = verify_copy(source, source_name, target, target_name, batch_size=ctx.batch_size,
                              queries=self.parity_queries, threshold=self.parity_threshold,
-                             source_side=SideDigest.from_dict(side) if side else None)
+                             source_side=SideDigest.from_dict(side) if side else None, truth=truth)
         ctx.save(verification=report.to_dict())
         if report.problems and target.retried_calls != retried:
             self.ensure_target_kept(ctx, target, target_name, written)
@@ -237,7 +273,9 @@ class CopyCollectionOp(Op):
                                     + "; ".join(report.problems))
         layouts = f"{source.layout_of(source_name).layout.name} and {target.layout_of(target_name).layout.name}"
         ctx.note(f"verified {self.target}: {report.summary()} (logical records, read through {layouts} layouts)")
-        if not report.normalised:
+        if report.target_pair is not None:
+            ctx.know_digest(self.target, report.target_pair)  # the runner need not read the target again
+        elif not report.normalised:
             ctx.know_digest(self.target, report.target_digest)
 
 

@@ -168,7 +168,7 @@ def _sentence_transformer(name: str, script_dir: Path) -> Callable[[list[str]], 
         from sentence_transformers import SentenceTransformer
     except ImportError as exc:
         raise OperationError(f"embedder sentence-transformers:{name} needs the sentence-transformers "
-                             "package: pip install 'vecflow[embeddings]'") from exc
+                             'package: pip install "vecflow[embeddings]"') from exc
     location = str(_model_location(name, script_dir))
     try:
         model = SentenceTransformer(location)

@@ -19,6 +19,9 @@ from vecflow.runtime.ledger import Ledger, Owner
 from vecflow.runtime.snapshots import SnapshotStore
 from vecflow.runtime.stores import Stores
 
+# The step-state key of the digests an op computed before the step (record_digest_before).
+DIGESTS_BEFORE = "digests_before"
+
 
 class StepContext:
     def __init__(
@@ -70,8 +73,19 @@ class StepContext:
         return backend, name
 
     def know_digest(self, ref: str, digest: str) -> None:
-        """Tell the runner a collection's digest after this step, computed while verifying."""
+        """Tell the runner a collection's digest after this step, computed while verifying: a
+        logical digest text, or a whole `logical|native` pair (which spares the runner's read)."""
         self.known_digests[self.stores.canonical(ref)] = digest
+
+    def record_digest_before(self, ref: str, digest: str) -> None:
+        """The `logical|native` digest before this step of a collection the op declared in
+        `digested_while_running`, computed as it read it; kept in the step state (saved with the
+        next checkpoint), where the runner finds it (`digests_before`)."""
+        self.state.setdefault(DIGESTS_BEFORE, {})[self.stores.canonical(ref)] = digest
+
+    @property
+    def digests_before(self) -> dict[str, str]:
+        return dict(self.state.get(DIGESTS_BEFORE, {}))
 
     def save(self, rows: int = 0, **changes: Any) -> None:
         """Record progress after a durable write; also renews the runner's lease."""

@@ -26,12 +26,12 @@ from vecflow.errors import (
     VecflowError,
 )
 from vecflow.operations.base import Op, StepRecord
-from vecflow.runtime.context import StepContext
+from vecflow.runtime.context import DIGESTS_BEFORE, StepContext
 from vecflow.runtime.digest import VERSION as DIGEST_VERSION
 from vecflow.runtime.digest import Digest, DigestPair, collection_digests
 from vecflow.runtime.digest import version_of as digest_version
 from vecflow.runtime.ledger import DONE, FAILED, ROLLBACK, RUNNING, Ledger, Owner
-from vecflow.runtime.simulate import DryRunReport, simulate
+from vecflow.runtime.simulate import simulate
 from vecflow.runtime.snapshots import SnapshotStore, snapshot_name
 from vecflow.runtime.stores import Stores
 from vecflow.script.directory import ScriptDirectory
@@ -39,6 +39,13 @@ from vecflow.script.revision import Revision
 
 UPGRADE, DOWNGRADE = "upgrade", "downgrade"
 EMPTY_DIGEST = Digest.empty().to_text()
+
+
+def recorded_before(row: dict) -> dict[str, str]:
+    """A step's digests before it ran: the runner's (in the ledger) and those its op computed
+    while it read the collection (in the step state, see StepContext.record_digest_before)."""
+    state = json.loads(row["cursor"] or "{}")
+    return {**state.get(DIGESTS_BEFORE, {}), **json.loads(row["digest_before"] or "{}")}
 
 
 @dataclass
@@ -122,7 +129,7 @@ class Runner:
         """The digest of each collection an attempt touched, as it was before the attempt."""
         expected: dict[str, str] = {}
         for row in self.ledger.steps(attempt["id"]):
-            for ref, digest in json.loads(row["digest_before"] or "{}").items():
+            for ref, digest in recorded_before(row).items():
                 expected.setdefault(ref, digest)
         return expected
 
@@ -164,20 +171,18 @@ class Runner:
     def _step_record(self, step: Op, row: dict | None) -> StepRecord:
         if row is None:
             return StepRecord()
-        before = json.loads(row["digest_before"] or "{}")
+        before = recorded_before(row)
         return StepRecord(row["snapshot"], json.loads(row["cursor"] or "{}"),
                           {ref: before.get(self.stores.canonical(ref), "") for ref in step.collections()},
                           finished=row["status"] == DONE)
 
-    def dry_run(self, plan: list[PlannedRevision]) -> DryRunReport:
-        """The --dry-run report: the plan simulated in order on samples (runtime/simulate.py);
-        open the runner read only (command.open_runner) so that nothing is written."""
+    def describe_plan(self, plan: list[PlannedRevision]) -> dict:
+        """The --dry-run report, as data: the plan simulated in order on samples (runtime/simulate.py):
+        each step with its preview, estimated time and why it would be refused or fail, and every
+        collection the plan touches with its records now and after (`vecflow.report.plan_lines`
+        makes the text, docs/json.md describes the JSON). Open the runner read only
+        (command.open_runner) so that nothing is written."""
         return simulate(self, plan)
-
-    def describe_plan(self, plan: list[PlannedRevision]) -> list[str]:
-        """The --dry-run report as lines: revisions, steps (each with its preview, estimated time
-        and why it would fail), and the record counts of the collections touched, now and after."""
-        return self.dry_run(plan).lines()
 
     # unfinished attempts -------------------------------------------------------------------------
 
@@ -313,12 +318,14 @@ class Runner:
         refs = [self.stores.canonical(r) for r in step.collections()]
         if row is None:
             # Taken with --no-verify too: rolling back a step and verifying its downgrade need them.
-            before = {ref: self._digest(ref) for ref in refs}
+            # Those the op computes as it reads are not read first (unless known already).
+            deferred = {self.stores.canonical(r) for r in step.digested_while_running()} - set(self._digests)
+            before = {ref: self._digest(ref) for ref in refs if ref not in deferred}
             snapshot = snapshot_name(attempt_id, index) if step.captures_snapshot else None
             self.ledger.start_step(attempt_id, index, step.op_name, step.describe(), before, snapshot)
             state, rows_done, resumed = {}, 0, False
         else:
-            before = json.loads(row["digest_before"] or "{}")
+            before = recorded_before(row)
             snapshot, state = row["snapshot"], json.loads(row["cursor"] or "{}")
             rows_done, resumed = row["rows_done"], True
             self.out(f"  [{index + 1}/{total}] {step.describe()}: resuming at {rows_done} rows")
@@ -335,8 +342,10 @@ class Runner:
         except DamagedStoreError as exc:
             self._restart_after_damage(step, ctx, exc)
             step.run(ctx)  # damaged again: the error stands
-        # A digest an op computed is logical only; "absent" and empty need no native part.
-        known = {ref: text for ref, text in ctx.known_digests.items() if text in ("absent", EMPTY_DIGEST)}
+        before = {**ctx.digests_before, **before}
+        # A digest an op computed is used when it is a whole pair; "absent" and empty need no native part.
+        known = {ref: text for ref, text in ctx.known_digests.items()
+                 if text in ("absent", EMPTY_DIGEST) or "|" in text}
         read_only = {self.stores.canonical(r) for r in step.read_only_collections()}
         known.update({ref: before[ref] for ref in read_only if before.get(ref) and ref not in known})
         self._digests.update(known)

@@ -57,7 +57,7 @@ class Stores:
             policy = self.retry_policy()
             backend = cast(Backend, policy.call(
                 store_config.backend, f"connect to store {name!r}",
-                lambda: open_backend(store_config.backend, store_config.options, self.state, self.config.here,
+                lambda: open_backend(store_config.backend, store_config.options, self.state, self.config.here, name,
                                      read_only=self.read_only)))
             backend.set_retry_policy(policy)
             self._open[name] = backend

@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from vecflow.backends import Backend
-from vecflow.backends.base import Hit
+from vecflow.backends.base import Hit, NativePage
 from vecflow.batch import Batch
-from vecflow.runtime.digest import VERSION, Digest, batch_digest
+from vecflow.runtime.digest import VERSION, Digest, DigestPair, batch_digest, native_digest
 
 NORMALISED_TOLERANCE = 1e-6
 # The recall@k an exact target must reach (the op's parity_threshold replaces it).
@@ -27,33 +27,54 @@ PARITY_K = 10
 
 @dataclass
 class SideDigest:
-    """Streaming summary of one side of a copy: record digest and an id-set digest.
+    """Streaming summary of one side of a copy: record digest and an id-set digest, and, when
+    it was fed the store's native pages from the start, the collection's `logical|native` digest
+    pair (the runner's digest of the collection, so it need not read it again).
 
-    Both are order-independent sums, so a copy loop can accumulate the source side batch by
+    All are order-independent sums, so a copy loop can accumulate the source side batch by
     batch (and checkpoint it) instead of scanning the source a second time to verify."""
 
     records: Digest
     ids: int = 0
+    pair: DigestPair | None = None
 
     @classmethod
     def empty(cls) -> SideDigest:
-        return cls(Digest.empty())
+        return cls(Digest.empty(), pair=DigestPair(Digest.empty(), Digest.empty()))
 
-    def add(self, page: Batch, normalise: bool) -> SideDigest:
-        """normalise: leave vectors out of the record digest (they are compared with a tolerance)."""
-        ids = sum(int.from_bytes(hashlib.blake2b(i.encode(), digest_size=16).digest(), "little") for i in page.ids)
-        records = self.records + batch_digest(page, include_vectors=not normalise)
-        return SideDigest(records, (self.ids + ids) % (1 << 128))
+    def add(self, page: Batch | NativePage, normalise: bool) -> SideDigest:
+        """normalise: leave vectors out of the record digest (they are compared with a tolerance).
+        A logical Batch instead of a NativePage ends the pair (None from then on)."""
+        batch = page.batch if isinstance(page, NativePage) else page
+        ids = sum(int.from_bytes(hashlib.blake2b(i.encode(), digest_size=16).digest(), "little") for i in batch.ids)
+        logical = batch_digest(batch)
+        records = self.records + (batch_digest(batch, include_vectors=False) if normalise else logical)
+        pair = None
+        if self.pair is not None and isinstance(page, NativePage):
+            pair = DigestPair(self.pair.logical + logical, self.pair.native + native_digest(page))
+        return SideDigest(records, (self.ids + ids) % (1 << 128), pair)
 
     def __add__(self, other: SideDigest) -> SideDigest:
-        return SideDigest(self.records + other.records, (self.ids + other.ids) % (1 << 128))
+        pair = None
+        if self.pair is not None and other.pair is not None:
+            pair = DigestPair(self.pair.logical + other.pair.logical, self.pair.native + other.pair.native)
+        return SideDigest(self.records + other.records, (self.ids + other.ids) % (1 << 128), pair)
 
     def to_dict(self) -> dict:
-        return {"records": self.records.to_text(), "ids": f"{self.ids:032x}"}
+        data = {"records": self.records.to_text(), "ids": f"{self.ids:032x}"}
+        if self.pair is not None:
+            data["pair"] = self.pair.to_text() if self.pair.logical.count else "empty"
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> SideDigest:
-        return cls(Digest.from_text(data["records"]), int(data["ids"], 16))
+        pair = None
+        if data.get("pair") == "empty":
+            pair = DigestPair(Digest.empty(), Digest.empty())
+        elif data.get("pair"):
+            logical, native = data["pair"].split("|")
+            pair = DigestPair(Digest.from_text(logical), Digest.from_text(native))
+        return cls(Digest.from_text(data["records"]), int(data["ids"], 16), pair)
 
 
 @dataclass
@@ -104,6 +125,8 @@ class VerificationReport:
     normalised: bool
     search: SearchParity
     vectors_off: list[str] = field(default_factory=list)
+    # The target's `logical|native` digest pair as verification read it (None: not read natively).
+    target_pair: str | None = None
 
     @property
     def problems(self) -> list[str]:
@@ -153,8 +176,9 @@ class VerificationReport:
 
 
 def read_side(backend: Backend, name: str, batch_size: int, normalise: bool) -> SideDigest:
+    """One side of a copy read in full, with its digest pair (native pages)."""
     total = SideDigest.empty()
-    for page, _ in backend.pages(name, batch_size):
+    for page, _ in backend.native_pages(name, batch_size):
         total = total.add(page, normalise)
     return total
 
@@ -224,11 +248,20 @@ def _units(vectors: np.ndarray) -> np.ndarray:
 
 class GroundTruth:
     """The exact top-k of each query over a stream of pages, ties broken by id. Holds only
-    queries x k (key, id) pairs, never the collection."""
+    queries x k (key, id) pairs, never the collection. `own`: how many of the queries are
+    records' own vectors (the first ones)."""
 
-    def __init__(self, queries: np.ndarray, k: int, metric: str):
-        self.queries, self.k, self.metric = queries.astype(np.float64), k, metric
+    def __init__(self, queries: np.ndarray, k: int, metric: str, own: int = 0):
+        self.queries, self.k, self.metric, self.own = queries.astype(np.float64), k, metric, own
         self.best: list[list[tuple[float, str]]] = [[] for _ in range(len(queries))]
+
+    def to_state(self) -> list[list[list]]:
+        """The top-k so far, for a step's checkpoint (floats round-trip exactly through JSON)."""
+        return [[[key, rid] for key, rid in best] for best in self.best]
+
+    def restore(self, state: list[list[list]]) -> GroundTruth:
+        self.best = [[(float(key), str(rid)) for key, rid in best] for best in state]
+        return self
 
     def add(self, page: Batch) -> None:
         if not len(page):
@@ -246,6 +279,18 @@ class GroundTruth:
         """The ranking key of one record for one query."""
         return float(_ranking_keys(self.queries[query:query + 1], vector[None, :].astype(np.float64),
                                    self.metric)[0, 0])
+
+
+def parity_truth(source: Backend, name: str, queries: int, seed: int = 0) -> GroundTruth | None:
+    """The search-parity queries of a copy from this source, with an empty ground truth for a
+    copy loop to feed page by page (sparing verification its own pass over the source); None when
+    no query will run. The queries are seeded and drawn from the first pages, so a resumed copy
+    draws the same ones."""
+    count = source.count(name)
+    if queries <= 0 or not count:
+        return None
+    vectors, own = query_vectors(source, name, queries, seed)
+    return GroundTruth(vectors, min(PARITY_K, count), source.describe(name).metric, own)
 
 
 def ground_truth(source: Backend, name: str, queries: np.ndarray, k: int, batch_size: int) -> GroundTruth:
@@ -285,18 +330,22 @@ def same_index(source: Backend, source_name: str, target: Backend, target_name: 
 
 
 def search_parity(source: Backend, source_name: str, target: Backend, target_name: str, *, queries: int,
-                  floor: float | None, seed: int, batch_size: int) -> SearchParity:
+                  floor: float | None, seed: int, batch_size: int, truth: GroundTruth | None = None) -> SearchParity:
     """Recall@k of the target's search (and of an approximate source's) against the exact top-k of
     the source's records, and the bar the target must reach: the floor (EXACT_FLOOR by default
-    for an exact target), and for an approximate source its own recall minus RECALL_TOLERANCE."""
+    for an exact target), and for an approximate source its own recall minus RECALL_TOLERANCE.
+    `truth`: the ground truth a copy loop accumulated (from parity_truth); else one more pass over
+    the source computes it."""
     if floor is None and target.search_is_exact(target_name):
         floor = EXACT_FLOOR
     count = source.count(source_name)
     if queries <= 0 or not count:
         return SearchParity(floor=floor, rule="no queries")
-    vectors, records = query_vectors(source, source_name, queries, seed)
-    k = min(PARITY_K, count)
-    truth = ground_truth(source, source_name, vectors, k, batch_size)
+    if truth is None or truth.k != min(PARITY_K, count):
+        vectors, own = query_vectors(source, source_name, queries, seed)
+        truth = ground_truth(source, source_name, vectors, min(PARITY_K, count), batch_size)
+        truth.own = own
+    vectors, records, k = truth.queries.astype(np.float32), truth.own, truth.k
     target_recall, missed = recall_at_k(target.query(target_name, vectors, k), truth, source, source_name)
     source_recall = None
     if not source.search_is_exact(source_name):
@@ -313,7 +362,7 @@ def search_parity(source: Backend, source_name: str, target: Backend, target_nam
 
 def verify_copy(source: Backend, source_name: str, target: Backend, target_name: str, *, batch_size: int,
                 queries: int = 20, threshold: float | None = None, seed: int = 0,
-                source_side: SideDigest | None = None) -> VerificationReport:
+                source_side: SideDigest | None = None, truth: GroundTruth | None = None) -> VerificationReport:
     """Compare a copy with its source. source_side, when the copy loop accumulated it, spares a
     second scan of the source for digests; ids are listed one by one only when the id digests
     differ. threshold: the recall floor of search parity (None: EXACT_FLOOR for exact targets).
@@ -329,13 +378,13 @@ def verify_copy(source: Backend, source_name: str, target: Backend, target_name:
     if src.ids != dst.ids or src.records.count != dst.records.count:
         source_ids, target_ids = read_ids(source, source_name, batch_size), read_ids(target, target_name, batch_size)
         missing, extra = sorted(source_ids - target_ids), sorted(target_ids - source_ids)
-    identical = not normalise and src == dst
+    identical = not normalise and (src.records, src.ids) == (dst.records, dst.ids)
     same = same_index(source, source_name, target, target_name) if identical else None
     if same:
         search = SearchParity(floor=threshold, skipped=f"the digests prove the data identical and {same}")
     else:
         search = search_parity(source, source_name, target, target_name, queries=queries, floor=threshold,
-                               seed=seed, batch_size=batch_size)
+                               seed=seed, batch_size=batch_size, truth=truth)
     return VerificationReport(
         source_count=src.records.count or 0, target_count=dst.records.count or 0,
         source_count_now=source.count(source_name),
@@ -343,6 +392,7 @@ def verify_copy(source: Backend, source_name: str, target: Backend, target_name:
         source_digest=src.records.to_text(), target_digest=dst.records.to_text(), normalised=normalise,
         search=search,
         vectors_off=normalised_vectors_off(source, source_name, target, target_name, batch_size) if normalise else [],
+        target_pair=dst.pair.to_text() if dst.pair is not None else None,
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from collections.abc import Sequence
@@ -10,31 +9,15 @@ from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
 
-import jinja2
-
-from vecflow.errors import ConfigError, RevisionError, ScriptError
+from vecflow.errors import ConfigError, RevisionError, ScriptError, VecflowError
 from vecflow.script.revision import Revision, RevisionMap, normalize_ids
 from vecflow.script.scripts import RevisionScript, load_python_script, load_yaml_script
+from vecflow.script.templates import SUFFIXES, render_revision, revision_template, templates_dir
+
+__all__ = ["ScriptDirectory", "templates_dir"]
 
 PYTHON_SUFFIXES = (".py",)
 YAML_SUFFIXES = (".yaml", ".yml")
-
-
-def templates_dir() -> Path:
-    """Templates ship inside the wheel as vecflow/templates; a source checkout has ./templates."""
-    packaged = Path(__file__).resolve().parent.parent / "templates"
-    if packaged.is_dir():
-        return packaged
-    source = Path(__file__).resolve().parent.parent.parent / "templates"
-    if source.is_dir():
-        return source
-    raise ConfigError("vecflow's templates are missing from this installation; reinstall vecflow")
-
-
-def render_template(name: str, **context: object) -> str:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())),
-                             keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
-    return env.get_template(name).render(**context)
 
 
 class ScriptDirectory:
@@ -71,14 +54,17 @@ class ScriptDirectory:
         self,
         message: str,
         *,
-        use_yaml: bool = False,
+        revision_format: str = "python",
         head: str = "head",
+        splice: bool = False,
         branch_label: str | None = None,
         depends_on: Sequence[str] = (),
         rev_id: str | None = None,
         down_revisions: Sequence[str] | None = None,
     ) -> Path:
-        """Write a new revision script; down_revisions overrides `head` (used by merge)."""
+        """Write a new revision script (revision_format python or yaml) from the project's
+        template, or vecflow's; down_revisions overrides `head` (used by merge). A parent that is
+        not a head is refused unless `splice` (as in Alembic)."""
         graph = self.revision_map
         rev_id = rev_id or uuid.uuid4().hex[:12]
         if not re.fullmatch(r"[A-Za-z0-9_]+", rev_id):
@@ -89,32 +75,45 @@ class ScriptDirectory:
             down_revisions = () if head == "base" else graph.resolve(head)
             if head == "head" and not graph.heads:
                 down_revisions = ()
+            inner = [r for r in down_revisions if r not in graph.heads]
+            if inner and not splice:
+                raise RevisionError(f"revision {inner[0]} is not a head (heads: {', '.join(graph.heads)}); pass "
+                                    "--splice to start a new branch from it")
         resolved_deps = tuple(r for dep in depends_on for r in graph.resolve(dep))
         slug = re.sub(r"[^a-z0-9]+", "_", message.lower()).strip("_")[:40] or "revision"
-        suffix = ".yaml" if use_yaml else ".py"
-        path = self.location / f"{rev_id}_{slug}{suffix}"
+        path = self.location / f"{rev_id}_{slug}{SUFFIXES[revision_format]}"
         if path.exists():
             raise ScriptError(f"{path} already exists")
-        text = render_template(
-            "script.yaml.j2" if use_yaml else "script.py.j2",
+        template = revision_template(self.location, revision_format)
+        text = render_revision(
+            template,
             revision=rev_id,
-            down_revision=_literal(tuple(down_revisions), use_yaml),
-            branch_labels=_literal((branch_label,) if branch_label else (), use_yaml),
-            depends_on=_literal(resolved_deps, use_yaml),
+            down_revision=_ids_value(tuple(down_revisions)),
+            branch_labels=_ids_value((branch_label,) if branch_label else ()),
+            depends_on=_ids_value(resolved_deps),
             message=message,
             revises=", ".join(down_revisions) or "<base>",
             create_date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
         path.write_text(text, encoding="utf-8")
+        self._check_generated(path, template, rev_id)
         self.__dict__.pop("revision_map", None)
         return path
 
+    def _check_generated(self, path: Path, template: Path, rev_id: str) -> None:
+        """A template that renders a script vecflow cannot load writes nothing."""
+        try:
+            script = load_python_script(path) if path.suffix in PYTHON_SUFFIXES else load_yaml_script(path)
+            if script.revision != rev_id:
+                raise ScriptError(f"it declares revision {script.revision!r}, not {rev_id!r}")
+        except VecflowError as exc:
+            path.unlink()
+            raise ScriptError(f"the template {template} rendered a script that does not load ({exc}); "
+                              "fix the template") from exc
 
-def _literal(ids: tuple[str, ...], use_yaml: bool) -> str:
-    """None / 'a' / ('a', 'b') in Python; null / a / [a, b] in YAML."""
+
+def _ids_value(ids: tuple[str, ...]) -> str | tuple[str, ...] | None:
+    """What a template receives for down_revision, branch_labels, depends_on: None, an id, or a tuple."""
     if not ids:
-        return "null" if use_yaml else "None"
-    if use_yaml:  # quoted, so an all-digit id stays a string
-        quoted = [json.dumps(i) for i in ids]
-        return quoted[0] if len(ids) == 1 else "[" + ", ".join(quoted) + "]"
-    return repr(ids[0]) if len(ids) == 1 else repr(ids)
+        return None
+    return ids[0] if len(ids) == 1 else ids
