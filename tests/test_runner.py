@@ -231,13 +231,16 @@ def test_a_verified_copy_to_another_backend_reads_its_source_once_and_its_target
     project.write_python("r2", "r1", 'op.copy_collection("docs", "flat:docs")')
     project.run("upgrade", "r1")
     full_reads: list[str] = []
-    for method in ("pages", "native_pages"):
-        def counting(self, name, batch_size, cursor=None, _real=getattr(Backend, method)):
-            for page, following in _real(self, name, batch_size, cursor):
+    def counting(real):
+        def paged(self, name, batch_size, cursor=None):
+            for page, following in real(self, name, batch_size, cursor):
                 yield page, following
                 if following is None and cursor is None:
                     full_reads.append(f"{self.name}:{name}")
-        monkeypatch.setattr(Backend, method, counting)
+        return paged
+
+    for method in ("pages", "native_pages"):
+        monkeypatch.setattr(Backend, method, counting(getattr(Backend, method)))
     output = "\n".join(project.run("upgrade", "head"))
     assert "search parity: recall@10 target" in output  # measured, against the loop's ground truth
     assert sorted(full_reads) == ["chroma:docs", "faiss:docs"]
