@@ -24,7 +24,7 @@ def project(tmp_path):
 def test_dry_run_prints_the_plan_and_changes_nothing(project):
     lines = project.run("upgrade", "head", dry_run=True)
     assert lines[0].startswith("upgrade r1")
-    assert "create_collection docs (dim ?, cosine) from data/docs.jsonl" in lines[1]
+    assert "create_collection docs (dim of the data, cosine) from data/docs.jsonl" in lines[1]
     assert "rename_field docs: author -> writer" in "\n".join(lines)
     assert lines[-1] == "  main:docs: does not exist yet; after the plan: 120 records"
     assert project.digest("docs") == "absent"
