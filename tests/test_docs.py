@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import difflib
 import re
 import shlex
 import textwrap
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from vecflow import cli_reference
 from vecflow.cli import ALIASES, build_parser
 from vecflow.config import _MAIN_KEYS
 from vecflow.operations import Operations, get_op, public_ops
@@ -269,3 +271,30 @@ def test_every_vecflow_ini_key_is_documented_with_its_environment_override(key):
     text = read("configuration.md")
     assert f"`{key}`" in text, f"docs/configuration.md does not document [vecflow] {key}"
     assert f"VECFLOW_{key.upper()}" in text, f"docs/configuration.md does not show VECFLOW_{key.upper()}"
+
+
+# cli-reference.md -------------------------------------------------------------------------------
+
+
+def test_cli_reference_md_is_what_the_parser_generates_now():
+    committed, generated = read("cli-reference.md"), cli_reference.render()
+    if committed != generated:
+        diff = "".join(list(difflib.unified_diff(committed.splitlines(True), generated.splitlines(True),
+                                                 "docs/cli-reference.md (committed)", "generated now"))[:40])
+        pytest.fail(f"docs/cli-reference.md is stale; regenerate it with: {cli_reference.REGENERATE}\n{diff}")
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_cli_reference_md_shows_every_command_with_its_python_function(name):
+    text = section(read("cli-reference.md"), rf"^vecflow {re.escape(name)}$") or ""
+    assert "Python: `vecflow.command." in text and f"usage: vecflow {name}" in text
+
+
+def test_cli_reference_check_exits_1_naming_the_command_when_the_page_is_stale(tmp_path, capsys):
+    page = tmp_path / "cli-reference.md"
+    page.write_text(read("cli-reference.md").replace("--dry-run", "--dryrun"), encoding="utf-8")
+    assert cli_reference.main(["--check", "--output", str(page)]) == 1
+    assert capsys.readouterr().err == f"{page} is stale; run: python -m vecflow.cli_reference\n"
+    assert cli_reference.main(["--output", str(page)]) == 0
+    assert page.read_text(encoding="utf-8") == cli_reference.render()
+    assert cli_reference.main(["--check", "--output", str(page)]) == 0
