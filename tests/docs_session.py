@@ -26,6 +26,7 @@ import contextlib
 import io
 import os
 import re
+import runpy
 import shlex
 import signal
 import sqlite3
@@ -33,6 +34,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -216,24 +218,47 @@ class Subprocess(Session):
 
 
 class InProcess(Session):
-    """vecflow commands through `vecflow.cli.main` in this process; other commands as Subprocess."""
+    """vecflow commands through `vecflow.cli.main`, and `python FILE.py` through runpy, in this
+    process (a model or a client imported once serves every command); a killed command runs as
+    in Subprocess."""
 
     def vecflow(self, args: list[str], step: Command) -> Ran:
         if step.killed:
             return super().vecflow(args, step)
-        buffer = io.StringIO()
-        saved_cwd, saved_env = Path.cwd(), dict(os.environ)
         from vecflow.cli import main
 
+        return self._here(lambda: main(args))
+
+    def run(self, step: Command) -> Ran:
+        words = shlex.split(step.command, comments=True)
+        if words[0] != "python" or step.killed:
+            return super().run(step)
+        script = self.cwd / words[1]
+
+        def run_script() -> int:
+            saved_argv, saved_path = sys.argv, list(sys.path)
+            sys.argv, sys.path[0:0] = [str(script), *words[2:]], [str(script.parent)]
+            try:
+                runpy.run_path(str(script), run_name="__main__")
+            finally:
+                sys.argv, sys.path[:] = saved_argv, saved_path
+            return 0
+
+        return self._here(run_script)
+
+    def _here(self, call: Callable[[], int]) -> Ran:
+        """call() with this session's folder and environment, its output captured."""
+        buffer = io.StringIO()
+        saved_cwd, saved_env = Path.cwd(), dict(os.environ)
         try:
             os.chdir(self.cwd)
             os.environ.clear()
             os.environ.update(self.env)
             with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
                 try:
-                    code = main(args)
-                except SystemExit as exc:  # argparse: --help, usage errors
-                    code = exc.code if isinstance(exc.code, int) else 1
+                    code = call()
+                except SystemExit as exc:  # argparse: --help, usage errors; sys.exit() in a script
+                    code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
         finally:
             os.chdir(saved_cwd)
             os.environ.clear()
@@ -289,3 +314,12 @@ def _rows_done(ledger: Path) -> int:
     except sqlite3.Error:
         return 0
     return (row and row[0]) or 0
+
+
+def section_steps(page: Path, title: str) -> list[Step]:
+    """The steps under the `## title` heading of a page (up to the next `## ` heading)."""
+    text = page.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line == f"## {title}")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return [step for step in page_steps(text) if start < step.line <= end]
