@@ -140,3 +140,24 @@ def store_options(request, tmp_path):
         url = request.getfixturevalue("redis_url")
         return {"url": url, "key_prefix": f"t{abs(hash(str(tmp_path))) % 10**9}:"}
     return {"path": str(tmp_path / backend)}
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server on a free loopback port, for the whole session (tests/postgres.py)."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        unavailable("psycopg is not installed (pip install 'vecflow[postgres]')")
+    from tests.postgres import running_postgres
+
+    with running_postgres() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """A ledger URL of its own on the session's PostgreSQL server: an empty schema."""
+    from tests.postgres import fresh_schema
+
+    return fresh_schema(postgres_server)

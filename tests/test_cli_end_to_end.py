@@ -35,13 +35,18 @@ def fill(path, body: str) -> None:
     path.write_text(text)
 
 
-def test_init_revisions_upgrade_downgrade_round_trip(tmp_path):
+@pytest.mark.parametrize("ledger", ["sqlite", "postgresql"])
+def test_init_revisions_upgrade_downgrade_round_trip(tmp_path, ledger, request):
     root = tmp_path / "proj"
     init = Project.__new__(Project)
     init.root = root
     root.mkdir()
     result = init.cli("init")
     assert "Created" in result.stdout
+    if ledger == "postgresql":
+        ini = root / "vecflow.ini"
+        url = request.getfixturevalue("postgres_url")
+        ini.write_text(ini.read_text().replace("ledger = %(here)s/.vecflow/ledger.db", f"ledger = {url}"))
     project = Project.__new__(Project)
     project.root, project.versions = root, root / "versions"
     seed_existing_collections(str(root / ".vecflow" / "chroma"))
@@ -85,6 +90,9 @@ def test_init_revisions_upgrade_downgrade_round_trip(tmp_path):
     assert project.records("docs")["docs-2"].metadata["rank"] == 20
     history = project.cli("history", "-v").stdout
     assert "retire legacy" in history and "(head, current)" in history
+    # With a PostgreSQL ledger, the snapshots and vecflow's state are in its database too.
+    kept_here = {path.name for path in (root / ".vecflow").iterdir() if path.suffix == ".db"}
+    assert kept_here == (set() if ledger == "postgresql" else {"ledger.db", "snapshots.db", "state.db"})
 
 
 def test_errors_are_one_line_with_exit_code_1(tmp_path):

@@ -28,6 +28,16 @@ def test_environment_references_fill_secrets(tmp_path):
     assert config.stores["q"].options == {"url": "http://q:6333", "api_key": "s3cret"}
 
 
+def test_a_postgresql_ledger_url_reads_its_password_from_the_environment(tmp_path):
+    path = write(tmp_path, "[vecflow]\nledger = postgresql://ci:${PGPASSWORD}@db.internal:5433/search?schema=team\n")
+    config = load_config(path, environ={"PGPASSWORD": "s3cret"})
+    assert config.ledger == "postgresql://ci:s3cret@db.internal:5433/search?schema=team" and config.shared_ledger
+    assert config.beside_ledger("snapshots.db") == config.ledger, "snapshots and state go to the same database"
+    assert load_config(path, environ={"PGPASSWORD": "x"}, x_args=["ledger=lg.db"]).ledger == tmp_path / "lg.db"
+    with pytest.raises(ConfigError, match=r"-x ledger: .*schema='no-dash' must be letters, digits and _"):
+        load_config(path, environ={"PGPASSWORD": "x"}, x_args=["ledger=postgresql://h/db?schema=no-dash"])
+
+
 def test_missing_environment_variable_names_file_section_and_key(tmp_path):
     path = write(tmp_path, "[store:q]\nbackend = qdrant\napi_key = ${NOPE_KEY}\n")
     with pytest.raises(ConfigError, match=r"vecflow.ini \[store:q\] api_key: environment variable NOPE_KEY"):

@@ -37,7 +37,9 @@ STORE_OPTIONS = {"chroma": "path = %(here)s/chroma", "faiss": "path = %(here)s/f
                  "files": "path = %(here)s/files"}
 # Commands that read or write only vecflow.ini, the scripts and the ledger, in this order.
 NO_STORE_COMMANDS = [["revision", "-m", "first"], ["revision", "-m", "second", "--yaml"], ["heads"], ["history"],
-                     ["show", "head"], ["branches"], ["current"], ["stamp", "head"], ["check"]]
+                     ["show", "head"], ["branches"], ["current"], ["check"]]
+# stamp reads each configured store's vecflow marker (to adopt it), so it tries the client.
+STAMP = ["stamp", "head"]
 
 
 def missing_client_line(backend: str) -> str:
@@ -80,7 +82,9 @@ def no_clients(tmp_path_factory) -> tuple[Path, dict]:
     project, then `inspect` of a store of each backend and an `export` in a second project."""
     root = tmp_path_factory.mktemp("no-clients")
     write_project(root / "stores", {}, STORE_OPTIONS)
-    steps = [["init", "proj"], *(["-c", "proj/vecflow.ini", *args] for args in NO_STORE_COMMANDS)]
+    # stamp before check, which wants the project at its head
+    commands = [*NO_STORE_COMMANDS[:-1], STAMP, NO_STORE_COMMANDS[-1]]
+    steps = [["init", "proj"], *(["-c", "proj/vecflow.ini", *args] for args in commands)]
     steps += [["-c", "stores/vecflow.ini", "inspect", store] for store in STORES.values()]
     steps += [["-c", "stores/vecflow.ini", "export", "docs", "out"]]
     return root, without(ALL_CLIENTS, steps, root)
@@ -100,6 +104,15 @@ def test_commands_that_open_no_store_work_without_any_client(no_clients, args):
     _, results = no_clients
     step = by_command(results, *args)
     assert (step["code"], step["err"], step["refused"]) == (0, "", [])
+
+
+def test_stamp_without_the_store_client_stamps_and_warns_that_the_store_keeps_its_marker(no_clients):
+    _, results = no_clients
+    step = by_command(results, *STAMP)
+    assert (step["code"], step["err"]) == (0, "")
+    assert "Stamped up:" in step["out"]
+    assert "warning: store 'main' keeps its marker: " + missing_client_line("chroma")[len("vecflow: error: "):] \
+        in step["out"]
 
 
 def test_the_project_made_without_clients_has_its_revisions_and_ledger(no_clients):
@@ -213,7 +226,8 @@ def test_the_all_extra_installs_every_backend_and_embeddings_is_its_own():
     (everything,) = (Requirement(line) for line in extras["all"])
     assert (everything.name, everything.extras) == ("vecflow", set(known_backends()))
     assert {Requirement(line).name for line in extras["embeddings"]} == {"sentence-transformers"}
-    assert "vecflow[all]" in extras["test"]
+    assert "vecflow[all,postgres]" in extras["test"]  # the suite runs every backend and both ledgers
+    assert {Requirement(line).name for line in extras["postgres"]} == {"psycopg"}
 
 
 def pip_extras(command: str) -> set[str]:

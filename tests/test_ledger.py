@@ -1,14 +1,13 @@
-"""The ledger file: its format version, foreign and broken files, concurrent creation, fencing."""
+"""The SQLite ledger file: its format version, foreign and broken files (the rules every ledger
+database keeps are in test_ledger_contract.py)."""
 
 from __future__ import annotations
 
-import multiprocessing
 import sqlite3
-import time
 
 import pytest
 
-from vecflow.errors import LedgerError, LockError
+from vecflow.errors import LedgerError
 from vecflow.runtime.ledger import LEDGER_FORMAT, Ledger, Owner
 
 # The tables vecflow 0.1 wrote before the ledger had a format version (format 1).
@@ -75,72 +74,6 @@ def test_a_directory_where_the_ledger_should_be_is_refused(tmp_path):
     (tmp_path / "ledger.db").mkdir()
     with pytest.raises(LedgerError, match="it is a directory"):
         Ledger(tmp_path / "ledger.db")
-
-
-def _open_and_take_lease(path: str, start: float, results) -> None:
-    while time.time() < start:
-        time.sleep(0.001)
-    try:
-        ledger = Ledger(path)
-        owner = Owner.current()
-        try:
-            ledger.acquire_lease(owner, 60)
-            results.put("lease")
-            while time.time() < start + 6:  # hold it while the others try (a dead holder is taken over)
-                time.sleep(0.05)
-        except LockError:
-            results.put("refused")
-    except Exception as exc:  # noqa: BLE001 (the test reports what escaped)
-        results.put(f"{type(exc).__name__}: {exc}")
-
-
-def test_runners_creating_the_ledger_together_do_not_crash(tmp_path):
-    context = multiprocessing.get_context("spawn")
-    for round_ in range(3):
-        path = tmp_path / f"ledger{round_}.db"
-        results = context.Queue()
-        start = time.time() + 1.5
-        workers = [context.Process(target=_open_and_take_lease, args=(str(path), start, results)) for _ in range(4)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join(60)
-        outcomes = sorted(results.get(timeout=5) for _ in workers)
-        # Exactly one runner holds the lease; the others are refused by the lock, not by SQLite.
-        assert outcomes == ["lease", "refused", "refused", "refused"], outcomes
-
-
-def test_every_takeover_grows_the_fence_and_the_old_holder_writes_nothing(tmp_path):
-    path = tmp_path / "ledger.db"
-    first, second = Ledger(path), Ledger(path)
-    alice, bob = Owner.current(), Owner("bob", "elsewhere", 1, "bob-token")
-    first.acquire_lease(alice, lease_seconds=0.2)
-    attempt = first.begin_attempt("r1", "upgrade", alice, "sum")
-    first.start_step(attempt, 0, "set_field", "set_field docs", {}, None)
-    assert first.lease_holder()["fence"] == 1
-    time.sleep(0.3)  # alice is paused past her lease...
-    second.acquire_lease(bob, lease_seconds=60)  # ...and bob takes it over
-    assert second.lease_holder()["fence"] == 2
-    second.checkpoint(attempt, 0, '{"scan": "bob"}', 40)
-    for write in (lambda: first.checkpoint(attempt, 0, '{"scan": "alice"}', 20),
-                  lambda: first.finish_attempt(attempt, "failed", "alice gave up"),
-                  lambda: first.mark_applied("r1", "sum", "r1.py"),
-                  first.check_lease):
-        with pytest.raises(LockError, match="lost the migration lease .*bob@elsewhere"):
-            write()
-    row = second.step(attempt, 0)
-    assert (row["cursor"], row["rows_done"]) == ('{"scan": "bob"}', 40)
-    assert second.attempt(attempt)["outcome"] == "running" and second.applied() == {}
-
-
-def test_a_paused_holder_nobody_replaced_renews_and_goes_on(tmp_path):
-    ledger = Ledger(tmp_path / "ledger.db")
-    owner = Owner.current()
-    ledger.acquire_lease(owner, lease_seconds=0.2)
-    time.sleep(0.3)
-    ledger.check_lease()  # still ours: renewed, not lost
-    assert ledger.lease_holder()["expires_at"] > time.time() + 0.1
-    assert ledger.lease_holder()["fence"] == 1
 
 
 def test_the_snapshot_file_carries_a_format_version_and_refuses_newer_or_broken_files(tmp_path):

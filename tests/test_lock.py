@@ -1,19 +1,14 @@
-"""The ledger lease: one runner at a time, stale leases are taken over."""
+"""The ledger lease through the CLI: a second runner is refused while the first holds it (the
+lease rules on every ledger database are in test_ledger_contract.py)."""
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
 import sys
 import time
-from dataclasses import replace
-
-import pytest
 
 from tests.project import Project
-from vecflow.errors import LockError
-from vecflow.runtime.ledger import Ledger, Owner
 
 
 def test_second_runner_is_refused_while_the_first_holds_the_lock(tmp_path):
@@ -40,29 +35,3 @@ def test_second_runner_is_refused_while_the_first_holds_the_lock(tmp_path):
     assert f"{user}@{host} (pid {first.pid})" in second.stderr and pid == first.pid
     assert "lock" in second.stderr and len(second.stderr.strip().splitlines()) == 1
     assert project.cli("current").stdout.split()[0] == "r1"
-
-
-def test_live_lease_refuses_expired_lease_is_taken_over(tmp_path):
-    ledger = Ledger(tmp_path / "ledger.db")
-    alice = replace(Owner.current(), user="alice")
-    ledger.acquire_lease(alice, lease_seconds=60)
-    bob = replace(Owner.current(), user="bob")
-    with pytest.raises(LockError, match=r"alice@.* \(pid \d+\)"):
-        ledger.acquire_lease(bob, lease_seconds=60)
-    ledger.db.execute("UPDATE lease SET expires_at = ?", [time.time() - 1])
-    ledger.acquire_lease(bob, lease_seconds=60)
-    assert ledger.lease_holder()["user"] == "bob"
-    with pytest.raises(LockError, match="lost the migration lease"):
-        ledger.heartbeat(alice, 60)
-    ledger.release_lease(bob)
-    assert ledger.lease_holder() is None
-
-
-def test_lease_of_a_dead_process_on_this_host_is_taken_over(tmp_path):
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    ledger = Ledger(tmp_path / "ledger.db")
-    ledger.acquire_lease(replace(Owner.current(), pid=dead.pid, user="ghost"), lease_seconds=3600)
-    me = Owner.current()
-    ledger.acquire_lease(me, lease_seconds=60)
-    assert ledger.lease_holder()["pid"] == os.getpid()

@@ -21,6 +21,7 @@ COMMANDS: list[Callable[..., Any]] = [
     command.init, command.revision, command.merge, command.upgrade, command.downgrade, command.current,
     command.history, command.heads, command.branches, command.show, command.stamp, command.check,
     command.inspect, command.export, command.import_, command.snapshots, command.list_templates, command.edit,
+    command.ledger,
 ]
 
 # Other spellings a command accepts: Alembic spells it list_templates, vecflow's options use dashes.
@@ -62,6 +63,9 @@ PARAMETERS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "collection": ((), {"metavar": "STORE:COLLECTION",
                         "help": "the collection: store:collection, or a collection of the default store"}),
     "path": ((), {"metavar": "PATH", "help": "the export folder (a VDF folder, or VDF_FOLDER/INDEX, for import)"}),
+    "operation": ((), {"choices": ["copy"], "help": "copy: copy the history from SOURCE_URL to TARGET_URL"}),
+    "source_url": ((), {"metavar": "SOURCE_URL", "help": "the ledger to copy from (a ledger.db path or a URL)"}),
+    "target_url": ((), {"metavar": "TARGET_URL", "help": "the ledger to copy to (postgresql://...)"}),
     "file_format": (("--format",), {"choices": ["parquet", "vdf", "jsonl"],
                                     "help": "file format: parquet, vdf (vector-io) or jsonl (default: parquet)"}),
 }

@@ -16,6 +16,7 @@ from vecflow.backends import backend_class
 from vecflow.config import DEFAULT_CONFIG_NAME, Config, StoreConfig
 from vecflow.editor import find_editor, open_in_editor
 from vecflow.errors import (
+    BackendError,
     CollectionNotFoundError,
     ConfigError,
     LedgerError,
@@ -42,7 +43,9 @@ from vecflow.report import (
     unfinished_info,
     unfinished_line,
 )
+from vecflow.runtime import markers
 from vecflow.runtime.ledger import DONE, FAILED, Ledger, Owner
+from vecflow.runtime.ledger_copy import copy_ledger
 from vecflow.runtime.runner import DOWNGRADE, UPGRADE, Runner
 from vecflow.runtime.snapshots import SnapshotStore
 from vecflow.runtime.stores import Stores
@@ -76,7 +79,12 @@ def open_runner(config: Config, out: Out = print) -> Iterator[Runner]:
     """Open the script directory, ledger, snapshot store and stores of a project; close them after."""
     scripts = ScriptDirectory.of(config)
     ledger = Ledger(config.ledger)
-    snapshots = SnapshotStore(config.ledger.parent / "snapshots.db")
+    moved_to = ledger.moved_to
+    if moved_to:
+        ledger.close()
+        raise LedgerError(f"ledger {config.ledger} was copied to {moved_to} (vecflow ledger copy); point "
+                          f"`ledger =` in {config.config_file.name} at it")
+    snapshots = SnapshotStore(config.beside_ledger("snapshots.db"))
     stores = Stores(config, out=out)
     try:
         yield Runner(config, scripts, ledger, snapshots, stores, out)
@@ -291,6 +299,24 @@ def stamp(config: Config, revisions: str | Sequence[str], purge: bool = False, o
                 runner.ledger.mark_applied(rev.revision, rev.script.checksum, rev.path or "")
                 runner.ledger.record_stamp(rev.revision, UPGRADE, owner, rev.script.checksum)
                 out(f"Stamped up: {rev.revision}")
+            _adopt_marked_stores(runner, out)
+
+
+def _adopt_marked_stores(runner: Runner, out: Out) -> None:
+    """After a stamp: every configured store that carries a marker names this ledger at its new
+    heads (a store marked by another ledger is adopted). A store that cannot be reached keeps
+    its marker, with a warning."""
+    for name in sorted(runner.config.stores):
+        try:
+            marker = markers.read(runner.stores.backend(name), name)
+            if marker is None:
+                continue
+            runner.mark_stores({name})
+        except (BackendError, ConfigError) as exc:
+            out(f"warning: store {name!r} keeps its marker: {exc}")
+            continue
+        if marker["ledger"] != runner.ledger.identity:
+            out(f"Adopted store {name!r} into this ledger (its marker named {marker.get('where', '?')})")
 
 
 def edit(config: Config, revision: str = "head", out: Out = print) -> list[Path]:
@@ -300,7 +326,8 @@ def edit(config: Config, revision: str = "head", out: Out = print) -> list[Path]
     identifier works (current, heads, -1: several revisions open one after the other)."""
     graph = ScriptDirectory.of(config).revision_map
     applied: set[str] = set()
-    if config.ledger.exists():  # `current` and relative steps need the ledger; never create one here
+    # `current` and relative steps need the ledger; never create one here (a shared one always exists).
+    if config.shared_ledger or config.ledger.exists():
         ledger = Ledger(config.ledger)
         try:
             applied = {r for r in ledger.applied() if r in graph}
@@ -320,7 +347,8 @@ def edit(config: Config, revision: str = "head", out: Out = print) -> list[Path]
 def inspect(config: Config, target: str = "", as_json: bool = False, out: Out = print) -> dict:
     """Show a store's collections as their application wrote them: count, dimension, metric, the
     detected layout and why, where the text lives, id kinds, and metadata fields with types, fill
-    rate and an example (STORE, STORE:COLLECTION, or nothing for the default store). Read-only."""
+    rate and an example (STORE, STORE:COLLECTION, or nothing for the default store), and the
+    store's vecflow marker (which ledger migrates it, at which heads). Read-only."""
     store, _, collection = (target or config.default_store).partition(":")
     stores = Stores(config)
     try:
@@ -328,6 +356,7 @@ def inspect(config: Config, target: str = "", as_json: bool = False, out: Out = 
         if collection and not backend.has_collection(collection):
             raise CollectionNotFoundError(f"store {store!r} has no collection {collection!r}")
         report = inspect_store(backend, collection or None)
+        report["marker"] = markers.read(backend, store or config.default_store)
     finally:
         stores.close()
     _report(out, as_json, "inspect", report, format_report(report))
@@ -392,7 +421,7 @@ def snapshots(config: Config, action: str = "list", out: Out = print) -> list[di
                 before = runner.snapshots.file_bytes()
                 runner.snapshots.remove([row["name"] for row in unneeded])
                 out(f"Pruned {len(unneeded)} snapshot(s) ({sum(r['rows'] for r in unneeded)} rows); "
-                    f"snapshots.db {_megabytes(before)} -> {_megabytes(runner.snapshots.file_bytes())}")
+                    f"{runner.snapshots.label} {_megabytes(before)} -> {_megabytes(runner.snapshots.file_bytes())}")
             return [row for row in listing if row["needed"]]
         for row in listing:
             use = "needed" if row["needed"] else "not needed"
@@ -400,6 +429,23 @@ def snapshots(config: Config, action: str = "list", out: Out = print) -> list[di
         if not listing:
             out("no snapshots")
         return listing
+
+
+def ledger(operation: str, source_url: str, target_url: str, out: Out = print) -> dict[str, int]:
+    """Copy a project's history (applied set, attempts, steps, snapshots, vecflow's state and the
+    ledger's identity) from one ledger to another, typically its SQLite file to a shared
+    PostgreSQL database. Verified (row counts and digests of every table) and resumable (run the
+    same command again); the source is then marked as moved, so a project still pointed at it
+    is refused."""
+    counts = copy_ledger(source_url, target_url, out)
+    if not counts:
+        return counts
+    snapshot_rows = sum(rows for name, rows in counts.items() if name.startswith("snap_"))
+    out(f"Copied and verified: {counts['applied']} applied, {counts['attempts']} attempts, {counts['steps']} steps, "
+        f"{counts['snapshots']} snapshots ({snapshot_rows} rows), "
+        f"{counts['record_state'] + counts['collection_state']} state entries")
+    out(f"Now set `ledger = {target_url}` in vecflow.ini (a ${{VAR}} keeps a password out of it)")
+    return counts
 
 
 def _megabytes(size: int) -> str:

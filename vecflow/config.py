@@ -2,6 +2,8 @@
 
 Precedence, lowest first: the file, VECFLOW_* environment variables, then -x key=value.
 Values may use %(here)s (the folder holding vecflow.ini) and ${ENV_VAR} (for secrets).
+`ledger` is a SQLite path or a PostgreSQL URL (postgresql://user:${PGPASSWORD}@host/db), which
+a team shares (docs/team.md).
 
     [vecflow]
     script_location = %(here)s/versions
@@ -29,6 +31,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from vecflow.database import is_database_url, split_schema
 from vecflow.errors import ConfigError
 
 DEFAULT_CONFIG_NAME = "vecflow.ini"
@@ -57,7 +60,7 @@ class Config(BaseModel):
     config_file: Path
     here: Path
     script_location: Path
-    ledger: Path
+    ledger: Path | str  # a SQLite file, or a postgresql:// URL
     batch_size: int = Field(500, ge=1, le=1_000_000)
     default_store: str = "main"
     lock_lease_seconds: float = Field(60.0, gt=0, allow_inf_nan=False)
@@ -74,7 +77,26 @@ class Config(BaseModel):
     def _expand_user(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():
             raise ValueError("must not be empty")
+        if is_database_url(value):
+            try:
+                split_schema(value.strip())
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+            return value.strip()
         return Path(value).expanduser() if isinstance(value, str) else value
+
+    @property
+    def shared_ledger(self) -> bool:
+        """The ledger is a PostgreSQL database (shared by every machine that points at it)."""
+        return isinstance(self.ledger, str)
+
+    def beside_ledger(self, name: str) -> Path | str:
+        """Where vecflow keeps one of its own files (`snapshots.db`, `state.db`): beside a SQLite
+        ledger, or in the PostgreSQL ledger's database (its URL), so that every machine sharing
+        the ledger also shares the snapshots and state a downgrade needs."""
+        if isinstance(self.ledger, str):
+            return self.ledger
+        return self.ledger.parent / name
 
     def store(self, name: str | None = None) -> StoreConfig:
         name = name or self.default_store
@@ -193,7 +215,7 @@ def load_config(
         key = ".".join(str(p) for p in err["loc"])
         raise ConfigError(f"{origins.get(key, f'{path.name} [{main_section}] {key}')}: {err['msg']}") from exc
     for option, folder in (("script_location", config.script_location), ("ledger", config.ledger)):
-        if not folder.is_absolute():
+        if isinstance(folder, Path) and not folder.is_absolute():
             setattr(config, option, (here / folder).resolve())
     return config
 

@@ -67,6 +67,10 @@ def format_report(report: dict[str, Any]) -> list[str]:
         for key, field in c["fields"].items():
             types = "/".join(sorted(field["types"]))
             lines.append(f"  field {key}: {types}, {field['fill_rate']:.0%} filled, e.g. {field['example']}")
+    marker = report.get("marker")
+    if marker:
+        lines.append(f"marker: ledger {marker['ledger']} ({marker.get('where', '?')}), at "
+                     f"{', '.join(marker.get('heads') or []) or 'base'}")
     return lines
 
 

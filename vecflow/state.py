@@ -15,44 +15,51 @@ A scope is `backend|location|collection`, so two stores never share entries. Eve
 advisory: readers check that the stored data still matches what the entry was recorded for (a
 vector hash, the stored string), so an application that rewrote a record since simply wins.
 
-The file is SQLite (`state.db` next to the ledger); `VecflowState.in_memory()` is for adapters
-opened without a project (tests, one-off scripts): exact within the process only.
+The file is SQLite (`state.db` next to the ledger), or, with a PostgreSQL ledger, two tables in
+the ledger's database (vecflow/database.py), so every machine sharing the ledger reads the same
+entries. `VecflowState.in_memory()` is for adapters opened without a project (tests, one-off
+scripts): exact within the process only.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS record_state (
-    scope TEXT NOT NULL, kind TEXT NOT NULL, id TEXT NOT NULL, value BLOB NOT NULL,
-    PRIMARY KEY (scope, kind, id)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS collection_state (
-    scope TEXT NOT NULL, kind TEXT NOT NULL, value TEXT NOT NULL,
-    PRIMARY KEY (scope, kind)) WITHOUT ROWID;
-"""
+from vecflow.database import Database, SQLiteDatabase, is_database_url, open_database, upsert_sql
+
+_TABLES = {
+    "record_state": ({"scope": "TEXT NOT NULL", "kind": "TEXT NOT NULL", "id": "TEXT NOT NULL",
+                      "value": "BLOB NOT NULL"}, "PRIMARY KEY (scope, kind, id)"),
+    "collection_state": ({"scope": "TEXT NOT NULL", "kind": "TEXT NOT NULL", "value": "TEXT NOT NULL"},
+                         "PRIMARY KEY (scope, kind)"),
+}
+_PUT_RECORD = upsert_sql("record_state", ("scope", "kind", "id", "value"), ("scope", "kind", "id"))
+_PUT_COLLECTION = upsert_sql("collection_state", ("scope", "kind", "value"), ("scope", "kind"))
 _CHUNK = 500  # ids per IN (...) query, below SQLite's variable limit
 
 
 class VecflowState:
     """Record and collection entries by scope; every write is durable when the call returns."""
 
-    def __init__(self, path: str | Path | None) -> None:
-        self.path = None if path is None else Path(path)
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(":memory:" if self.path is None else str(self.path),
-                                     isolation_level=None, check_same_thread=False, timeout=30)
+    def __init__(self, location: str | Path | None) -> None:
+        """location: a SQLite path, a `postgresql://` URL (the ledger's), or None (in memory)."""
+        self.path = None if location is None or is_database_url(location) else Path(location)
+        self._db = open_database(location, "state")
         self._lock = threading.Lock()
-        if self.path is not None:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.executescript(_SCHEMA)
+        if isinstance(self._db, SQLiteDatabase):
+            self._db.durable()
+        with self._db.transaction(lock=True):  # two runners creating the tables at once wait in turn
+            for table, (columns, key) in _TABLES.items():
+                self._db.create_table(table, columns, key, compact=True)
+
+    @property
+    def db(self) -> Database:
+        """The database the entries are in (`vecflow ledger copy` reads and writes its tables)."""
+        return self._db
 
     @classmethod
     def in_memory(cls) -> VecflowState:
@@ -68,10 +75,10 @@ class VecflowState:
             for lo in range(0, len(wanted), _CHUNK):
                 chunk = wanted[lo:lo + _CHUNK]
                 marks = ",".join("?" * len(chunk))
-                rows = self._conn.execute(
+                rows = self._db.execute(
                     f"SELECT id, value FROM record_state WHERE scope=? AND kind=? AND id IN ({marks})",
                     (scope, kind, *chunk))
-                found.update((rid, bytes(value)) for rid, value in rows)
+                found.update((rid, bytes(value)) for rid, value in rows.fetchall())
         return found
 
     def put_records(self, scope: str, kind: str, values: dict[str, bytes | None]) -> None:
@@ -83,28 +90,28 @@ class VecflowState:
         with self._lock, self._transaction():
             if drop:
                 # Bound ids, not json_each (which cuts a string at a NUL character).
-                self._conn.executemany("DELETE FROM record_state WHERE scope=? AND kind=? AND id=?",
+                self._db.executemany("DELETE FROM record_state WHERE scope=? AND kind=? AND id=?",
                                        [(scope, kind, rid) for rid in drop])
             if keep:
-                self._conn.executemany("INSERT OR REPLACE INTO record_state VALUES (?, ?, ?, ?)", keep)
+                self._db.executemany(_PUT_RECORD, keep)
 
     def forget_records(self, scope: str, ids: Iterable[str]) -> None:
         """Remove every kind of entry for these ids (the records were deleted)."""
         rows = [(scope, rid) for rid in dict.fromkeys(ids)]
         if rows:
             with self._lock, self._transaction():
-                self._conn.executemany("DELETE FROM record_state WHERE scope=? AND id=?", rows)
+                self._db.executemany("DELETE FROM record_state WHERE scope=? AND id=?", rows)
 
     def all_records(self, scope: str, kind: str) -> dict[str, bytes]:
         """Every entry of this kind in the scope (for kinds that stay small, like write intents)."""
         with self._lock:
-            rows = self._conn.execute("SELECT id, value FROM record_state WHERE scope=? AND kind=?",
+            rows = self._db.execute("SELECT id, value FROM record_state WHERE scope=? AND kind=?",
                                       (scope, kind)).fetchall()
         return {rid: bytes(value) for rid, value in rows}
 
     def has_records(self, scope: str, kind: str) -> bool:
         with self._lock:
-            row = self._conn.execute("SELECT 1 FROM record_state WHERE scope=? AND kind=? LIMIT 1",
+            row = self._db.execute("SELECT 1 FROM record_state WHERE scope=? AND kind=? LIMIT 1",
                                      (scope, kind)).fetchone()
         return row is not None
 
@@ -113,7 +120,7 @@ class VecflowState:
     def get_collection(self, scope: str, kind: str) -> Any:
         """The JSON value of a collection entry, or None."""
         with self._lock:
-            row = self._conn.execute("SELECT value FROM collection_state WHERE scope=? AND kind=?",
+            row = self._db.execute("SELECT value FROM collection_state WHERE scope=? AND kind=?",
                                      (scope, kind)).fetchone()
         return None if row is None else json.loads(row[0])
 
@@ -121,25 +128,24 @@ class VecflowState:
         """Set a collection entry (a JSON value); None removes it."""
         with self._lock, self._transaction():
             if value is None:
-                self._conn.execute("DELETE FROM collection_state WHERE scope=? AND kind=?", (scope, kind))
+                self._db.execute("DELETE FROM collection_state WHERE scope=? AND kind=?", (scope, kind))
             else:
-                self._conn.execute("INSERT OR REPLACE INTO collection_state VALUES (?, ?, ?)",
-                                   (scope, kind, json.dumps(value, sort_keys=True)))
+                self._db.execute(_PUT_COLLECTION, (scope, kind, json.dumps(value, sort_keys=True)))
 
     # whole scopes ------------------------------------------------------------------------------
 
     def drop_scope(self, scope: str) -> None:
         """Forget a collection (it was dropped)."""
         with self._lock, self._transaction():
-            self._conn.execute("DELETE FROM record_state WHERE scope=?", (scope,))
-            self._conn.execute("DELETE FROM collection_state WHERE scope=?", (scope,))
+            self._db.execute("DELETE FROM record_state WHERE scope=?", (scope,))
+            self._db.execute("DELETE FROM collection_state WHERE scope=?", (scope,))
 
     def rename_scope(self, old: str, new: str) -> None:
         """Move a collection's entries to its new name (a native rename)."""
         with self._lock, self._transaction():
             for table in ("record_state", "collection_state"):
-                self._conn.execute(f"DELETE FROM {table} WHERE scope=?", (new,))
-                self._conn.execute(f"UPDATE {table} SET scope=? WHERE scope=?", (new, old))
+                self._db.execute(f"DELETE FROM {table} WHERE scope=?", (new,))
+                self._db.execute(f"UPDATE {table} SET scope=? WHERE scope=?", (new, old))
 
     def copy_scope(self, old: str, new: str) -> None:
         """Make a collection's entries those of `old` as well (replacing any of `new`'s).
@@ -147,27 +153,16 @@ class VecflowState:
         Adapters call it just before a native rename: a kill after the store renamed and before
         rename_scope moved the entries then finds them under the new name already."""
         with self._lock, self._transaction():
-            self._conn.execute("DELETE FROM record_state WHERE scope=?", (new,))
-            self._conn.execute("INSERT INTO record_state SELECT ?, kind, id, value FROM record_state "
+            self._db.execute("DELETE FROM record_state WHERE scope=?", (new,))
+            self._db.execute("INSERT INTO record_state SELECT ?, kind, id, value FROM record_state "
                                "WHERE scope=?", (new, old))
-            self._conn.execute("DELETE FROM collection_state WHERE scope=?", (new,))
-            self._conn.execute("INSERT INTO collection_state SELECT ?, kind, value FROM collection_state "
+            self._db.execute("DELETE FROM collection_state WHERE scope=?", (new,))
+            self._db.execute("INSERT INTO collection_state SELECT ?, kind, value FROM collection_state "
                                "WHERE scope=?", (new, old))
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            self._db.close()
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._conn)
-
-
-class _Transaction:
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-
-    def __enter__(self) -> None:
-        self._conn.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, kind: Any, *_: Any) -> None:
-        self._conn.execute("COMMIT" if kind is None else "ROLLBACK")
+    def _transaction(self) -> Any:
+        return self._db.transaction(lock=True)

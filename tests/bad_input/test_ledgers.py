@@ -189,10 +189,11 @@ def test_a_damaged_state_file_is_refused_in_one_line(project):
     project.fails("upgrade", "head", expect="state")
 
 
-def test_an_emptied_ledger_makes_the_rerun_refuse_to_create_what_exists(project):
+def test_an_emptied_ledger_is_another_ledger_which_the_store_marker_refuses_before_any_write(project):
     project.ledger.write_bytes(b"")
-    project.fails("upgrade", "head", expect="already exists", unchanged=False)
-    assert project.applied() == set() and project.attempts("a0") == ["failed"]
+    project.fails("upgrade", "head", expect=("store 'main' is migrated by another ledger", "vecflow stamp"),
+                  unchanged=False)
+    assert project.applied() == set() and project.attempts("a0") == []
     assert project.data_records()["r3"] == {"n": 3, "tag": "x"}
 
 

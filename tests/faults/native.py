@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from vecflow.backends.qdrant import MARKER_COLLECTION
 from vecflow.config import StoreConfig, load_config
 
 Contents = dict[str, dict[str, dict[str, Any]]]
@@ -97,6 +98,8 @@ def read_qdrant(options: dict[str, str]) -> dict[str, Any]:
     try:
         out = {}
         for described in client.get_collections().collections:
+            if described.name == MARKER_COLLECTION:  # vecflow's marker: which ledger, not the application's
+                continue
             records, offset = {}, None
             while True:
                 points, offset = client.scroll(described.name, limit=1000, offset=offset, with_payload=True,

@@ -395,6 +395,26 @@ class Backend(ABC):
         the --dry-run coercion report). Empty when everything is stored as is."""
         return {}
 
+    # the store's marker --------------------------------------------------------------------------
+
+    def read_marker(self) -> str | None:
+        """The marker text vecflow keeps in this store, outside every collection and record (it
+        names the ledger that migrates the store: runtime/markers.py), or None."""
+        return self._retried("read the vecflow marker", self._read_marker)
+
+    def write_marker(self, text: str) -> None:
+        """Replace the store's marker (a small JSON text); durable on return."""
+        self._before_write()
+        self._retried("write the vecflow marker", lambda: self._write_marker(text))
+
+    def _read_marker(self) -> str | None:
+        """Adapters keep the marker where the application does not list it (docs/team.md#markers).
+        The default: a store with no such place, which is never marked (nor checked)."""
+        return None
+
+    def _write_marker(self, text: str) -> None:  # noqa: B027 (optional: see _read_marker)
+        """Write the marker (see _read_marker)."""
+
     def close(self) -> None:  # noqa: B027 (optional hook: most adapters need no cleanup)
         """Release connections and files; the instance is unusable afterwards. Safe to call twice."""
 

@@ -36,7 +36,7 @@ from vecflow.backends import chroma_order as order
 from vecflow.backends import chroma_values as values
 from vecflow.backends import exact, journal
 from vecflow.backends.base import Backend, CollectionInfo, Hit, NativePage
-from vecflow.backends.chroma_connect import FAILURES, connect, damage
+from vecflow.backends.chroma_connect import FAILURES, connect, damage, read_marker, write_marker
 from vecflow.backends.helpers import one_line
 from vecflow.batch import Batch
 from vecflow.errors import (
@@ -400,6 +400,14 @@ class ChromaBackend(Backend):
                 for row_ids, distances in zip(result["ids"], result["distances"] or []):
                     hits.append([(rid, float(1.0 - d if metric == "ip" else d)) for rid, d in zip(row_ids, distances)])
         return hits
+
+    def _read_marker(self) -> str | None:
+        with self._errors("reading the vecflow marker"):
+            return read_marker(self._api)
+
+    def _write_marker(self, text: str) -> None:
+        with self._errors("writing the vecflow marker"):
+            write_marker(self._api, text)
 
     # internals -------------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ it when it first uses a collection and stops with `DamagedStoreError`, which is 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any
 from urllib.parse import urlparse
@@ -107,3 +108,49 @@ def _parse_headers(headers: dict[str, str] | str | None) -> dict[str, str] | Non
     if any(len(pair) != 2 for pair in pairs):
         raise ConfigError("chroma store: write headers as 'Name: value' lines, one per line")
     return {name.strip(): value.strip() for name, value in pairs}
+
+
+# vecflow's store marker (runtime/markers.py) lives in a Chroma database of its own in the store's
+# tenant, so the application's client, bound to its database, never lists it: one collection per
+# marked database, the text in that collection's metadata.
+MARKER_DATABASE = "vecflow"
+_MARKER_KEY = "vecflow_marker"
+
+
+def _marker_client(client: Any, create: bool) -> Any | None:
+    tenant = client.tenant
+    admin = chromadb.AdminClient(client.get_settings())
+    try:
+        admin.get_database(MARKER_DATABASE, tenant=tenant)
+    except ChromaError:
+        if not create:
+            return None
+        try:
+            admin.create_database(MARKER_DATABASE, tenant=tenant)
+        except ChromaError:  # another runner created it a moment ago
+            admin.get_database(MARKER_DATABASE, tenant=tenant)
+    return chromadb.Client(client.get_settings(), tenant=tenant, database=MARKER_DATABASE)
+
+
+def _marker_collection(client: Any) -> str:
+    return "db-" + hashlib.sha256(client.database.encode()).hexdigest()[:24]
+
+
+def read_marker(client: Any) -> str | None:
+    marker = _marker_client(client, create=False)
+    if marker is None:
+        return None
+    try:
+        found = [c for c in marker.list_collections() if c.name == _marker_collection(client)]
+        return (found[0].metadata or {}).get(_MARKER_KEY) if found else None
+    finally:
+        marker.close()
+
+
+def write_marker(client: Any, text: str) -> None:
+    marker = _marker_client(client, create=True)
+    try:
+        collection = marker.get_or_create_collection(_marker_collection(client), embedding_function=None)
+        collection.modify(metadata={_MARKER_KEY: text})
+    finally:
+        marker.close()

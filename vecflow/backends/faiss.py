@@ -47,7 +47,14 @@ from vecflow.backends.faiss_langchain import (
     is_folder,
     load_folder,
 )
-from vecflow.backends.helpers import fsync_directory, json_default, option_bool, rows_by_ids
+from vecflow.backends.helpers import (
+    fsync_directory,
+    json_default,
+    option_bool,
+    read_marker_file,
+    rows_by_ids,
+    write_marker_file,
+)
 from vecflow.batch import Batch
 from vecflow.errors import (
     BackendError,
@@ -180,6 +187,12 @@ class FaissBackend(Backend):
         if files is None:
             return f"the {SIDECAR} sidecar's document column"
         return f"Document.page_content in {files[1].name} (LangChain's pickled docstore)"
+
+    def _read_marker(self) -> str | None:
+        return read_marker_file(self.root)
+
+    def _write_marker(self, text: str) -> None:
+        write_marker_file(self.root, text)
 
     # collections ---------------------------------------------------------------------------
 

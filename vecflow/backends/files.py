@@ -38,7 +38,7 @@ from vecflow.backends import files_folder as folder_io
 from vecflow.backends.base import Backend, CollectionInfo, Hit
 from vecflow.backends.files_folder import MANIFEST, NOT_PROVIDED, VDF_META, Part, View, vdf_entries
 from vecflow.backends.files_formats import CODECS
-from vecflow.backends.helpers import fsync_directory, one_line, rows_by_ids
+from vecflow.backends.helpers import fsync_directory, one_line, read_marker_file, rows_by_ids, write_marker_file
 from vecflow.batch import Batch
 from vecflow.errors import (
     BackendError,
@@ -105,6 +105,12 @@ class FilesBackend(Backend):
         for name in list(self._views):
             self._forget(name)
         self._last_group = None
+
+    def _read_marker(self) -> str | None:
+        return read_marker_file(self.root)
+
+    def _write_marker(self, text: str) -> None:
+        write_marker_file(self.root, text)
 
     # collections ---------------------------------------------------------------------------------
 

@@ -64,6 +64,29 @@ def fsync_directory(path: Path) -> None:
         os.close(fd)
 
 
+# vecflow's store marker (runtime/markers.py) in a store that is a folder: a hidden file beside
+# the collections' folders, which neither vecflow nor the frameworks list as a collection.
+MARKER_FILE = ".vecflow-marker.json"
+
+
+def read_marker_file(root: Path) -> str | None:
+    try:
+        return (root / MARKER_FILE).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+
+
+def write_marker_file(root: Path, text: str) -> None:
+    """Write, fsync, rename: a kill leaves the old marker or the new one."""
+    staging = root / f"{MARKER_FILE}.{os.getpid()}.tmp"
+    with open(staging, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(staging, root / MARKER_FILE)
+    fsync_directory(root)
+
+
 def rows_by_ids(conn: Any, select: str, ids: list[str], chunk: int = 500) -> Iterator[tuple]:
     """The rows of `select`, a query ending in `IN`, for these ids: bound parameters in chunks
     below SQLite's variable limit. Not json_each, which cuts a string at its first NUL character

@@ -72,6 +72,9 @@ def _parse_number(option: str, value: Any, kind: type, low: float, high: float) 
 
 
 
+MARKER_COLLECTION = "vecflow-marker"
+
+
 class QdrantBackend(Backend):
     """A Qdrant store: `url` (and `api_key`) for a server, or `path` for local mode.
     `vector_name` names the dense vector that holds the records' vectors where a collection has
@@ -164,10 +167,28 @@ class QdrantBackend(Backend):
         if self._local is not None:
             self._local.order.forget(name)
 
+    # the store marker: Qdrant has nothing beside its collections, so it is a collection of its own
+    # (one point, the text in its payload), which vecflow does not list among the store's.
+
+    def _read_marker(self) -> str | None:
+        if not self._call("look up", MARKER_COLLECTION, self.client.collection_exists, MARKER_COLLECTION):
+            return None
+        points = self._call("read", MARKER_COLLECTION, self.client.retrieve, MARKER_COLLECTION, [0],
+                            with_payload=True)
+        return str(points[0].payload.get("marker")) if points and points[0].payload else None
+
+    def _write_marker(self, text: str) -> None:
+        if not self._call("look up", MARKER_COLLECTION, self.client.collection_exists, MARKER_COLLECTION):
+            self._call(f"create collection {MARKER_COLLECTION!r} in", None, self.client.create_collection,
+                       MARKER_COLLECTION, vectors_config=models.VectorParams(size=1, distance=models.Distance.DOT))
+        self._call("write to", MARKER_COLLECTION, self.client.upsert, MARKER_COLLECTION,
+                   [models.PointStruct(id=0, vector=[1.0], payload={"marker": text})], wait=True)
+
     # collections -------------------------------------------------------------------------------
 
     def _list_collections(self) -> list[str]:
-        return [c.name for c in self._call("list the collections of", None, self.client.get_collections).collections]
+        return [c.name for c in self._call("list the collections of", None, self.client.get_collections).collections
+                if c.name != MARKER_COLLECTION]
 
     def _has_collection(self, name: str) -> bool:
         return bool(self._call("look up", name, self.client.collection_exists, name))

@@ -73,6 +73,10 @@ def _translated(method: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
+# The key of vecflow's store marker, followed by the store's key prefix (runtime/markers.py).
+MARKER_KEY = "vecflow-marker:"
+
+
 class RedisBackend(Backend):
     """A Redis server (standalone; not cluster). Options come from vecflow.ini as strings.
 
@@ -303,6 +307,23 @@ class RedisBackend(Backend):
     def _sample(self, shape: Shape) -> list[dict[bytes, bytes]]:
         keys = first_keys(self._client, shape.prefix, DETECTION_SAMPLE)
         return [fields for fields in hashes(self._client, keys) if fields]
+
+    # the store marker: one hash outside the store's key prefix, with one field (a hash, so that an
+    # application reading every key with HGETALL reads it too; no index prefix of a collection
+    # covers it, so no framework lists it)
+
+    @property
+    def _marker_key(self) -> bytes:
+        return f"{MARKER_KEY}{self._key_prefix}".encode()
+
+    @_translated
+    def _read_marker(self) -> str | None:
+        value = self._client.hget(self._marker_key, "marker")
+        return None if value is None else value.decode("utf-8")
+
+    @_translated
+    def _write_marker(self, text: str) -> None:
+        self._client.hset(self._marker_key, "marker", text.encode("utf-8"))
 
     # collections -------------------------------------------------------------------------------
 

@@ -119,23 +119,28 @@ def _canonical_value(value: Any, version: int) -> Any:
     return str(value)
 
 
+# Values json encodes exactly as _canonical_value leaves them (version 2): a flat metadata dict
+# of these with text keys needs no canonical copy first.
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def canonical_metadata(metadata: dict[str, Any], version: int = VERSION) -> str:
-    return json.dumps(_canonical_value(metadata, version), sort_keys=True, ensure_ascii=False,
-                      separators=(",", ":"), allow_nan=True)
+    flat = version != LEGACY and all(type(k) is str and type(v) in _PLAIN for k, v in metadata.items())
+    return json.dumps(metadata if flat else _canonical_value(metadata, version), sort_keys=True,
+                      ensure_ascii=False, separators=(",", ":"), allow_nan=True)
 
 
 def record_hash(record_id: str, vector_bytes: bytes, document: str | None, metadata: dict[str, Any],
                 version: int = VERSION) -> int:
-    h = hashlib.blake2b(digest_size=16)
-    for part in (
+    parts = (
         record_id.encode("utf-8"),
         vector_bytes,
         b"\x00" if document is None else b"\x01" + document.encode("utf-8"),
         canonical_metadata(metadata, version).encode("utf-8"),
-    ):
-        h.update(len(part).to_bytes(8, "little"))
-        h.update(part)
-    return int.from_bytes(h.digest(), "little")
+    )
+    # Each part prefixed with its length (8 bytes, little-endian), hashed in one call.
+    framed = b"".join(len(part).to_bytes(8, "little") + part for part in parts)
+    return int.from_bytes(hashlib.blake2b(framed, digest_size=16).digest(), "little")
 
 
 def batch_digest(batch: Batch, include_vectors: bool = True, version: int = VERSION) -> Digest:

@@ -15,7 +15,7 @@ from datetime import datetime
 
 from vecflow.backends import Backend
 from vecflow.batch import Batch
-from vecflow.runtime.ledger import DONE, Ledger
+from vecflow.runtime.ledger import Ledger
 
 SAMPLE_SIZE = 1000
 
@@ -52,7 +52,7 @@ def count_matching(sampled: Sample, predicate: Callable[[str, dict, str | None],
 def rows_per_second(ledger: Ledger, op_name: str) -> float | None:
     """Mean throughput of the op's finished steps in this ledger (None without history)."""
     rows, seconds = 0, 0.0
-    for step in ledger.db["steps"].rows_where("op = ? AND status = ? AND rows_done > 0", [op_name, DONE]):
+    for step in ledger.finished_steps(op_name):
         try:
             took = (datetime.fromisoformat(step["finished_at"]) - datetime.fromisoformat(step["started_at"]))
         except (TypeError, ValueError):

@@ -26,6 +26,7 @@ from vecflow.errors import (
     VecflowError,
 )
 from vecflow.operations.base import Op, StepRecord
+from vecflow.runtime import markers
 from vecflow.runtime.context import DIGESTS_BEFORE, StepContext
 from vecflow.runtime.digest import VERSION as DIGEST_VERSION
 from vecflow.runtime.digest import Digest, DigestPair, collection_digests
@@ -33,7 +34,7 @@ from vecflow.runtime.digest import version_of as digest_version
 from vecflow.runtime.estimate import estimate_line, sample
 from vecflow.runtime.ledger import DONE, FAILED, ROLLBACK, RUNNING, Ledger, Owner
 from vecflow.runtime.snapshots import SnapshotStore, snapshot_name
-from vecflow.runtime.stores import Stores
+from vecflow.runtime.stores import Stores, split_ref
 from vecflow.script.directory import ScriptDirectory
 from vecflow.script.revision import Revision
 
@@ -281,11 +282,27 @@ class Runner:
     # execution -----------------------------------------------------------------------------------
 
     def check_plan(self, plan: list[PlannedRevision]) -> None:
-        """Before the first write: every step's stores are configured and reachable."""
+        """Before the first write: every step's stores are configured and reachable, and no store
+        it writes is marked as another ledger's (runtime/markers.py)."""
         for item in plan:
             for step in item.steps:
                 for ref in step.collections():
                     self.stores.resolve(ref)
+        for store in sorted({store for item in plan for store in self.written_stores(item)}):
+            markers.check(self.stores.backend(store), store, self.ledger)
+
+    def written_stores(self, item: PlannedRevision) -> set[str]:
+        """The stores a revision's steps write (a copy's source is only read)."""
+        default = self.config.default_store
+        return {split_ref(ref, default)[0] for step in item.steps
+                for ref in set(step.collections()) - set(step.read_only_collections())}
+
+    def mark_stores(self, stores: set[str]) -> None:
+        """Write each store's marker: this ledger, at its current heads."""
+        graph = self.scripts.revision_map
+        heads = graph.heads_of({r for r in self.ledger.applied() if r in graph})
+        for store in sorted(stores):
+            markers.write(self.stores.backend(store), self.ledger, heads)
 
     def run(self, plan: list[PlannedRevision], owner: Owner, verify: bool = True) -> None:
         """Execute a plan. The caller holds the lease, settled unfinished attempts and built the
@@ -330,6 +347,7 @@ class Runner:
         except VecflowError as exc:
             self.ledger.finish_attempt(attempt_id, FAILED, str(exc))
             raise
+        self.mark_stores(self.written_stores(item))
 
     def run_step(self, step: Op, index: int, total: int, attempt_id: int, owner: Owner, rev: Revision,
                   verify: bool) -> None:

@@ -42,9 +42,10 @@ class Stores:
 
     @property
     def state(self) -> VecflowState:
-        """vecflow's state for every store of the project: `state.db` beside the ledger."""
+        """vecflow's state for every store of the project: `state.db` beside the ledger (or in
+        the PostgreSQL ledger's database)."""
         if self._state is None:
-            self._state = VecflowState(self.config.ledger.parent / "state.db")
+            self._state = VecflowState(self.config.beside_ledger("state.db"))
         return self._state
 
     def backend(self, store: str | None = None) -> Backend:
