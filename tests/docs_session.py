@@ -11,7 +11,7 @@ A page is read in order:
   the command: it is started, SIGKILLed once a step of the running attempt has checkpointed rows,
   and what it printed is not compared.
 - In expected output, `…` stands for any text within a line; a line holding only `…` for any
-  number of lines; times such as `0.23 s` and ISO timestamps match any value.
+  number of lines; times such as `0.23 s`, ISO timestamps and UUIDs (ledger ids) match any value.
 
 Commands a reader types: `vecflow ...`, `cd DIR`, `python FILE.py`, `export NAME=VALUE` and
 `pip install ...`. `InProcess` runs vecflow through `vecflow.cli.main` (fast), `Subprocess` runs
@@ -29,6 +29,7 @@ import re
 import runpy
 import shlex
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -42,7 +43,8 @@ ELLIPSIS = "…"
 FILE_LABEL = re.compile(r"^`([^`\s]+)`:$")
 APPEND_LABEL = re.compile(r"^Append to `([^`\s]+)`:$")
 DURATION = re.compile(r"\d+\.\d+ s\b")
-TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?\+00:00")
+TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?\+00:00")
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 @dataclass
@@ -119,16 +121,14 @@ def expected_pattern(expected: list[str]) -> re.Pattern[str]:
             parts.append(r"(?:[^\n]*\n)*?")
             continue
         regex = ""
-        for piece in re.split(f"({re.escape(ELLIPSIS)}|{DURATION.pattern}|{TIMESTAMP.pattern})", line):
-            if piece is None or piece == "":
-                continue
+        for piece in re.split(f"({re.escape(ELLIPSIS)}|{DURATION.pattern}|{TIMESTAMP.pattern}|{UUID.pattern})", line):
             if piece == ELLIPSIS:
                 regex += r"[^\n]*?"
             elif DURATION.fullmatch(piece):
-                regex += r"\d+\.\d+ s\b"
-            elif TIMESTAMP.fullmatch(piece):
-                regex += TIMESTAMP.pattern
-            elif not re.fullmatch(r"\.\d+", piece):  # the fraction group of TIMESTAMP's split
+                regex += DURATION.pattern
+            elif TIMESTAMP.fullmatch(piece) or UUID.fullmatch(piece):
+                regex += (TIMESTAMP if TIMESTAMP.fullmatch(piece) else UUID).pattern
+            else:
                 regex += re.escape(piece)
         parts.append(regex + r"\n")
     return re.compile("".join(parts))
@@ -148,18 +148,27 @@ class Ran:
 
 @dataclass
 class Session:
-    """A reader at a terminal: a current folder and an environment."""
+    """A reader at a terminal: a current folder and an environment.
+
+    With $VECFLOW_UPDATE_DOCS=1 a command whose output differs from the page does not fail: the
+    page's output block is rewritten from what the command printed (lines that still match are
+    kept as written, `…` included; new ones get the session's folder as `…`). Review with git diff.
+    """
 
     cwd: Path
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     transcript: list[str] = field(default_factory=list)
-    check: bool = True  # False: only record the transcript (to write a page's outputs)
+    check: bool = True  # False: only record the transcript
+    update: bool = field(default_factory=lambda: os.environ.get("VECFLOW_UPDATE_DOCS") == "1")
+
+    def __post_init__(self) -> None:
+        self.root = self.cwd
 
     def play(self, page: Path | str, steps: list[Step] | None = None) -> list[tuple[Command, Ran]]:
         """Every step of a page (or the given steps of it); fails naming the page line of the
         first command whose output or exit code differs from the page."""
         page = Path(page)
-        ran = []
+        ran, edits = [], []
         for step in steps if steps is not None else page_steps(page.read_text(encoding="utf-8")):
             if isinstance(step, WriteFile):
                 target = self.cwd / step.path
@@ -173,12 +182,17 @@ class Session:
             where = f"{page.name}:{step.line}: `$ {step.command}`"
             if step.killed or not self.check:
                 continue
+            if self.update and not self.skips_output(step) and not matches(step.expected, result.output):
+                edits.append((step, updated_output(step.expected, result.output, self.root)))
+                continue
             if result.code != step.exit_code:
                 raise AssertionError(f"{where} exited {result.code}, the page implies {step.exit_code}:\n"
                                      f"{result.output}")
             if not self.skips_output(step) and not matches(step.expected, result.output):
                 raise AssertionError(f"{where} printed something else than the page shows.\n--- page:\n"
                                      + "\n".join(step.expected) + f"\n--- printed:\n{result.output}")
+        if edits:
+            rewrite_outputs(page, edits)
         return ran
 
     def skips_output(self, step: Command) -> bool:
@@ -323,3 +337,61 @@ def section_steps(page: Path, title: str) -> list[Step]:
     start = next(i for i, line in enumerate(lines) if line == f"## {title}")
     end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
     return [step for step in page_steps(text) if start < step.line <= end]
+
+
+def _line_matches(expected: str, actual: str) -> bool:
+    return expected != ELLIPSIS and matches([expected], actual + "\n")
+
+
+def updated_output(expected: list[str], printed: str, root: Path) -> list[str]:
+    """The page's output lines for what a command printed: expected lines that still match
+    (aligned by longest common subsequence) are kept, a `…` line stays where printed lines fall
+    between the same neighbours, other printed lines are taken as printed (root shown as `…`)."""
+    actual = [line.rstrip() for line in printed.rstrip("\n").splitlines()] if printed.strip() else []
+    plain = [(i, line) for i, line in enumerate(expected) if line != ELLIPSIS]
+    n, m = len(plain), len(actual)
+    table = [[0] * (m + 1) for _ in range(n + 1)]
+    for i in range(n - 1, -1, -1):
+        for j in range(m - 1, -1, -1):
+            table[i][j] = (table[i + 1][j + 1] + 1 if _line_matches(plain[i][1], actual[j])
+                           else max(table[i + 1][j], table[i][j + 1]))
+    pairs, i, j = {}, 0, 0
+    while i < n and j < m:
+        if _line_matches(plain[i][1], actual[j]) and table[i][j] == table[i + 1][j + 1] + 1:
+            pairs[j] = plain[i][0]
+            i, j = i + 1, j + 1
+        elif table[i + 1][j] >= table[i][j + 1]:
+            i += 1
+        else:
+            j += 1
+    out: list[str] = []
+    previous = -1  # index in expected of the last kept line
+    for j, line in enumerate(actual):
+        if j in pairs:
+            out.append(expected[pairs[j]])
+            previous = pairs[j]
+            continue
+        following = next((pairs[k] for k in range(j + 1, m) if k in pairs), len(expected))
+        if ELLIPSIS in expected[previous + 1:following]:
+            if not out or out[-1] != ELLIPSIS:
+                out.append(ELLIPSIS)
+            continue
+        out.append(_machine_neutral(line, root))
+    return out
+
+
+def _machine_neutral(line: str, root: Path) -> str:
+    """A printed line with this machine's folder, user@host and host shown as `…`."""
+    host = socket.gethostname()
+    line = line.replace(str(root), ELLIPSIS)
+    line = re.sub(rf"\S+@{re.escape(host)}\b", ELLIPSIS, line)
+    return line.replace(f" on {host})", f" on {ELLIPSIS})")
+
+
+def rewrite_outputs(page: Path, edits: list[tuple[Command, list[str]]]) -> None:
+    """Replace the output lines under each command (they follow its `$ ` line) on the page."""
+    lines = page.read_text(encoding="utf-8").splitlines()
+    for step, new in sorted(edits, key=lambda edit: edit[0].line, reverse=True):
+        start = step.line  # the 1-based line of `$ command` is lines[step.line - 1]
+        lines[start:start + len(step.expected)] = new
+    page.write_text("\n".join(lines) + "\n", encoding="utf-8")
