@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.docs_session import WriteFile, page_steps
 from vecflow import cli_reference
 from vecflow.cli import ALIASES, build_parser
 from vecflow.config import _MAIN_KEYS
@@ -135,7 +136,7 @@ def test_every_global_option_is_documented_in_cli_md():
 
 def test_command_lines_shown_in_the_docs_are_accepted_by_the_parser():
     checked = 0
-    for page in sorted(DOCS.glob("*.md")):
+    for page in sorted(DOCS.rglob("*.md")):
         for lang, body in code_blocks(page.read_text(encoding="utf-8")):
             if lang not in SHELL_LANGS:
                 continue
@@ -218,12 +219,17 @@ def test_op_examples_in_ops_md_record_valid_steps():
 
 
 def test_revision_examples_in_revisions_md_load_and_plan(tmp_path):
+    # Modules the examples import from the project (`myproject/schemas.py`), as the page shows them.
+    for step in page_steps(read("revisions.md")):
+        if isinstance(step, WriteFile) and not step.path.startswith("versions/"):
+            (tmp_path / step.path).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / step.path).write_text(step.text, encoding="utf-8")
     loaded = 0
     for number, (lang, body) in enumerate(code_blocks(read("revisions.md"))):
         if lang == "python" and "def upgrade(op)" in body and re.search(r"^revision = ", body, re.MULTILINE):
             path = tmp_path / f"example{number}.py"
             path.write_text(body, encoding="utf-8")
-            script = load_python_script(path)
+            script = load_python_script(path, (tmp_path,))
         elif lang == "yaml" and re.search(r"^revision:", body, re.MULTILINE):
             path = tmp_path / f"example{number}.yaml"
             path.write_text(body, encoding="utf-8")

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from vecflow.errors import OperationError, ScriptError, VecflowError
 from vecflow.operations.base import Op, Operations, describe_validation_error, get_op
@@ -200,8 +201,11 @@ class YamlRevision(BaseModel):
     @classmethod
     def _quoted(cls, value: Any) -> Any:
         values = value if isinstance(value, list) else [value]
-        if any(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            raise ValueError(f"{value!r} was read as a number; quote revision ids in YAML (e.g. \"0012\")")
+        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if numbers:
+            # YAML reads unquoted digits as a number (0012 even as octal, 10): the id is lost.
+            raise PydanticCustomError("unquoted_id", "was read as the number {number}; quote revision ids in YAML "
+                                      '(e.g. "0012")', {"number": repr(numbers[0])})
         return value
 
 
