@@ -18,6 +18,9 @@ Commands a reader types: `vecflow ...`, `cd DIR`, `python FILE.py`, `export NAME
 `python -m vecflow`, and `Shell` runs every line verbatim in bash (the new-user test, where pip
 installs into a virtualenv). Outside `Shell`, `pip install` lines are not run: installing is what
 tests/test_new_user.py proves.
+
+With $VECFLOW_UPDATE_DOCS=1 the tests that play pages rewrite the outputs shown on them instead of
+failing (see Session); review the result with `git diff docs/`.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ any vecflow of the system site.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -77,3 +78,16 @@ def test_the_tutorials_commands_run_verbatim_and_print_what_the_page_shows(new_u
     ran = shell.play(page, steps)
     assert len(ran) == len(commands)
     assert not (shell.cwd / ".vecflow" / "faiss" / "notes_de").exists(), "downgrade base moved the notes back"
+
+    # What scripts read afterwards: one JSON document on stdout (docs/json.md).
+    def json_of(command: str) -> dict:
+        result = subprocess.run(["bash", "-c", command], cwd=shell.cwd, env=shell.env, capture_output=True,
+                                text=True, timeout=120)
+        assert (result.returncode, result.stderr) == (0, ""), command
+        return json.loads(result.stdout)
+
+    current = json_of("vecflow current --json")
+    assert (current["command"], current["heads"], current["unfinished"]) == ("current", [], [])
+    history = json_of("vecflow history --json")
+    assert [rev["revision"] for rev in history["revisions"]] == [
+        "2b6d8f0a4c19", "9a3c5e7f1b08", "4d1e7a0c9b22", "c7d5e2a90f14", "8b41e07c5d93", "3f2a9c1d0b7e"]
