@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import minilm_folder
 from tests.docs_session import Command, InProcess, Subprocess, WriteFile, matches, page_steps, section_steps
+from tests.test_docs import code_blocks
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 COOKBOOK = DOCS / "cookbook.md"
@@ -61,6 +62,13 @@ def assert_the_application_reads_what_it_read(before: dict, after: dict) -> None
         assert old.shape == new.shape and np.allclose(old, new, rtol=1e-6, atol=1e-7), rid
 
 
+def block_lines(page: Path) -> list[tuple[int, tuple[str, str]]]:
+    """(1-based line of the opening fence, (language, body)) of each code block of a page."""
+    lines = page.read_text(encoding="utf-8").splitlines()
+    fences = [i + 1 for i, line in enumerate(lines) if line.lstrip().startswith("```")][::2]
+    return list(zip(fences, code_blocks(page.read_text(encoding="utf-8"))))
+
+
 # the session player itself --------------------------------------------------------------------
 
 
@@ -101,13 +109,24 @@ def test_a_command_whose_output_differs_from_the_page_fails_naming_the_page_line
 # getting started and the Python API ----------------------------------------------------------
 
 
-def test_getting_started_then_the_python_api_example_run_verbatim(tmp_path):
+def test_getting_started_then_the_python_api_example_run_verbatim(tmp_path, monkeypatch):
     session = InProcess(tmp_path)
     session.play(DOCS / "getting-started.md")
     assert session.cwd == tmp_path / "notes"
     api = InProcess(tmp_path)
     [(command, ran)] = api.play(DOCS / "python-api.md")
     assert command.command == "python api_example.py" and "refused: no revision matches 'zzz'" in ran.output
+    # The snippets without a file name run where the example ran, as in a notebook next to notes/.
+    labelled = {step.line for step in page_steps((DOCS / "python-api.md").read_text(encoding="utf-8"))
+                if isinstance(step, WriteFile)}
+    snippets = [body for line, (lang, body) in block_lines(DOCS / "python-api.md")
+                if lang == "python" and line not in labelled]
+    assert snippets
+    monkeypatch.chdir(tmp_path)
+    for snippet in snippets:
+        namespace: dict = {}
+        exec(snippet, namespace)  # noqa: S102  (the page's own example)
+        assert namespace["config"].stores["main"].backend == "chroma"
 
 
 def test_python_api_md_documents_every_command_function():
