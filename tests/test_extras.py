@@ -29,7 +29,8 @@ CLIENTS = {"chroma": "chromadb", "faiss": "faiss-cpu", "redis": "redis", "qdrant
 # What a core install lacks: every module a bundled adapter imports from its extra.
 ALL_CLIENTS = ",".join(sorted({module for backend in CLIENTS for module in _REGISTRY[backend].clients}))
 # The core dependencies (distribution -> import name).
-CORE = {"pydantic": "pydantic", "pyyaml": "yaml", "jinja2": "jinja2", "numpy": "numpy", "sqlite-utils": "sqlite_utils"}
+CORE = {"pydantic": "pydantic", "pyyaml": "yaml", "jinja2": "jinja2", "numpy": "numpy", "sqlite-utils": "sqlite_utils",
+        "rich": "rich"}
 # The store each backend gets in the test projects (chroma's is the default store).
 STORES = {"chroma": "main", "faiss": "local", "redis": "cache", "qdrant": "search", "files": "exports"}
 STORE_OPTIONS = {"chroma": "path = %(here)s/chroma", "faiss": "path = %(here)s/faiss",

@@ -10,12 +10,14 @@ import argparse
 import inspect
 import sqlite3
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from vecflow import __version__, command
 from vecflow.config import load_config
 from vecflow.errors import VecflowError
+from vecflow.progress import Progress, progress_for
 
 COMMANDS: list[Callable[..., Any]] = [
     command.init, command.revision, command.merge, command.upgrade, command.downgrade, command.current,
@@ -26,6 +28,7 @@ COMMANDS: list[Callable[..., Any]] = [
 
 # Other spellings a command accepts: Alembic spells it list_templates, vecflow's options use dashes.
 ALIASES: dict[str, list[str]] = {"list_templates": ["list-templates"]}
+QUIET_HELP = "show no progress (bars, periodic lines, start-up time) for long steps"
 
 # How each parameter of a command function appears on the command line: (flags, argparse kwargs).
 # A parameter without flags is positional. A "COMMAND.PARAMETER" key overrides one command's.
@@ -80,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-x", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting (batch_size=100, store.main.path=...); repeatable")
     parser.add_argument("--raiseerr", action="store_true", help="show the full traceback on errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for function in COMMANDS:
         doc = inspect.getdoc(function) or ""
@@ -87,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     help=" ".join(doc.split("\n\n")[0].split()), description=doc)
         sub.set_defaults(function=function)
         signature = inspect.signature(function).parameters
+        if "progress" in signature:
+            # Also after the command (`vecflow upgrade head -q`); SUPPRESS keeps a global -q.
+            sub.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP)
         for name in _parameters(function):
             flags, options = PARAMETERS.get(f"{function.__name__}.{name}") or PARAMETERS[name]
             if signature[name].default is not inspect.Parameter.empty and "default" not in options:
@@ -99,10 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _parameters(function: Callable[..., Any]) -> list[str]:
-    return [n for n in inspect.signature(function).parameters if n not in ("config", "out")]
+    return [n for n in inspect.signature(function).parameters if n not in ("config", "out", "progress")]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    started = time.monotonic()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -113,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if "config" in inspect.signature(function).parameters:
             kwargs["config"] = load_config(args.config, args.x, name=args.name)
+        if "progress" in inspect.signature(function).parameters:
+            kwargs["progress"] = _progress(args.quiet, kwargs["config"].progress_interval, started)
         function(**kwargs)
     except BrokenPipeError:  # e.g. `vecflow history | head`
         sys.stderr.close()
@@ -126,6 +136,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vecflow: error: {' '.join(_message(exc).split())}", file=sys.stderr)
         return 1
     return 0
+
+
+def _progress(quiet: bool, interval: float, started: float) -> Progress:
+    """A live bar on a terminal, a line every `interval` seconds otherwise (stdout then flushes
+    every line, so a log shows each as it happens), nothing when quiet."""
+    if not sys.stdout.isatty() and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
+    return progress_for(sys.stdout, quiet, interval, started)
 
 
 def _message(exc: BaseException) -> str:

@@ -44,6 +44,7 @@ from vecflow.report import (
     unfinished_line,
 )
 from vecflow.runtime import markers
+from vecflow.progress import Progress
 from vecflow.runtime.ledger import DONE, FAILED, Ledger, Owner
 from vecflow.runtime.ledger_copy import copy_ledger
 from vecflow.runtime.runner import DOWNGRADE, UPGRADE, Runner
@@ -75,8 +76,9 @@ def _report(out: Out, as_json: bool, command: str, report: dict, lines: list[str
 
 
 @contextlib.contextmanager
-def open_runner(config: Config, out: Out = print) -> Iterator[Runner]:
-    """Open the script directory, ledger, snapshot store and stores of a project; close them after."""
+def open_runner(config: Config, out: Out = print, progress: Progress | None = None) -> Iterator[Runner]:
+    """Open the script directory, ledger, snapshot store and stores of a project; close them after.
+    progress: where long steps show their progress (the CLI's bar or log lines; none by default)."""
     scripts = ScriptDirectory.of(config)
     ledger = Ledger(config.ledger)
     moved_to = ledger.moved_to
@@ -87,7 +89,7 @@ def open_runner(config: Config, out: Out = print) -> Iterator[Runner]:
     snapshots = SnapshotStore(config.beside_ledger("snapshots.db"))
     stores = Stores(config, out=out)
     try:
-        yield Runner(config, scripts, ledger, snapshots, stores, out)
+        yield Runner(config, scripts, ledger, snapshots, stores, out, progress)
     finally:
         stores.close()
         snapshots.close()
@@ -173,11 +175,11 @@ def merge(config: Config, revisions: Sequence[str] = ("heads",), message: str = 
 
 
 def _migrate(config: Config, direction: str, target: str, dry_run: bool, verify: bool, as_json: bool,
-             out: Out) -> None:
+             out: Out, progress: Progress | None) -> None:
     if as_json and not dry_run:
         raise VecflowError(f"--json needs --dry-run: a real {direction} reports its steps as text lines ('vecflow "
                            "current --json' shows the state it leaves)")
-    with open_runner(config, _notes(out, as_json)) as runner:
+    with open_runner(config, _notes(out, as_json), progress) as runner:
         problems = runner.check_applied_scripts()
         if problems:
             raise LedgerError(problems[0])
@@ -194,15 +196,15 @@ def _migrate(config: Config, direction: str, target: str, dry_run: bool, verify:
 
 
 def upgrade(config: Config, revision: str, dry_run: bool = False, verify: bool = True, as_json: bool = False,
-            out: Out = print) -> None:
+            out: Out = print, progress: Progress | None = None) -> None:
     """Upgrade to a later revision (head, heads, +N, <rev>, <branch>@head); copies and moves are verified."""
-    _migrate(config, UPGRADE, revision, dry_run, verify, as_json, out)
+    _migrate(config, UPGRADE, revision, dry_run, verify, as_json, out, progress)
 
 
 def downgrade(config: Config, revision: str, dry_run: bool = False, verify: bool = True, as_json: bool = False,
-              out: Out = print) -> None:
+              out: Out = print, progress: Progress | None = None) -> None:
     """Revert to an earlier revision (-N, <rev>, base); digests (and moves back) are verified."""
-    _migrate(config, DOWNGRADE, revision, dry_run, verify, as_json, out)
+    _migrate(config, DOWNGRADE, revision, dry_run, verify, as_json, out, progress)
 
 
 def current(config: Config, verbose: bool = False, check_heads: bool = False, as_json: bool = False,
@@ -457,14 +459,15 @@ def _megabytes(size: int) -> str:
 EXPORT, IMPORT = "export", "import"
 
 
-def export(config: Config, collection: str, path: str, file_format: str = "parquet", out: Out = print) -> None:
+def export(config: Config, collection: str, path: str, file_format: str = "parquet", out: Out = print,
+           progress: Progress | None = None) -> None:
     """Copy a collection into a folder of Parquet, VDF (vector-io) or JSON lines files.
 
     The folder gets a manifest with the collection's count, dimension, metric, layout, embedding
     model and digest. Recorded in the ledger, resumable (rerun the same command), verified like
     copy_collection."""
     root, name = backend_class("files").export_location(path)
-    with open_runner(_with_files_store(config, EXPORT, root, file_format), out) as runner:
+    with open_runner(_with_files_store(config, EXPORT, root, file_format), out, progress) as runner:
         source, target = runner.stores.canonical(collection), f"@{EXPORT}:{name}"
         files = runner.stores.backend(f"@{EXPORT}")
         folder = root / name
@@ -491,14 +494,14 @@ def export(config: Config, collection: str, path: str, file_format: str = "parqu
             f"digest {manifest['digest']}")
 
 
-def import_(config: Config, path: str, collection: str, out: Out = print) -> None:
+def import_(config: Config, path: str, collection: str, out: Out = print, progress: Progress | None = None) -> None:
     """Copy an export folder (or a VDF folder vector-io wrote) into a collection.
 
     Every file is first checked against the digests in its manifest: a folder that does not
     match is refused. Recorded in the ledger, resumable (rerun the same command), verified like
     copy_collection."""
     root, name = backend_class("files").import_location(path)
-    with open_runner(_with_files_store(config, IMPORT, root, "parquet"), out) as runner:
+    with open_runner(_with_files_store(config, IMPORT, root, "parquet"), out, progress) as runner:
         source, target = f"@{IMPORT}:{name}", runner.stores.canonical(collection)
         files = runner.stores.backend(f"@{IMPORT}")
         folder = root / name
@@ -556,11 +559,11 @@ def _run_copy(runner: Runner, direction: str, label: str, step: CopyCollectionOp
         if mine:
             attempt_id = mine[-1]["id"]
             ledger.resume_attempt(attempt_id, owner)
-            runner.out(f"Resuming {direction} {label}")
+            runner.announce(f"Resuming {direction} {label}")
         else:
             precheck()
             attempt_id = ledger.begin_attempt(label, direction, owner, "")
-            runner.out(f"{direction.capitalize()} {label}")
+            runner.announce(f"{direction.capitalize()} {label}")
         try:
             # The revision only says where a step's user code would be found: the script directory.
             runner.run_step(step, 0, 1, attempt_id, owner, Revision(direction), verify=True)

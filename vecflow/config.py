@@ -70,6 +70,8 @@ class Config(BaseModel):
     retry_max_seconds: float = Field(10.0, gt=0, le=3600, allow_inf_nan=False)
     # What `vecflow revision` and `vecflow merge` write unless --yaml / --python says otherwise.
     revision_format: Literal["python", "yaml"] = "python"
+    # Seconds between two progress lines when the output is not a terminal (a CI log).
+    progress_interval: float = Field(10.0, gt=0, le=86400, allow_inf_nan=False)
     stores: dict[str, StoreConfig] = Field(default_factory=dict)
 
     @field_validator("script_location", "ledger", mode="before")
@@ -107,7 +109,7 @@ class Config(BaseModel):
 
 
 _MAIN_KEYS = {"script_location", "ledger", "batch_size", "default_store", "lock_lease_seconds", "retries",
-              "retry_max_seconds", "revision_format"}
+              "retry_max_seconds", "revision_format", "progress_interval"}
 
 
 def parse_x_args(pairs: Sequence[str]) -> dict[str, str]:

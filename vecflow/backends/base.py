@@ -93,6 +93,8 @@ class Backend(ABC):
     # Set by the runner while it holds the migration lease: raises LockError once the lease is
     # lost, so a runner that lost it stops before its next write to the store (fencing).
     write_guard: Callable[[], None] | None = None
+    # Told how many records each scanned page held (the runner's progress display counts them).
+    read_observer: Callable[[int], None] | None = None
     _read_only: bool = False
 
     # configuration shared by every adapter ------------------------------------------------------
@@ -304,14 +306,20 @@ class Backend(ABC):
         self._require(name)
         self._keep_lease()
         size = check_batch_size(self.name, name, batch_size)
-        return self._retried(f"scan {name!r}", lambda: self._scan(name, size, cursor))
+        page, after = self._retried(f"scan {name!r}", lambda: self._scan(name, size, cursor))
+        if self.read_observer is not None:
+            self.read_observer(len(page))
+        return page, after
 
     def scan_native(self, name: str, batch_size: int, cursor: str | None = None) -> tuple[NativePage, str | None]:
         """Like scan, with each record's native parts (for native digests and inspect)."""
         self._require(name)
         self._keep_lease()
         size = check_batch_size(self.name, name, batch_size)
-        return self._retried(f"scan {name!r}", lambda: self._scan_native(name, size, cursor))
+        page, after = self._retried(f"scan {name!r}", lambda: self._scan_native(name, size, cursor))
+        if self.read_observer is not None:
+            self.read_observer(len(page.batch))
+        return page, after
 
     def pages(self, name: str, batch_size: int, cursor: str | None = None) -> Iterator[tuple[Batch, str | None]]:
         """Every page of a collection from cursor on, each with the cursor of the page after it

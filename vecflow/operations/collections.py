@@ -91,6 +91,15 @@ def check_jsonl_file(path: Path, dim: int | None) -> int:
     return found
 
 
+def count_lines(path: Path) -> int:
+    """The lines of a file (one record each in a JSONL data file), read in 1 MB blocks."""
+    lines, last = 0, b"\n"
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            lines, last = lines + block.count(b"\n"), block[-1:]
+    return lines + (last != b"\n")
+
+
 def _record(path: Path, number: int, line: bytes) -> tuple[str, list[float], str | None, dict[str, Any]]:
     """One validated record line: (id, vector, document, metadata)."""
     where = f"{path}:{number}"
@@ -226,6 +235,7 @@ class CreateCollectionOp(CollectionOp):
             ctx.save(created=True, lines=0)
         if data is not None:
             dim = backend.describe(name).dim
+            ctx.expect(lambda: count_lines(data) - ctx.state["lines"])
             for page, consumed in read_jsonl_records(data, ctx.state["lines"], ctx.batch_size, dim):
                 backend.upsert(name, page)
                 ctx.save(len(page), lines=consumed)

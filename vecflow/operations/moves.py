@@ -265,7 +265,8 @@ class CopyCollectionOp(Op):
             truth.restore(ctx.state[PARITY_TRUTH])
         report = verify_copy(source, source_name, target, target_name, batch_size=ctx.batch_size,
                              queries=self.parity_queries, threshold=self.parity_threshold,
-                             source_side=SideDigest.from_dict(side) if side else None, truth=truth)
+                             source_side=SideDigest.from_dict(side) if side else None, truth=truth,
+                             track=ctx.track)
         ctx.save(verification=report.to_dict())
         if report.problems and target.retried_calls != retried:
             self.ensure_target_kept(ctx, target, target_name, written)

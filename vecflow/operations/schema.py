@@ -465,16 +465,8 @@ with warnings.catch_warnings():
             """The read-only first pass: count failures; refuse before any write above the limit."""
             validator = self.validator()
             if not ctx.state.get("check_done"):
-                for page, cursor in backend.pages(name, ctx.batch_size, ctx.state.get("check")):
-                    examples = ctx.state.get("examples", [])
-                    invalid = ctx.state.get("invalid", 0)
-                    for rid, verdict in zip(page.ids, validator.check(page, dim)):
-                        if verdict.metadata is None:
-                            invalid += 1
-                            if len(examples) < EXAMPLES:
-                                examples.append(f"{rid!r}: {verdict.reason}")
-                    ctx.save(check=cursor, check_done=cursor is None, total=ctx.state.get("total", 0) + len(page),
-                             invalid=invalid, examples=examples)
+                with ctx.track("check the schema", lambda: backend.count(name)):
+                    self._check_pages(ctx, backend, name, dim, validator)
             total, invalid, examples = ctx.state["total"], ctx.state["invalid"], ctx.state["examples"]
             if total and invalid / total > self.max_invalid_fraction:
                 # A rerun (after fixing the data, the schema or the limit) validates from the start.
@@ -485,6 +477,20 @@ with warnings.catch_warnings():
                     f"written. First failures: {' | '.join(examples)}. "
                     "Fix the data, the schema or the limit, then rerun")
             ctx.save(checked=True)
+
+        def _check_pages(self, ctx: StepContext, backend: Backend, name: str, dim: int,
+                         validator: RecordValidator) -> None:
+            """Validate the pages from the checkpointed cursor on, counting the failures."""
+            for page, cursor in backend.pages(name, ctx.batch_size, ctx.state.get("check")):
+                examples = ctx.state.get("examples", [])
+                invalid = ctx.state.get("invalid", 0)
+                for rid, verdict in zip(page.ids, validator.check(page, dim)):
+                    if verdict.metadata is None:
+                        invalid += 1
+                        if len(examples) < EXAMPLES:
+                            examples.append(f"{rid!r}: {verdict.reason}")
+                ctx.save(check=cursor, check_done=cursor is None, total=ctx.state.get("total", 0) + len(page),
+                         invalid=invalid, examples=examples)
 
         def _write_page(self, ctx: StepContext, page: Batch, dim: int) -> tuple[int, int]:
             """Snapshot, rewrite and move one page; returns (records rewritten, records quarantined).

@@ -257,6 +257,8 @@ class Repartition(Op):
         read = dict(ctx.state.get("read", {}))
         start = ctx.state.get("source_index", 0)
         route = self.router(ctx.stores, ctx)
+        if not read:
+            ctx.expect(lambda: sum(backend.count(name) for backend, name in map(ctx.resolve, sources)))
         for index in range(start, len(sources)):
             backend, name = ctx.resolve(sources[index])
             # The saved cursor belongs to the source the interrupted run was reading.
@@ -309,7 +311,8 @@ class Repartition(Op):
                     problems.append(f"{ref} holds {count} records, {want} expected")
                 continue
             normalise = self._normalises(ctx.stores, infos, ref)
-            actual = read_side(backend, name, ctx.batch_size, normalise)
+            with ctx.track(f"verify {ref}", want):
+                actual = read_side(backend, name, ctx.batch_size, normalise)
             if actual.records.count != want:
                 problems.append(f"{ref} holds {actual.records.count} records, {want} expected")
             elif actual.ids != expected.ids:

@@ -369,18 +369,20 @@ class ReembedOp(CollectionOp):
         """Copy every record into the snapshot, refusing a page with a text-less record before it
         is copied (so the rerun after fixing the data reads that page again)."""
         ctx.snapshots.begin_records(ctx.snapshot, backend.describe(name), backend.layout_of(name).layout.name)
-        for page, cursor in backend.pages(name, ctx.batch_size, ctx.state.get("snapshot_scan")):
-            if len(page):
-                self._texts(page)
-                ctx.snapshots.add_records(ctx.snapshot, page)
-            # Rows count embedded records only, so ledger throughput is records per second.
-            ctx.save(snapshot_scan=cursor, snapshot_done=cursor is None)
+        with ctx.track("snapshot", lambda: backend.count(name)):
+            for page, cursor in backend.pages(name, ctx.batch_size, ctx.state.get("snapshot_scan")):
+                if len(page):
+                    self._texts(page)
+                    ctx.snapshots.add_records(ctx.snapshot, page)
+                # Rows count embedded records only, so ledger throughput is records per second.
+                ctx.save(snapshot_scan=cursor, snapshot_done=cursor is None)
 
     def _check_snapshot(self, ctx: StepContext, backend: Backend, name: str) -> None:
         """Before the collection is dropped: the snapshot must hold exactly what the collection holds."""
         copied = _digest_of_snapshot(ctx, ctx.snapshot)
-        current = collection_digest(backend, name, ctx.batch_size,
-                                    on_page=lambda: ctx.ledger.heartbeat(ctx.owner, ctx.lease_seconds))
+        with ctx.track(f"check the snapshot against {self.collection}", lambda: backend.count(name)):
+            current = collection_digest(backend, name, ctx.batch_size,
+                                        on_page=lambda: ctx.ledger.heartbeat(ctx.owner, ctx.lease_seconds))
         if copied != current:
             raise VerificationError(
                 f"reembed {self.collection}: the snapshot's digest {copied} differs from the collection's "

@@ -7,14 +7,16 @@ loop here must be idempotent for the batch that was written but not yet checkpoi
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from vecflow.backends import Backend
 from vecflow.batch import Batch
 from vecflow.errors import CollectionNotFoundError
+from vecflow.progress import Progress, Task
 from vecflow.runtime.ledger import Ledger, Owner
 from vecflow.runtime.snapshots import SnapshotStore
 from vecflow.runtime.stores import Stores
@@ -42,7 +44,7 @@ class StepContext:
         script_dir: Path,
         verify: bool = True,
         note: Callable[[str], None] = lambda line: None,
-        progress: Callable[[int], None] = lambda rows: None,
+        progress: Progress | None = None,
     ) -> None:
         self.stores = stores
         self.ledger = ledger
@@ -61,7 +63,8 @@ class StepContext:
         self.note = note
         # Final digests an op already computed (canonical ref -> text); the runner skips rescanning.
         self.known_digests: dict[str, str] = {}
-        self._progress = progress
+        # The runner's display: the step's task counts rows_done; track() opens tasks inside it.
+        self.progress = progress or Progress()
 
     def resolve(self, ref: str) -> tuple[Backend, str]:
         return self.stores.resolve(ref)
@@ -93,7 +96,21 @@ class StepContext:
         self.rows_done += rows
         self.ledger.checkpoint(self.attempt_id, self.step_index, json.dumps(self.state), self.rows_done)
         self.ledger.heartbeat(self.owner, self.lease_seconds)
-        self._progress(self.rows_done)
+        self.progress.rows(self.rows_done)
+
+    def expect(self, rows: int | Callable[[], int | None] | None) -> None:
+        """Tell the progress display about how many more rows this step will count from here
+        (a function is called only when progress is shown)."""
+        more = self.progress.measure(rows)
+        if more is not None:
+            self.progress.expect(self.rows_done + more)
+
+    @contextlib.contextmanager
+    def track(self, what: str, total: int | Callable[[], int | None] | None = None) -> Iterator[Task]:
+        """Show a long read inside this step (a verification pass, a snapshot capture): it counts
+        the records the stores' scans return meanwhile, against total when given."""
+        with self.progress.task(what, total, reads=True) as task:
+            yield task
 
     # loops -------------------------------------------------------------------------------------
 
@@ -108,6 +125,8 @@ class StepContext:
         backend, name = self.require(ref)
         if self.state.get(f"{key}_done"):
             return
+        if self.state.get(key) is None:
+            self.expect(lambda: backend.count(name))
         for page, cursor in backend.pages(name, self.batch_size, self.state.get(key)):
             changed = transform(page) if len(page) else None
             if changed is not None and len(changed):
@@ -123,6 +142,8 @@ class StepContext:
         self.snapshots.begin_records(self.snapshot, backend.describe(name), backend.layout_of(name).layout.name)
         if self.state.get(f"{key}_done"):
             return
+        if self.state.get(key) is None:
+            self.expect(lambda: backend.count(name))
         for page, cursor in backend.pages(name, self.batch_size, self.state.get(key)):
             if len(page):
                 self.snapshots.add_records(self.snapshot, page)
@@ -135,6 +156,8 @@ class StepContext:
         are skipped."""
         backend, name = self.require(ref)
         after = self.state.get(key, 0)
+        if after is not None:
+            self.expect(lambda: self.snapshots.rows_after(snapshot, "values", after))
         while after is not None:
             values, after = self.snapshots.read_values(snapshot, after, self.batch_size)
             value_of = {rid: (value, position) for rid, value, position in values}
@@ -148,6 +171,8 @@ class StepContext:
         """Upsert every record of a records snapshot into a collection, checkpointing."""
         backend, name = self.resolve(ref)
         after = self.state.get(key, 0)
+        if after is not None:
+            self.expect(lambda: self.snapshots.rows_after(snapshot, "records", after))
         while after is not None:
             page, after = self.snapshots.read_records(snapshot, after, self.batch_size)
             if len(page):

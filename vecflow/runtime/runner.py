@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vecflow.backends import Backend
 from vecflow.config import Config
 from vecflow.errors import (
     DamagedStoreError,
@@ -26,6 +27,7 @@ from vecflow.errors import (
     VecflowError,
 )
 from vecflow.operations.base import Op, StepRecord
+from vecflow.progress import Progress
 from vecflow.runtime import markers
 from vecflow.runtime.context import DIGESTS_BEFORE, StepContext
 from vecflow.runtime.digest import VERSION as DIGEST_VERSION
@@ -65,14 +67,18 @@ class PlannedRevision:
 
 class Runner:
     def __init__(self, config: Config, scripts: ScriptDirectory, ledger: Ledger, snapshots: SnapshotStore,
-                 stores: Stores, out: Callable[[str], None] = print) -> None:
+                 stores: Stores, out: Callable[[str], None] = print, progress: Progress | None = None) -> None:
         self.config = config
         self.scripts = scripts
         self.ledger = ledger
         self.snapshots = snapshots
         self.stores = stores
         self.out = out
+        # Live progress of steps, digests and verification (shown by the CLI; silent by default).
+        self.progress = progress or Progress()
+        stores.observe_reads(self.progress.read)
         self._digests: dict[str, str] = {}
+        self._digest_seconds = 0.0
         self._owner: Owner | None = None
 
     # planning ------------------------------------------------------------------------------------
@@ -242,7 +248,7 @@ class Runner:
             elif attempt["direction"] == UPGRADE:
                 self._roll_back(attempt, owner, verify)
             elif direction == UPGRADE:
-                self.out(f"Finishing the interrupted downgrade of {rev.revision} first")
+                self.announce(f"Finishing the interrupted downgrade of {rev.revision} first")
                 self._run_revision(self._plan_downgrade(rev), owner, attempt, verify)
             else:
                 parent = rev.down_revision[0] if rev.down_revision else "base"
@@ -331,11 +337,11 @@ class Runner:
         checksum = rev.script.checksum
         if attempt is None:
             attempt_id = self.ledger.begin_attempt(rev.revision, item.direction, owner, checksum, undoes=undoes)
-            self.out(heading or f"{item.direction.capitalize()} {item.label}")
+            self.announce(heading or f"{item.direction.capitalize()} {item.label}")
         else:
             attempt_id = attempt["id"]
             self.ledger.resume_attempt(attempt_id, owner)
-            self.out(heading or f"Resuming {item.direction} {item.label}")
+            self.announce(heading or f"Resuming {item.direction} {item.label}")
         try:
             for index, step in enumerate(item.steps):
                 self.run_step(step, index, len(item.steps), attempt_id, owner, rev, verify)
@@ -349,34 +355,62 @@ class Runner:
             raise
         self.mark_stores(self.written_stores(item))
 
+    def announce(self, heading: str) -> None:
+        """Print the heading of what runs next; after the first one, how long start-up took."""
+        self.out(heading)
+        self.progress.ready("scripts, ledger, lock and stores opened")
+
     def run_step(self, step: Op, index: int, total: int, attempt_id: int, owner: Owner, rev: Revision,
-                  verify: bool) -> None:
+                 verify: bool) -> None:
+        """Run one step: digests before, the op, digests after, each shown as progress. Its line
+        comes when it ends, with its notes (target created, verified, ...) after it."""
         row = self.ledger.step(attempt_id, index)
+        label = f"[{index + 1}/{total}] {step.describe()}"
         if row is not None and row["status"] == DONE:
-            self.out(f"  [{index + 1}/{total}] {step.describe()}: already done")
+            self.out(f"  {label}: already done")
             return
+        started, self._digest_seconds = time.monotonic(), 0.0
         refs = [self.stores.canonical(r) for r in step.collections()]
-        if row is None:
-            # Taken with --no-verify too: rolling back a step and verifying its downgrade need them.
-            # Those the op computes as it reads are not read first (unless known already).
-            deferred = {self.stores.canonical(r) for r in step.digested_while_running()} - set(self._digests)
-            before = {ref: self._digest(ref) for ref in refs if ref not in deferred}
-            snapshot = snapshot_name(attempt_id, index) if step.captures_snapshot else None
-            self.ledger.start_step(attempt_id, index, step.op_name, step.describe(), before, snapshot)
-            state, rows_done, resumed = {}, 0, False
-        else:
-            before = recorded_before(row)
-            snapshot, state = row["snapshot"], json.loads(row["cursor"] or "{}")
-            rows_done, resumed = row["rows_done"], True
-            self.out(f"  [{index + 1}/{total}] {step.describe()}: resuming at {rows_done} rows")
-        started = time.monotonic()
-        ctx = StepContext(
-            stores=self.stores, ledger=self.ledger, snapshots=self.snapshots, owner=owner,
-            lease_seconds=self.config.lock_lease_seconds, attempt_id=attempt_id, step_index=index,
-            batch_size=self.config.batch_size, snapshot=snapshot, state=state, rows_done=rows_done,
-            resumed=resumed, script_dir=Path(rev.path).parent if rev.path else self.scripts.location,
-            verify=verify, note=lambda line: self.out(f"      {line}"),
-        )
+        notes: list[str] = []
+        with self.progress.task(label, lambda: self._size(step), done=row["rows_done"] if row else 0):
+            if row is None:
+                # Taken with --no-verify too: rolling back a step and verifying its downgrade need them.
+                # Those the op computes as it reads are not read first (unless known already).
+                deferred = {self.stores.canonical(r) for r in step.digested_while_running()} - set(self._digests)
+                before = {ref: self._digest(ref, purpose="digest before") for ref in refs if ref not in deferred}
+                snapshot = snapshot_name(attempt_id, index) if step.captures_snapshot else None
+                self.ledger.start_step(attempt_id, index, step.op_name, step.describe(), before, snapshot)
+                state, rows_done, resumed = {}, 0, False
+            else:
+                before = recorded_before(row)
+                snapshot, state = row["snapshot"], json.loads(row["cursor"] or "{}")
+                rows_done, resumed = row["rows_done"], True
+                self.out(f"  {label}: resuming at {rows_done} rows")
+            ctx = StepContext(
+                stores=self.stores, ledger=self.ledger, snapshots=self.snapshots, owner=owner,
+                lease_seconds=self.config.lock_lease_seconds, attempt_id=attempt_id, step_index=index,
+                batch_size=self.config.batch_size, snapshot=snapshot, state=state, rows_done=rows_done,
+                resumed=resumed, script_dir=Path(rev.path).parent if rev.path else self.scripts.location,
+                verify=verify, note=notes.append, progress=self.progress,
+            )
+            try:
+                after = self._run_op(step, ctx, refs, before, verify)
+            except BaseException:
+                self.out(f"  {label}: stopped at {ctx.rows_done} rows after {time.monotonic() - started:.2f} s")
+                self._out_notes(notes)
+                raise
+        self.ledger.finish_step(attempt_id, index, after)
+        self.out(f"  {label}: {ctx.rows_done} rows, {time.monotonic() - started:.2f} s "
+                 f"(digests {self._digest_seconds:.2f} s)")
+        self._out_notes(notes)
+
+    def _out_notes(self, notes: list[str]) -> None:
+        for line in notes:
+            self.out(f"      {line}")
+
+    def _run_op(self, step: Op, ctx: StepContext, refs: list[str], before: dict[str, str],
+                verify: bool) -> dict[str, str]:
+        """Run the op (again once, after a damaged collection it can rebuild); the digests after."""
         try:
             step.run(ctx)
         except DamagedStoreError as exc:
@@ -392,10 +426,14 @@ class Runner:
         if not verify:
             for ref in refs:
                 self._digests.pop(ref, None)  # changed, and not digested again
-        after = {ref: known.get(ref) or self._digest(ref, fresh=True) for ref in refs} if verify else {}
-        self.ledger.finish_step(attempt_id, index, after)
-        self.out(f"  [{index + 1}/{total}] {step.describe()}: {ctx.rows_done} rows, "
-                 f"{time.monotonic() - started:.2f} s")
+            return {}
+        return {ref: known.get(ref) or self._digest(ref, fresh=True, purpose="digest after") for ref in refs}
+
+    def _size(self, step: Op) -> int | None:
+        """The records of the step's first existing collection: its progress total until the op
+        tells a better one (StepContext.expect)."""
+        counts = (_count(*self.stores.resolve(ref)) for ref in step.collections())
+        return next((count for count in counts if count is not None), None)
 
     def _restart_after_damage(self, step: Op, ctx: StepContext, exc: DamagedStoreError) -> None:
         """A collection the step is filling from what it still holds (its source, a data file, a
@@ -407,7 +445,7 @@ class Runner:
         if state is None:
             raise exc
         backend, name = self.stores.resolve(damaged[0])
-        self.out(f"      {damaged[0]} is damaged ({exc.reason}); this step rebuilds it from what it holds: "
+        ctx.note(f"{damaged[0]} is damaged ({exc.reason}); this step rebuilds it from what it holds: "
                  "dropped, and filled again")
         backend.drop_collection(name)
         ctx.state, ctx.rows_done, ctx.resumed = {}, 0, True
@@ -418,13 +456,16 @@ class Runner:
         backend, name = self.stores.resolve(ref)
         return backend.scope(name)
 
-    def _digest(self, ref: str, fresh: bool = False, version: int = DIGEST_VERSION) -> str:
+    def _digest(self, ref: str, fresh: bool = False, version: int = DIGEST_VERSION, purpose: str = "digest") -> str:
         """A collection's digest text; one in an older digest version (to compare with what an
-        older vecflow recorded) is computed afresh and not kept."""
+        older vecflow recorded) is computed afresh and not kept. Shown as progress, and timed."""
         if fresh or ref not in self._digests or version != DIGEST_VERSION:
             backend, name = self.stores.resolve(ref)
-            text = collection_digests(backend, name, self.config.batch_size, on_page=self._heartbeat,
-                                      version=version).to_text()
+            started = time.monotonic()
+            with self.progress.task(f"{purpose} {ref}", lambda: _count(backend, name), reads=True):
+                text = collection_digests(backend, name, self.config.batch_size, on_page=self._heartbeat,
+                                          version=version).to_text()
+            self._digest_seconds += time.monotonic() - started
             if version != DIGEST_VERSION:
                 return text
             self._digests[ref] = text
@@ -440,10 +481,11 @@ class Runner:
             self.out(f"  (no digests recorded for {item.revision.revision}'s upgrade; nothing to verify)")
             return
         mismatched = []
-        for ref, expected in sorted(item.expected_digests.items()):
-            actual = self._digest(ref, fresh=True, version=digest_version(expected))
-            if not DigestPair.same(expected, actual):
-                mismatched.append(f"{ref} is {actual}, was {expected}")
+        with self.progress.task(f"{item.direction} {item.revision.revision}"):
+            for ref, expected in sorted(item.expected_digests.items()):
+                actual = self._digest(ref, fresh=True, version=digest_version(expected), purpose="verify")
+                if not DigestPair.same(expected, actual):
+                    mismatched.append(f"{ref} is {actual}, was {expected}")
         if mismatched:
             parents = item.revision.down_revision
             raise DigestMismatchError(
@@ -452,3 +494,8 @@ class Runner:
                 f"{parents[0] if parents else 'base'}'")
         self.out(f"  verified: {', '.join(sorted(item.expected_digests))} restored exactly "
                  f"(native records as the application reads them, and logical digest)")
+
+
+def _count(backend: Backend, name: str) -> int | None:
+    """The records of a collection, or None when it does not exist."""
+    return backend.count(name) if backend.has_collection(name) else None

@@ -182,6 +182,11 @@ class SnapshotStore:
                       [json.loads(r[5]) for r in rows], [json.loads(r[6]) if r[6] else {} for r in rows])
         return batch, (rows[-1][0] if len(rows) == limit else None)
 
+    def rows_after(self, name: str, kind: str, after: int) -> int:
+        """How many rows of a snapshot come after rowid `after` (what a restore from there reads)."""
+        self._check(name, kind)
+        return self.db.one(f'SELECT COUNT(*) FROM "{name}" WHERE {self.db.rowid} > ?', [after])[0]
+
     def lookup_records(self, name: str, ids: list[str]) -> dict[str, tuple[str | None, dict[str, Any]]]:
         """(document, metadata) already recorded in a records snapshot for these ids: a page
         replayed after a crash is computed from its original records, not from what was written."""

@@ -38,6 +38,7 @@ class Stores:
         self._out = out or _to_stderr
         self._open: dict[str, Backend] = {}
         self._write_guard: Callable[[], None] | None = None
+        self._read_observer: Callable[[int], None] | None = None
         self._state = state
 
     @property
@@ -59,6 +60,7 @@ class Stores:
             backend.set_retry_policy(policy)
             self._open[name] = backend
             self._open[name].write_guard = self._write_guard
+            self._open[name].read_observer = self._read_observer
         return self._open[name]
 
     def guard_writes(self, guard: Callable[[], None] | None) -> None:
@@ -67,6 +69,13 @@ class Stores:
         self._write_guard = guard
         for backend in self._open.values():
             backend.write_guard = guard
+
+    def observe_reads(self, observer: Callable[[int], None] | None) -> None:
+        """Call observer with the record count of every page any store's scan returns (the
+        runner's progress display)."""
+        self._read_observer = observer
+        for backend in self._open.values():
+            backend.read_observer = observer
 
     def retry_policy(self) -> RetryPolicy:
         """A new policy (one per store: each counts its own retries) from the configuration."""

@@ -7,8 +7,12 @@ truth, so an overlap measures the graphs, not the copy."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +27,14 @@ EXACT_FLOOR = 0.99
 # How far an approximate target's recall may fall below an approximate source's on the same queries.
 RECALL_TOLERANCE = 0.05
 PARITY_K = 10
+
+# Shows one pass of a verification as progress: track(what, total) is a context manager
+# (StepContext.track); total may be a function, called only when progress is shown.
+Track = Callable[[str, Any], AbstractContextManager]
+
+
+def untracked(what: str, total: Any = None) -> AbstractContextManager:
+    return contextlib.nullcontext()
 
 
 @dataclass
@@ -330,7 +342,8 @@ def same_index(source: Backend, source_name: str, target: Backend, target_name: 
 
 
 def search_parity(source: Backend, source_name: str, target: Backend, target_name: str, *, queries: int,
-                  floor: float | None, seed: int, batch_size: int, truth: GroundTruth | None = None) -> SearchParity:
+                  floor: float | None, seed: int, batch_size: int, truth: GroundTruth | None = None,
+                  track: Track = untracked) -> SearchParity:
     """Recall@k of the target's search (and of an approximate source's) against the exact top-k of
     the source's records, and the bar the target must reach: the floor (EXACT_FLOOR by default
     for an exact target), and for an approximate source its own recall minus RECALL_TOLERANCE.
@@ -343,7 +356,8 @@ def search_parity(source: Backend, source_name: str, target: Backend, target_nam
         return SearchParity(floor=floor, rule="no queries")
     if truth is None or truth.k != min(PARITY_K, count):
         vectors, own = query_vectors(source, source_name, queries, seed)
-        truth = ground_truth(source, source_name, vectors, min(PARITY_K, count), batch_size)
+        with track(f"verify (exact neighbours of {len(vectors)} queries)", count):
+            truth = ground_truth(source, source_name, vectors, min(PARITY_K, count), batch_size)
         truth.own = own
     vectors, records, k = truth.queries.astype(np.float32), truth.own, truth.k
     target_recall, missed = recall_at_k(target.query(target_name, vectors, k), truth, source, source_name)
@@ -362,21 +376,28 @@ def search_parity(source: Backend, source_name: str, target: Backend, target_nam
 
 def verify_copy(source: Backend, source_name: str, target: Backend, target_name: str, *, batch_size: int,
                 queries: int = 20, threshold: float | None = None, seed: int = 0,
-                source_side: SideDigest | None = None, truth: GroundTruth | None = None) -> VerificationReport:
+                source_side: SideDigest | None = None, truth: GroundTruth | None = None,
+                track: Track = untracked) -> VerificationReport:
     """Compare a copy with its source. source_side, when the copy loop accumulated it, spares a
     second scan of the source for digests; ids are listed one by one only when the id digests
     differ. threshold: the recall floor of search parity (None: EXACT_FLOOR for exact targets).
     The search is not measured when the digests prove the data identical and both sides are the
-    same kind of index with the same parameters."""
+    same kind of index with the same parameters. track shows each pass over a side as progress."""
     normalise = copy_normalises(source, source_name, target)
     if source_side is not None and source_side.records.version != VERSION:
         source_side = None  # accumulated (in part) by an older vecflow: its digests are not comparable
-    src = source_side or read_side(source, source_name, batch_size, normalise)
-    dst = read_side(target, target_name, batch_size, normalise)
+    if source_side is None:
+        with track("verify (source records)", lambda: source.count(source_name)):
+            source_side = read_side(source, source_name, batch_size, normalise)
+    src = source_side
+    with track("verify (target records)", lambda: target.count(target_name)):
+        dst = read_side(target, target_name, batch_size, normalise)
     missing: list[str] = []
     extra: list[str] = []
     if src.ids != dst.ids or src.records.count != dst.records.count:
-        source_ids, target_ids = read_ids(source, source_name, batch_size), read_ids(target, target_name, batch_size)
+        with track("verify (ids)", lambda: source.count(source_name) + target.count(target_name)):
+            source_ids = read_ids(source, source_name, batch_size)
+            target_ids = read_ids(target, target_name, batch_size)
         missing, extra = sorted(source_ids - target_ids), sorted(target_ids - source_ids)
     identical = not normalise and (src.records, src.ids) == (dst.records, dst.ids)
     same = same_index(source, source_name, target, target_name) if identical else None
@@ -384,14 +405,18 @@ def verify_copy(source: Backend, source_name: str, target: Backend, target_name:
         search = SearchParity(floor=threshold, skipped=f"the digests prove the data identical and {same}")
     else:
         search = search_parity(source, source_name, target, target_name, queries=queries, floor=threshold,
-                               seed=seed, batch_size=batch_size, truth=truth)
+                               seed=seed, batch_size=batch_size, truth=truth, track=track)
+    off: list[str] = []
+    if normalise:
+        with track("verify (vectors)", lambda: target.count(target_name)):
+            off = normalised_vectors_off(source, source_name, target, target_name, batch_size)
     return VerificationReport(
         source_count=src.records.count or 0, target_count=dst.records.count or 0,
         source_count_now=source.count(source_name),
         missing_ids=missing, extra_ids=extra,
         source_digest=src.records.to_text(), target_digest=dst.records.to_text(), normalised=normalise,
         search=search,
-        vectors_off=normalised_vectors_off(source, source_name, target, target_name, batch_size) if normalise else [],
+        vectors_off=off,
         target_pair=dst.pair.to_text() if dst.pair is not None else None,
     )
 
