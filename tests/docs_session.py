@@ -392,9 +392,15 @@ def _machine_neutral(line: str, root: Path) -> str:
 
 
 def rewrite_outputs(page: Path, edits: list[tuple[Command, list[str]]]) -> None:
-    """Replace the output lines under each command (they follow its `$ ` line) on the page."""
+    """Replace the output lines under each command on the page. A command is found by its `$ `
+    line followed by the output the session read (the closest such place to the line it was
+    read at: an earlier rewrite of the same page may have moved it)."""
     lines = page.read_text(encoding="utf-8").splitlines()
     for step, new in sorted(edits, key=lambda edit: edit[0].line, reverse=True):
-        start = step.line  # the 1-based line of `$ command` is lines[step.line - 1]
+        block = [f"$ {step.command}", *step.expected]
+        places = [i for i in range(len(lines) - len(block) + 1) if lines[i:i + len(block)] == block]
+        if not places:
+            raise AssertionError(f"{page.name}: cannot find `$ {step.command}` and its output to rewrite")
+        start = min(places, key=lambda i: abs(i + 1 - step.line)) + 1
         lines[start:start + len(step.expected)] = new
     page.write_text("\n".join(lines) + "\n", encoding="utf-8")
