@@ -23,6 +23,8 @@ from tests.conftest import unavailable
 from tests.docs_session import Command, Shell, page_steps
 
 REPO = Path(__file__).resolve().parent.parent
+# A log's progress line: `  [1/2] rename_field docs: ...: 200/300 records (66%), 3812 records/s, ETA 1 s`.
+PROGRESS_LINE = re.compile(r"^(  \[\d+/\d+\] .*?): (?:.*: )?\d+(?:/\d+)? records(?: \(\d+%\))?(?:, |$)")
 NOT_COPIED = shutil.ignore_patterns(".git", ".vecflow", "__pycache__", "*.egg-info", "build", "dist", ".venv",
                                     ".pytest_cache", ".ruff_cache")
 
@@ -68,6 +70,8 @@ def test_the_readmes_first_command_installs_vecflow_in_the_virtualenv_and_applie
 
 
 def test_the_tutorials_commands_run_verbatim_and_print_what_the_page_shows(new_user):
+    """Then, in the same shell: a log's progress lines name their step (none with -q), and the
+    --json documents parse."""
     shell, first = new_user
     assert first.returncode == 0, first.stdout
     page = REPO / "docs" / "tutorial.md"
@@ -85,6 +89,24 @@ def test_the_tutorials_commands_run_verbatim_and_print_what_the_page_shows(new_u
                                 text=True, timeout=120)
         assert (result.returncode, result.stderr) == (0, ""), command
         return json.loads(result.stdout)
+
+    # Progress, as a log shows it: lines naming their step, each before that step's last line.
+    def run(command: str) -> list[str]:
+        result = subprocess.run(["bash", "-c", command], cwd=shell.cwd, env=shell.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout
+        return result.stdout.splitlines()
+
+    logged = run("vecflow -x progress_interval=0.001 upgrade head")
+    progress = [i for i, line in enumerate(logged) if PROGRESS_LINE.match(line)]
+    assert progress, logged
+    for index in progress:
+        step = PROGRESS_LINE.match(logged[index]).group(1)
+        assert any(line.startswith(step) and " rows, " in line for line in logged[index + 1:]), (step, logged)
+    assert sum(line.startswith("  start-up took ") for line in logged) == 1
+    quiet = run("vecflow -q -x progress_interval=0.001 downgrade base")
+    assert not [line for line in quiet if PROGRESS_LINE.match(line) or line.startswith("  start-up took ")], quiet
+    assert sum(line.startswith("Downgrade ") for line in quiet) == 6 and quiet[-1].startswith("  verified: ")
 
     current = json_of("vecflow current --json")
     assert (current["command"], current["heads"], current["unfinished"]) == ("current", [], [])
