@@ -132,7 +132,8 @@ def test_a_log_gets_progress_lines_that_name_their_step_and_come_in_order(projec
     for number, step in enumerate((create, copy)):
         shown = [i for i, line in enumerate(lines) if line.startswith(f"{step}: ") and i != ends[number]]
         assert shown and all(headings[number] < i < ends[number] for i in shown), (step, lines)
-    assert [line.split(":")[0] for line in lines[ends[1] + 1:]] == ["      target faiss", "      verified faiss"]
+    assert [line.split(":")[0] for line in lines[ends[1] + 1:]] == ["      target faiss", "      verified faiss",
+                                                                   "      full reads"]
     assert set(progress_lines(lines)) <= {line for line in lines if line.startswith((create, copy))}
 
     down = project.cli("downgrade", "r1", env=FREQUENT).stdout.splitlines()

@@ -241,3 +241,5 @@ def test_a_verified_copy_to_another_backend_reads_its_source_once_and_its_target
     output = "\n".join(project.run("upgrade", "head"))
     assert "search parity: recall@10 target" in output  # measured, against the loop's ground truth
     assert sorted(full_reads) == ["chroma:docs", "faiss:docs"]
+    # The step says which full reads it made and why.
+    assert "      full reads: main:docs 1 (copy_collection); flat:docs 1 (verify (target records))" in output

@@ -95,6 +95,8 @@ class Backend(ABC):
     write_guard: Callable[[], None] | None = None
     # Told how many records each scanned page held (the runner's progress display counts them).
     read_observer: Callable[[int], None] | None = None
+    # Called with the collection's name when a scan from its first page reaches its last (a full read).
+    full_read_observer: Callable[[str], None] | None = None
     _read_only: bool = False
 
     # configuration shared by every adapter ------------------------------------------------------
@@ -329,12 +331,20 @@ class Backend(ABC):
         it back. The next page is read only when asked for, so the caller may write to the pages
         it has seen (upsert in place, or delete) between pages.
         """
-        return _paging(self.scan, name, batch_size, cursor)
+        return self._full_reads(_paging(self.scan, name, batch_size, cursor), name, cursor)
 
     def native_pages(self, name: str, batch_size: int,
                      cursor: str | None = None) -> Iterator[tuple[NativePage, str | None]]:
         """Like pages, over scan_native."""
-        return _paging(self.scan_native, name, batch_size, cursor)
+        return self._full_reads(_paging(self.scan_native, name, batch_size, cursor), name, cursor)
+
+    def _full_reads(self, paging: Iterator[tuple[Page, str | None]], name: str,
+                    cursor: str | None) -> Iterator[tuple[Page, str | None]]:
+        """paging, telling `full_read_observer` once a pass from the first page has read the last."""
+        for page, following in paging:
+            yield page, following
+            if following is None and cursor is None and self.full_read_observer is not None:
+                self.full_read_observer(name)
 
     def upsert(self, name: str, batch: Batch) -> None:
         """Insert or replace records by id (idempotent; for a repeated id the last one wins).

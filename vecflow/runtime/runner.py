@@ -77,6 +77,9 @@ class Runner:
         # Live progress of steps, digests and verification (shown by the CLI; silent by default).
         self.progress = progress or Progress()
         stores.observe_reads(self.progress.read)
+        stores.observe_full_reads(self._full_read)
+        # The whole collections the running step has read, each with the part of the step reading it.
+        self._reads: list[tuple[str, str]] = []
         self._digests: dict[str, str] = {}
         self._digest_seconds = 0.0
         self._owner: Owner | None = None
@@ -372,6 +375,7 @@ class Runner:
         started, self._digest_seconds = time.monotonic(), 0.0
         refs = [self.stores.canonical(r) for r in step.collections()]
         notes: list[str] = []
+        self._reads = []
         with self.progress.task(label, lambda: self._size(step), done=row["rows_done"] if row else 0):
             if row is None:
                 # Taken with --no-verify too: rolling back a step and verifying its downgrade need them.
@@ -402,7 +406,22 @@ class Runner:
         self.ledger.finish_step(attempt_id, index, after)
         self.out(f"  {label}: {ctx.rows_done} rows, {time.monotonic() - started:.2f} s "
                  f"(digests {self._digest_seconds:.2f} s)")
-        self._out_notes(notes)
+        self._out_notes([*notes, *self._full_reads_note(step)])
+
+    def _full_read(self, ref: str) -> None:
+        # The innermost progress task names the part of the step that read it (the step's own task: the op).
+        tasks = self.progress.tasks
+        self._reads.append((ref, tasks[-1].name if len(tasks) > 1 else ""))
+
+    def _full_reads_note(self, step: Op) -> list[str]:
+        """`full reads: main:docs 1 (move_collection), faiss:docs 1 (verify (target records))`."""
+        if not self._reads:
+            return []
+        parts = []
+        for ref in dict.fromkeys(ref for ref, _ in self._reads):
+            why = [purpose or step.op_name for read, purpose in self._reads if read == ref]
+            parts.append(f"{ref} {len(why)} ({', '.join(dict.fromkeys(why))})")
+        return [f"full reads: {'; '.join(parts)}"]
 
     def _out_notes(self, notes: list[str]) -> None:
         for line in notes:

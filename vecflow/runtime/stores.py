@@ -39,6 +39,7 @@ class Stores:
         self._open: dict[str, Backend] = {}
         self._write_guard: Callable[[], None] | None = None
         self._read_observer: Callable[[int], None] | None = None
+        self._full_read_observer: Callable[[str], None] | None = None
         self._state = state
 
     @property
@@ -61,6 +62,7 @@ class Stores:
             self._open[name] = backend
             self._open[name].write_guard = self._write_guard
             self._open[name].read_observer = self._read_observer
+            self._open[name].full_read_observer = self._full_read_for(name)
         return self._open[name]
 
     def guard_writes(self, guard: Callable[[], None] | None) -> None:
@@ -76,6 +78,17 @@ class Stores:
         self._read_observer = observer
         for backend in self._open.values():
             backend.read_observer = observer
+
+    def observe_full_reads(self, observer: Callable[[str], None] | None) -> None:
+        """Call observer with `store:collection` whenever a scan reads a whole collection (the
+        runner's account of the full reads each step made)."""
+        self._full_read_observer = observer
+        for name, backend in self._open.items():
+            backend.full_read_observer = self._full_read_for(name)
+
+    def _full_read_for(self, store: str) -> Callable[[str], None] | None:
+        observer = self._full_read_observer
+        return None if observer is None else lambda collection: observer(f"{store}:{collection}")
 
     def retry_policy(self) -> RetryPolicy:
         """A new policy (one per store: each counts its own retries) from the configuration."""
