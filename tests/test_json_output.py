@@ -52,15 +52,17 @@ def seen(tmp_path_factory) -> dict[str, Any]:
     project.write_python("r2", "r1", 'op.drop_field("docs", "author")')
     project.write_python("r3", "r2", R3_FAILING)
     seen: dict[str, Any] = {"project": project}
-    seen["plan from base"] = document(project, "upgrade", "head", dry_run=True)
+    seen["plan from base"] = failing(project, "upgrade", "head", dry_run=True)  # r3 divides by zero
 
     project.run("upgrade", "r2")
     ledger = ledger_of(project)
     seen["applied at r2"] = ledger.applied()
     ledger.close()
     seen["current at r2"] = failing(project, "current", check_heads=True)
-    seen["plan from r2"] = document(project, "upgrade", "head", dry_run=True)
-    seen["plan text from r2"] = project.run("upgrade", "head", dry_run=True)
+    seen["plan from r2"] = failing(project, "upgrade", "head", dry_run=True)
+    with pytest.raises(VecflowError, match="division by zero"):
+        project.run("upgrade", "head", dry_run=True)
+    seen["plan text from r2"] = project.output
     seen["downgrade plan from r2"] = document(project, "downgrade", "-1", dry_run=True)
     seen["history at r2"] = document(project, "history")
     seen["inspect at r2"] = document(project, "inspect", "main:docs")
@@ -97,15 +99,22 @@ def test_a_dry_run_document_lists_the_plan_of_every_revision_and_the_collections
                                                                              ("upgrade", "r3")]
     assert [[s["op"] for s in r["steps"]] for r in plan["revisions"]] == [
         ["create_collection"], ["drop_field"], ["add_field", "set_field"]]
-    assert plan["collections"] == [{"collection": "main:docs", "exists": False, "count": None}]
+    after = {"exists": True, "count": 300, "exact": True, "recorded": None}
+    assert plan["collections"] == [{"collection": "main:docs", "exists": False, "count": None, "after": after}]
+    assert plan["failure"] == ("the dry run found a step that would fail: upgrade r3, step 2 (set_field docs: rank = "
+                               "{{ 1 / 0 }}): set_field rank: expression failed on record 'id-000000': division by "
+                               "zero")
+    assert [step["failure"] is not None for step in plan["revisions"][2]["steps"]] == [False, True]
     later = seen["plan from r2"]
     [item] = later["revisions"]
     assert item["revision"] == "r3" and [s["number"] for s in item["steps"]] == [1, 2]
     assert all(s["collections"] == ["main:docs"] and s["estimate"].startswith("estimated time")
                and all(isinstance(line, str) for line in s["preview"]) for s in item["steps"])
-    assert later["collections"] == [{"collection": "main:docs", "exists": True, "count": seen["store at r2"]["count"]}]
+    count = seen["store at r2"]["count"]
+    assert later["collections"] == [{"collection": "main:docs", "exists": True, "count": count,
+                                     "after": {"exists": True, "count": count, "exact": True, "recorded": None}}]
     down = seen["downgrade plan from r2"]
-    assert (down["command"], down["target"]) == ("downgrade", "-1")
+    assert (down["command"], down["target"], down["failure"]) == ("downgrade", "-1", None)
     assert [(r["direction"], r["revision"], [s["op"] for s in r["steps"]]) for r in down["revisions"]] == [
         ("downgrade", "r2", ["restore_field"])]
 
@@ -116,7 +125,8 @@ def test_the_dry_run_text_says_what_the_document_says(seen):
     expected = [f"upgrade r3 ({item['message']})"]
     for step in item["steps"]:
         expected += [f"  {step['number']}. {step['description']}", *(f"     {line}" for line in step["preview"])]
-    expected += ["collections:", f"  main:docs: {seen['store at r2']['count']} records"]
+    count = seen["store at r2"]["count"]
+    expected += ["collections:", f"  main:docs: {count} records; after the plan: {count} records"]
     text = seen["plan text from r2"]
     estimates = [line for line in text if line.startswith("     estimated time: ")]  # timed: differ per run
     assert len(estimates) == 2 and [line for line in text if line not in estimates] == expected

@@ -10,7 +10,7 @@ import pytest
 from tests.project import Project
 from vecflow.backends.faiss import FaissBackend
 from vecflow.batch import Batch
-from vecflow.errors import OperationError, VerificationError
+from vecflow.errors import DryRunFailedError, OperationError, VerificationError
 from vecflow.runtime.stores import Stores
 
 
@@ -115,8 +115,9 @@ def test_target_with_another_dimension_or_metric_is_refused_before_writing(four_
     seed(project, "main:docs", clustered_batch(300, 16))
     seed(project, "redis:docs", clustered_batch(5, 8))
     project.write_python("m1", None, 'op.move_collection("main:docs", "redis:docs")')
-    assert "refused: move_collection: target redis:docs exists with dim 8" in "\n".join(
-        project.run("upgrade", "head", dry_run=True))
+    with pytest.raises(DryRunFailedError, match=r"upgrade m1, step 1 \(move_collection main:docs -> redis:docs\)"):
+        project.run("upgrade", "head", dry_run=True)
+    assert "refused: move_collection: target redis:docs exists with dim 8" in "\n".join(project.output)
     with pytest.raises(OperationError, match="target redis:docs exists with dim 8, metric cosine"):
         project.run("upgrade", "head")
     assert project.digest("main:docs").startswith("300:")

@@ -26,11 +26,11 @@ def test_dry_run_prints_the_plan_and_changes_nothing(project):
     assert lines[0].startswith("upgrade r1")
     assert "create_collection docs (dim ?, cosine) from data/docs.jsonl" in lines[1]
     assert "rename_field docs: author -> writer" in "\n".join(lines)
-    assert lines[-1] == "  main:docs: does not exist yet"
+    assert lines[-1] == "  main:docs: does not exist yet; after the plan: 120 records"
     assert project.digest("docs") == "absent"
     project.run("upgrade", "r1")
     lines = project.run("upgrade", "head", dry_run=True)
-    assert lines[-1] == "  main:docs: 120 records"
+    assert lines[-1] == "  main:docs: 120 records; after the plan: 120 records"
     project.run("upgrade", "head")
     lines = project.run("downgrade", "base", dry_run=True)
     assert [line.split()[:2] for line in lines if not line.startswith(" ")][:2] == [["downgrade", "r2"],

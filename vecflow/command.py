@@ -19,6 +19,7 @@ from vecflow.errors import (
     BackendError,
     CollectionNotFoundError,
     ConfigError,
+    DryRunFailedError,
     LedgerError,
     LockError,
     MultipleHeadsError,
@@ -76,24 +77,39 @@ def _report(out: Out, as_json: bool, command: str, report: dict, lines: list[str
 
 
 @contextlib.contextmanager
-def open_runner(config: Config, out: Out = print, progress: Progress | None = None) -> Iterator[Runner]:
+def open_runner(config: Config, out: Out = print, progress: Progress | None = None,
+                read_only: bool = False) -> Iterator[Runner]:
     """Open the script directory, ledger, snapshot store and stores of a project; close them after.
-    progress: where long steps show their progress (the CLI's bar or log lines; none by default)."""
-    scripts = ScriptDirectory.of(config)
-    ledger = Ledger(config.ledger)
-    moved_to = ledger.moved_to
-    if moved_to:
-        ledger.close()
-        raise LedgerError(f"ledger {config.ledger} was copied to {moved_to} (vecflow ledger copy); point "
-                          f"`ledger =` in {config.config_file.name} at it")
-    snapshots = SnapshotStore(config.beside_ledger("snapshots.db"))
-    stores = Stores(config, out=out)
+    progress: where long steps show their progress (the CLI's bar or log lines; none by default).
+
+    read_only (dry runs): nothing is written anywhere. The ledger and vecflow's state are read
+    into memory (a PostgreSQL ledger: in a transaction rolled back at the end), snapshots and
+    stores are only read (Backend.open_read_only), and Python writes no bytecode cache for the
+    scripts and user modules it imports."""
+    bytecode = sys.dont_write_bytecode
+    sys.dont_write_bytecode = bytecode or read_only
     try:
-        yield Runner(config, scripts, ledger, snapshots, stores, out, progress)
+        scripts = ScriptDirectory.of(config)
+        ledger = Ledger(config.ledger, read_only=read_only)
+        moved_to = ledger.moved_to
+        if moved_to:
+            ledger.close()
+            raise LedgerError(f"ledger {config.ledger} was copied to {moved_to} (vecflow ledger copy); point "
+                              f"`ledger =` in {config.config_file.name} at it")
+        try:
+            snapshots = SnapshotStore(config.beside_ledger("snapshots.db"), read_only=read_only)
+        except BaseException:
+            ledger.close()
+            raise
+        stores = Stores(config, out=out, read_only=read_only)
+        try:
+            yield Runner(config, scripts, ledger, snapshots, stores, out, progress)
+        finally:
+            stores.close()
+            snapshots.close()
+            ledger.close()
     finally:
-        stores.close()
-        snapshots.close()
-        ledger.close()
+        sys.dont_write_bytecode = bytecode
 
 
 @contextlib.contextmanager
@@ -179,13 +195,15 @@ def _migrate(config: Config, direction: str, target: str, dry_run: bool, verify:
     if as_json and not dry_run:
         raise VecflowError(f"--json needs --dry-run: a real {direction} reports its steps as text lines ('vecflow "
                            "current --json' shows the state it leaves)")
-    with open_runner(config, _notes(out, as_json), progress) as runner:
+    with open_runner(config, _notes(out, as_json), progress, read_only=dry_run) as runner:
         problems = runner.check_applied_scripts()
         if problems:
             raise LedgerError(problems[0])
         if dry_run:
             report = runner.describe_plan(runner.plan(direction, target))
             _report(out, as_json, direction, report, plan_lines(report), dry_run=True, target=target)
+            if report["failure"]:
+                raise DryRunFailedError(report["failure"])
             return
         with _holding_lease(runner) as owner:
             settled = runner.settle_unfinished(direction, target, owner, verify)

@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from vecflow.errors import ConfigError, LedgerError
+from vecflow.read_only import connect_read_only, copy_into_memory
 
 URL_SCHEMES = ("postgresql://", "postgres://")
 DEFAULT_SCHEMA = "vecflow"
@@ -69,11 +70,19 @@ def upsert_sql(table: str, columns: Sequence[str], keys: Sequence[str], replace:
             f"ON CONFLICT ({conflict}) {action}")
 
 
-def open_database(location: str | Path | None, component: str) -> Database:
+def open_database(location: str | Path | None, component: str, read_only: bool = False,
+                  copy: bool = True) -> Database:
     """The database at a location; `component` ('ledger', 'snapshots', 'state') names it in
-    messages and keys its format version."""
+    messages and keys its format version.
+
+    read_only (dry runs): nothing reaches the database. A SQLite file is read into memory (copy,
+    so code that writes as it reads changes the copy only), or opened read-only (copy=False: a
+    missing file reads as an empty database); PostgreSQL runs everything in one transaction that
+    is rolled back when the database is closed."""
     if is_database_url(location):
-        return PostgresDatabase(str(location), component)
+        return PostgresDatabase(str(location), component, read_only=read_only)
+    if read_only and location is not None:
+        return SQLiteDatabase.read_only(Path(location), component, copy)
     return SQLiteDatabase(None if location is None else Path(location), component)
 
 
@@ -176,6 +185,20 @@ class SQLiteDatabase(Database):
         self.conn = sqlite3.connect(self.where, timeout=WAIT_SECONDS, isolation_level=None, check_same_thread=False)
         self.conn.execute(f"PRAGMA busy_timeout = {WAIT_SECONDS * 1000}")
 
+    @classmethod
+    def read_only(cls, path: Path, component: str, copy: bool) -> SQLiteDatabase:
+        """The file's content without a way to change the file (see open_database)."""
+        if path.is_dir():
+            raise LedgerError(f"cannot open {component} {path}: it is a directory")
+        database = cls.__new__(cls)
+        Database.__init__(database, str(path), component)
+        database.path = None  # nothing here is the file
+        if copy or not path.is_file():
+            database.conn = copy_into_memory(path)
+        else:
+            database.conn = connect_read_only(path)
+        return database
+
     def durable(self) -> None:
         """WAL and synchronous=FULL: a committed transaction is on disk. Called after the
         component checked the file is its own (a foreign file is left as it was)."""
@@ -232,9 +255,10 @@ class PostgresDatabase(Database):
     kind = "postgresql"
     rowid = "seq"
 
-    def __init__(self, url: str, component: str) -> None:
+    def __init__(self, url: str, component: str, read_only: bool = False) -> None:
         conninfo, self.schema = split_schema(url)
         super().__init__(redacted_url(url), component)
+        self.read_only = read_only
         try:
             import psycopg
         except ImportError:
@@ -251,6 +275,8 @@ class PostgresDatabase(Database):
         self._lock_key = f"vecflow:{self.schema}"
         try:
             self.execute(f"SET lock_timeout = '{WAIT_SECONDS}s'")
+            if read_only:
+                self.execute("BEGIN")  # rolled back by close(): nothing this connection does stays
             if self.one("SELECT 1 FROM pg_namespace WHERE nspname = ?", [self.schema]) is None:
                 with contextlib.suppress(LedgerError):  # another runner created it a moment ago
                     self.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
@@ -279,6 +305,22 @@ class PostgresDatabase(Database):
         self.execute("BEGIN")
         if lock:
             self.execute("SELECT pg_advisory_xact_lock(hashtext(?))", [self._lock_key])
+
+    @contextlib.contextmanager
+    def transaction(self, lock: bool = False) -> Iterator[Database]:
+        if not self.read_only:
+            with super().transaction(lock) as database:
+                yield database
+            return
+        # Inside the read-only session's own transaction (no write lock: it would be held to the end).
+        self.execute("SAVEPOINT vecflow_step")
+        try:
+            yield self
+            self.execute("RELEASE SAVEPOINT vecflow_step")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.execute("ROLLBACK TO SAVEPOINT vecflow_step")
+            raise
 
     def tables(self) -> set[str]:
         return {row[0] for row in self.execute(
@@ -329,6 +371,9 @@ class PostgresDatabase(Database):
         return int(row[0]) if row else 0
 
     def close(self) -> None:
+        if self.read_only:
+            with contextlib.suppress(Exception):
+                self.conn.execute("ROLLBACK")
         self.conn.close()
 
 

@@ -65,6 +65,10 @@ class IrreversibleError(OperationError):
     """A downgrade was asked of a revision that cannot be reversed."""
 
 
+class DryRunFailedError(VecflowError):
+    """A dry run found a step that would be refused or fail; the message names it."""
+
+
 class LedgerError(VecflowError):
     """The ledger disagrees with the scripts (edited script, interrupted attempt, ...)."""
 

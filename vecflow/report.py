@@ -208,18 +208,37 @@ def plan_lines(report: Report) -> list[str]:
     """The --dry-run text of a plan report (Runner.describe_plan)."""
     if not report["revisions"]:
         return ["Nothing to do: already at the target."]
-    lines = []
+    lines = list(report["notes"])
     for item in report["revisions"]:
         message = f" ({item['message']})" if item["message"] else ""
         lines.append(f"{item['direction']} {item['revision']}{message}")
         for step in item["steps"]:
             lines.append(f"  {step['number']}. {step['description']}")
+            if step["skipped"]:
+                lines.append(f"     {step['skipped']}")
+                continue
             lines += [f"     {line}" for line in step["preview"]]
+            if step["failure"] and not any(step["failure"] in line for line in step["preview"]):
+                lines.append(f"     would fail: {step['failure']}")
             lines.append(f"     {step['estimate']}")
         if not item["steps"]:
             lines.append("  (no steps)")
     lines.append("collections:")
     for entry in report["collections"]:
-        state = f"{entry['count']} records" if entry["exists"] else "does not exist yet"
-        lines.append(f"  {entry['collection']}: {state}")
+        after = _records_after(entry["after"])
+        lines.append(f"  {entry['collection']}: {_records_now(entry)}; after the plan: {after}")
     return lines
+
+
+def _records_now(entry: Report) -> str:
+    return f"{entry['count']} records" if entry["exists"] else "does not exist yet"
+
+
+def _records_after(after: Report) -> str:
+    recorded = after["recorded"]
+    if recorded is not None:
+        count = f"{recorded['count']} records" if recorded["exists"] else "does not exist"
+        return f"{count} (as recorded before the upgrade of {recorded['revision']})"
+    if not after["exists"]:
+        return "does not exist"
+    return f"{'' if after['exact'] else '~'}{after['count']} records"

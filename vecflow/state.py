@@ -45,10 +45,12 @@ _CHUNK = 500  # ids per IN (...) query, below SQLite's variable limit
 class VecflowState:
     """Record and collection entries by scope; every write is durable when the call returns."""
 
-    def __init__(self, location: str | Path | None) -> None:
-        """location: a SQLite path, a `postgresql://` URL (the ledger's), or None (in memory)."""
-        self.path = None if location is None or is_database_url(location) else Path(location)
-        self._db = open_database(location, "state")
+    def __init__(self, location: str | Path | None, read_only: bool = False) -> None:
+        """location: a SQLite path, a `postgresql://` URL (the ledger's), or None (in memory).
+        read_only (dry runs): a SQLite file is worked on as an in-memory copy, PostgreSQL in a
+        transaction rolled back at close: the file, or its absence, stays as it was."""
+        self.path = None if location is None or read_only or is_database_url(location) else Path(location)
+        self._db = open_database(location, "state", read_only=read_only)
         self._lock = threading.Lock()
         if isinstance(self._db, SQLiteDatabase):
             self._db.durable()

@@ -10,7 +10,7 @@ import pytest
 
 from tests.frameworks import apps
 from tests.project import Project
-from vecflow.errors import DigestMismatchError, OperationError
+from vecflow.errors import DigestMismatchError, DryRunFailedError, OperationError
 
 
 def chroma_and_qdrant(tmp_path: Path) -> tuple[str, str, Project]:
@@ -74,8 +74,9 @@ def test_an_empty_target_of_another_metric_is_refused_and_nothing_is_left_behind
     client.create_collection("target", configuration={"hnsw": {"space": "ip"}})
     del client
     project.write_python("r1", None, 'op.copy_collection("main:docs", "main:target")')
-    preview = project.run("upgrade", "head", dry_run=True)
-    assert any("refused:" in line and "metric ip" in line for line in preview), preview
+    with pytest.raises(DryRunFailedError, match="upgrade r1, step 1 .* exists with dim .* metric ip"):
+        project.run("upgrade", "head", dry_run=True)
+    assert any("refused:" in line and "metric ip" in line for line in project.output), project.output
     with pytest.raises(OperationError, match="exists with dim .* metric ip"):
         project.run("upgrade", "head")
     assert project.run("inspect", "main:target")[1].startswith("target: 0 records")

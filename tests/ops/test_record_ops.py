@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.project import Project
-from vecflow.errors import InvalidDataError, OperationError, ScriptError
+from vecflow.errors import DryRunFailedError, InvalidDataError, OperationError, ScriptError
 from vecflow.operations import get_op
 from vecflow.operations.base import StepRecord
 from vecflow.runtime.context import StepContext
@@ -260,19 +260,28 @@ def test_yaml_revision_with_every_record_op_round_trips(project):
     round_trip(project, check)
 
 
-def test_dry_run_reports_what_each_record_op_would_do_and_writes_nothing(project):
+def test_dry_run_reports_what_each_record_op_would_do_on_what_the_steps_before_leave(project):
     before = project.digest("docs")
-    project.write_python("step1", "base0", """\
+    body = """\
         op.delete_records("docs", where="flag == 'no'")
-        op.cast_field("docs", "qty", "int")
+        op.cast_field("docs", "qty", "int", on_error="{on_error}")
         op.map_records("docs", "tests.ops.sample_functions:bump_rank")
         op.add_field("docs", "slug", function="tests.ops.sample_functions:slug")
-        """)
+        """
+    project.write_python("step1", "base0", body.format(on_error="skip"))
     text = "\n".join(project.run("upgrade", "head", dry_run=True))
     assert "records deleted: 30 of 120 records" in text
-    assert "2 values cannot become int (first: record " in text and "the step would fail" in text
-    assert "records mapped by tests.ops.sample_functions:bump_rank; records affected: 120 of 120" in text
-    assert "field added: slug; records affected: 120 of 120 records" in text
+    # id-000097 (flag 'no') is gone by then: one value is left that cannot become an int.
+    assert "1 values cannot become int (first: record 'id-000047': 'n/a' is not a number)" in text
+    assert "records mapped by tests.ops.sample_functions:bump_rank; records affected: 90 of 90" in text
+    assert "field added: slug; records affected: 90 of 90 records" in text
+    assert "main:docs: 120 records; after the plan: 90 records" in text
+
+    project.write_python("step1", "base0", body.format(on_error="fail"))
+    with pytest.raises(DryRunFailedError, match=r"upgrade step1, step 2 \(cast_field docs: qty -> int \(on_error "
+                                                r"fail\)\): cast_field docs: record 'id-000047': qty = 'n/a' is not"):
+        project.run("upgrade", "head", dry_run=True)
+    assert "     not simulated: the run stops at step1 step 2" in project.output
     assert project.digest("docs") == before
 
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from tests.project import Project, kill_upgrade_at
 from vecflow.batch import Batch
-from vecflow.errors import InvalidDataError, OperationError
+from vecflow.errors import DryRunFailedError, InvalidDataError, OperationError
 from vecflow.operations.base import get_op
 from vecflow.operations.schema import (
     QUARANTINE_REASON,
@@ -131,8 +131,9 @@ def test_pydantic_model_class_schema_quarantines_out_of_range_records_and_downgr
 def test_threshold_exceeded_fails_before_writing_anything(project):
     before = {ref: project.digest(ref) for ref in ("docs", "docs_quarantine")}
     project.write_python("step1", "base0", 'op.apply_schema("docs", "tests.ops.sample_schemas:Article")')
-    assert any("the step would FAIL before writing anything" in line
-               for line in project.run("upgrade", "head", dry_run=True))
+    with pytest.raises(DryRunFailedError, match=r"upgrade step1, step 1 \(apply_schema docs: .*30 of 150 records"):
+        project.run("upgrade", "head", dry_run=True)
+    assert any("the step would FAIL before writing anything" in line for line in project.output)
     with pytest.raises(InvalidDataError) as failure:
         project.run("upgrade", "head")
     message = str(failure.value)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.project import Project
-from vecflow.errors import InvalidDataError, OperationError
+from vecflow.errors import DryRunFailedError, InvalidDataError, OperationError
 from vecflow.operations import Operations
 from vecflow.runtime.stores import Stores
 
@@ -162,15 +162,20 @@ def test_a_condition_that_fails_on_a_record_stops_the_split_before_writing(fast_
     assert project.digest("old") == project.digest("new") == "absent"
 
 
-def test_dry_run_previews_counts_per_target_and_refusals(fast_tmp_path):
+def test_dry_run_previews_counts_per_target_and_refusals_on_what_earlier_steps_wrote(fast_tmp_path):
     project = two_store_project(fast_tmp_path)
     project.write_python("step1", "base0", """\
         op.split_collection("docs", by="draft", into={True: "drafts", False: "final"}, keep_source=True)
         op.split_collection("docs", by="category", into={"faq": "drafts"})
         """)
-    text = "\n".join(project.run("upgrade", "head", dry_run=True))
+    with pytest.raises(DryRunFailedError, match=r"upgrade step1, step 2 \(split_collection docs by category: "
+                                                r"'faq' -> drafts\): split_collection: target main:drafts already "
+                                                r"holds 75 records"):
+        project.run("upgrade", "head", dry_run=True)
+    text = "\n".join(project.output)
     assert "-> main:drafts: 75 records (new)" in text and "-> main:final: 75 records (new)" in text
     assert "refused: split_collection docs: 120 records match no target" in text
+    assert "main:drafts: does not exist yet; after the plan: 75 records" in text
     assert project.digest("drafts") == "absent"
 
 

@@ -85,17 +85,17 @@ def _missing_client(name: str, store: str | None, module_name: str, hint: str, c
 
 
 def open_backend(name: str, options: dict[str, Any], state: VecflowState | None = None,
-                 project_root: Path | None = None, store: str | None = None) -> Backend:
+                 project_root: Path | None = None, store: str | None = None, read_only: bool = False) -> Backend:
     """Instantiate the adapter registered as name with the store's options. `layout` is an option
     of every store (auto, raw, langchain, llamaindex); `state` is where vecflow keeps what it must
     remember about the store (vecflow/state.py), in memory when None; stores inside project_root are
     scoped in it by their path relative to the project; store is the [store:NAME] being opened
-    (for messages)."""
+    (for messages); read_only opens it for reading only (Backend.open_read_only)."""
     cls = backend_class(name, store)
     options = dict(options)
     layout = options.pop("layout", None)
     try:
-        backend = cls(**options)
+        backend = cls.open_read_only(**options) if read_only else cls(**options)
     except TypeError as exc:
         raise ConfigError(f"backend {name!r}: {exc}") from exc
     try:

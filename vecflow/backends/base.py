@@ -99,6 +99,17 @@ class Backend(ABC):
     full_read_observer: Callable[[str], None] | None = None
     _read_only: bool = False
 
+    @classmethod
+    def open_read_only(cls, **options: Any) -> Backend:
+        """Open the store for reading only (dry runs): every write raises, and nothing is written
+        on the way, not even what opening a store usually creates (a missing store folder stays
+        missing and reads as a store without collections). Adapters whose client writes to the
+        store as it opens it override this."""
+        backend = cls.__new__(cls)
+        backend._read_only = True
+        backend.__init__(**options)  # type: ignore[misc]
+        return backend
+
     # configuration shared by every adapter ------------------------------------------------------
 
     def _before_write(self) -> None:
@@ -202,6 +213,11 @@ class Backend(ABC):
         self._retried(f"create_collection {name!r}", lambda: self._create_collection(name, dim, metric, dict(params)),
                       settled=lambda: self._has_collection(name))
         self._forget_layout(name)
+
+    def check_new_collection(self, name: str, params: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
+        """Raise what create_collection would raise for this name and these index parameters,
+        without creating anything (a dry run's simulated create). Adapters whose store refuses
+        names or parameters override it with the store's rules."""
 
     def drop_collection(self, name: str) -> None:
         """Delete a collection and its records; CollectionNotFoundError when it is absent."""

@@ -21,7 +21,12 @@ what a kill interrupted. That first use also checks that chromadb can still read
 from __future__ import annotations
 
 import bisect
+import ipaddress
 import json
+import os
+import re
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,7 +41,7 @@ from vecflow.backends import chroma_order as order
 from vecflow.backends import chroma_values as values
 from vecflow.backends import exact, journal
 from vecflow.backends.base import Backend, CollectionInfo, Hit, NativePage
-from vecflow.backends.chroma_connect import FAILURES, connect, damage, read_marker, write_marker
+from vecflow.backends.chroma_connect import FAILURES, connect, damage, location, read_marker, write_marker
 from vecflow.backends.helpers import one_line
 from vecflow.batch import Batch
 from vecflow.errors import (
@@ -76,6 +81,8 @@ class ChromaBackend(Backend):
     normalises_cosine = False
     has_text_slot = True
     layouts = ("raw", "langchain", "llamaindex")
+    # The temporary copy of an embedded store opened read only (see open_read_only).
+    _copy: str | None = None
 
     def __init__(self, path: str | None = None, url: str | None = None, tenant: str | None = None,
                  database: str | None = None, headers: dict[str, str] | str | None = None) -> None:
@@ -95,6 +102,29 @@ class ChromaBackend(Backend):
         except FAILURES as exc:
             self.close()
             raise BackendError(f"cannot open Chroma at {self._where}: {one_line(exc)}") from exc
+
+    @classmethod
+    def open_read_only(cls, **options: Any) -> Backend:
+        """chromadb writes to an embedded store's folder whenever it opens it (a row of its write
+        lock table, its log applied to the index files): read only, an embedded store is opened
+        from a temporary copy of its folder, removed on close. Messages and vecflow's state still
+        name the store's own folder."""
+        path = options.get("path")
+        if not path:
+            return super().open_read_only(**options)
+        original = os.path.abspath(os.path.expanduser(path))
+        copy = tempfile.mkdtemp(prefix="vecflow-read-only-chroma-")
+        try:
+            if os.path.isdir(original):
+                shutil.copytree(original, copy, dirs_exist_ok=True)
+            backend = super().open_read_only(**{**options, "path": copy})
+        except BaseException:
+            shutil.rmtree(copy, ignore_errors=True)
+            raise
+        assert isinstance(backend, ChromaBackend)
+        backend._copy = copy
+        backend._where = location(original, options.get("tenant"), options.get("database"))
+        return backend
 
     @property
     def client(self) -> Any:
@@ -117,6 +147,9 @@ class ChromaBackend(Backend):
         self._ready.clear()
         if client is not None:
             client.close()
+        if self._copy is not None:
+            shutil.rmtree(self._copy, ignore_errors=True)
+            self._copy = None
 
     # collections -----------------------------------------------------------------------------
 
@@ -132,14 +165,18 @@ class ChromaBackend(Backend):
             return False
         return True
 
+    def check_new_collection(self, name: str, params: dict[str, Any]) -> None:
+        _check_params(name, params)
+        for broken, rule in _NAME_RULES:
+            if broken(name):
+                raise BackendError(f"Chroma rejected collection name {name!r}: {rule}")
+
     def _create_collection(self, name: str, dim: int, metric: str, params: dict[str, Any]) -> None:
         """params: `hnsw` (HNSW settings other than space) and `metadata` (the collection's own
         metadata), as describe() reports them."""
+        _check_params(name, params)
         hnsw = dict(params.pop("hnsw", None) or {})
         metadata = dict(params.pop("metadata", None) or {})
-        if params:
-            raise OperationError(f"Chroma collection {name!r}: unknown parameter(s) {', '.join(sorted(params))}; "
-                                 f"Chroma takes 'hnsw' and 'metadata'")
         with self._errors(f"creating collection {name!r}"):
             try:
                 self._api.create_collection(name, embedding_function=None, metadata=metadata or None,
@@ -446,6 +483,8 @@ class ChromaBackend(Backend):
         finish the writes a kill interrupted: their records are written again, whole."""
         with self._errors(f"opening collection {name!r}"):
             collection.count()
+        if self._read_only:
+            return  # read as stored: finishing an interrupted write is a write
         pending = journal.pending(self.state, self.scope(name), self._dim(collection, name))
         if pending.records is not None:
             self._upsert(name, pending.records)
@@ -550,6 +589,32 @@ def _decode_cursor(collection: str, cursor: str) -> str:
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
     for lo in range(0, len(items), size):
         yield items[lo:lo + size]
+
+
+def _check_params(name: str, params: dict[str, Any]) -> None:
+    unknown = sorted(set(params) - {"hnsw", "metadata"})
+    if unknown:
+        raise OperationError(f"Chroma collection {name!r}: unknown parameter(s) {', '.join(unknown)}; "
+                             f"Chroma takes 'hnsw' and 'metadata'")
+
+
+def _is_ip_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+# The collection names chromadb 1.5.9 refuses, and its words for why (for dry runs, which create
+# nothing in the store).
+_NAME_RULES = (
+    (lambda name: not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]", name),
+     "Expected a name containing 3-512 characters from [a-zA-Z0-9._-], starting and ending with a character "
+     "in [a-zA-Z0-9]."),
+    (lambda name: ".." in name, "Expected a name that does not contains two consecutive periods (..)."),
+    (_is_ip_address, "Expected a name that is not a valid ip address."),
+)
 
 
 def _raise_if_name_rejected(name: str, exc: ChromaError) -> None:

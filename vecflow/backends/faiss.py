@@ -66,6 +66,7 @@ from vecflow.errors import (
     OperationError,
 )
 from vecflow.layouts import Detected, get_layout
+from vecflow.read_only import connect_read_only
 
 SIDECAR = "records.db"
 INDEX_FILE, INDEX_META = faiss_index.INDEX_FILE, faiss_index.INDEX_META
@@ -147,13 +148,15 @@ class FaissBackend(Backend):
         _index_params(self._defaults, ConfigError)
         self.allow_pickle = bool(option_bool("faiss", "allow_pickle", allow_pickle))
         self.index_name = _index_name(index_name)
+        self._open: dict[str, OpenCollection] = {}
+        self._folders: dict[str, LangChainFolder] = {}
+        self._new_layout = "raw"
+        if self._read_only:
+            return  # a missing folder reads as a store without collections
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise BackendError(f"cannot create the faiss store directory {self.root}: {exc}") from exc
-        self._open: dict[str, OpenCollection] = {}
-        self._folders: dict[str, LangChainFolder] = {}
-        self._new_layout = "raw"
         _remove_trash(self.root)
 
     def search_is_exact(self, name: str) -> bool:
@@ -197,6 +200,8 @@ class FaissBackend(Backend):
     # collections ---------------------------------------------------------------------------
 
     def _list_collections(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
         return [entry.name for entry in os.scandir(self.root)
                 if not entry.name.startswith(".") and entry.is_dir() and self._holds_collection(Path(entry.path))]
 
@@ -206,12 +211,20 @@ class FaissBackend(Backend):
     def _holds_collection(self, directory: Path) -> bool:
         return (directory / SIDECAR).is_file() or is_folder(directory, self.index_name)
 
-    def _create_collection(self, name: str, dim: int, metric: str, params: dict[str, Any]) -> None:
-        directory = self._directory(name)
+    def check_new_collection(self, name: str, params: dict[str, Any]) -> None:
+        self._directory(name)
+        self._check_params(name, params)
+        _index_params({**self._defaults, **params}, OperationError)
+
+    def _check_params(self, name: str, params: dict[str, Any]) -> None:
         unknown = sorted(set(params) - set(self._defaults))
         if unknown:
             raise OperationError(f"unknown faiss collection parameter(s) {unknown} for {name!r}; "
                                  f"known: {sorted(self._defaults)}")
+
+    def _create_collection(self, name: str, dim: int, metric: str, params: dict[str, Any]) -> None:
+        directory = self._directory(name)
+        self._check_params(name, params)
         if self._new_layout == "langchain":
             if _index_params({**self._defaults, "index_type": "flat", **params}, OperationError) != FLAT_PARAMS:
                 raise OperationError(f"faiss collection {name!r}: a LangChain folder has a flat index "
@@ -395,7 +408,10 @@ class FaissBackend(Backend):
         if collection is not None and collection.identity == identity:
             return collection
         self._forget(name)
-        conn = sqlite3.connect(directory / SIDECAR, isolation_level=None, timeout=60, check_same_thread=False)
+        if self._read_only:  # not even the -wal and -shm files an ordinary open creates
+            conn = connect_read_only(directory / SIDECAR)
+        else:
+            conn = sqlite3.connect(directory / SIDECAR, isolation_level=None, timeout=60, check_same_thread=False)
         try:
             conn.execute("PRAGMA synchronous=FULL")
             fmt, dim, metric, params = conn.execute("SELECT format, dim, metric, params FROM collection").fetchone()
@@ -431,7 +447,7 @@ class FaissBackend(Backend):
         if folder is None or not folder.is_current():
             self._folders.pop(name, None)
             folder = load_folder(self._directory(name), self.index_name, self.state, self.scope(name),
-                                 self.allow_pickle)
+                                 self.allow_pickle, finish_writes=not self._read_only)
             self._folders[name] = folder
         return folder
 

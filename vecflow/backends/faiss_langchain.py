@@ -280,14 +280,16 @@ class LangChainFolder:
 # opening, creating, dropping -----------------------------------------------------------------
 
 def load_folder(directory: Path, index_name: str, state: VecflowState, scope: str,
-                allow_pickle: bool) -> LangChainFolder:
-    """Read a LangChain folder whole (after completing a write a crash left half done)."""
+                allow_pickle: bool, finish_writes: bool = True) -> LangChainFolder:
+    """Read a LangChain folder whole (after completing a write a crash left half done, unless
+    finish_writes is False: a dry run reads the files as they are)."""
     index_file, pickle_file = folder_files(directory, index_name)
     if not allow_pickle:
         raise ConfigError(f"faiss collection {directory.name!r} is a LangChain folder: reading {pickle_file} "
                           "means unpickling it, which runs any code the file holds; if you trust it, set "
                           "allow_pickle = true in the store's section of vecflow.ini")
-    roll_forward(directory, state, scope)
+    if finish_writes:
+        roll_forward(directory, state, scope)
     # Taken first: if the application saves the folder while it is read, the next call reads it again.
     identity = _identity((index_file, pickle_file))
     try:

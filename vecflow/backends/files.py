@@ -89,10 +89,11 @@ class FilesBackend(Backend):
         self._part_rows = int(part_rows) if str(part_rows).strip().isdigit() else 0
         if self._part_rows < 1:
             raise ConfigError(f"files option part_rows must be a positive integer, got {part_rows!r}")
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise BackendError(f"cannot create the files store directory {self.root}: {exc}") from exc
+        if not self._read_only:  # read only, a missing folder reads as a store without collections
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise BackendError(f"cannot create the files store directory {self.root}: {exc}") from exc
         self._views: dict[str, View] = {}
         self._indexes: dict[str, tuple[tuple[int, ...], sqlite3.Connection]] = {}
         self._swept: set[str] = set()
@@ -116,6 +117,8 @@ class FilesBackend(Backend):
 
     def _list_collections(self) -> list[str]:
         names = []
+        if not self.root.is_dir():
+            return names
         for entry in os.scandir(self.root):
             if entry.name.startswith(".") or not entry.is_dir():
                 continue
@@ -386,7 +389,7 @@ class FilesBackend(Backend):
         if view.manifest is None:
             raise BackendError(f"files collection {name!r} in {self.root} is a {VDF_META} folder another tool "
                                "wrote: vecflow reads it, and writes only folders it created; import it instead")
-        if name not in self._swept:
+        if name not in self._swept and not self._read_only:
             folder_io.sweep(view)
             self._swept.add(name)
         return view

@@ -14,6 +14,8 @@ is committed on its own and the whole store is re-read on open.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -86,6 +88,25 @@ class QdrantBackend(Backend):
     normalises_cosine = False
     has_text_slot = False
     layouts = ("raw", "langchain", "llamaindex")
+    # The empty folder a missing local store is read from when opened read only.
+    _empty_folder: str | None = None
+
+    @classmethod
+    def open_read_only(cls, **options: Any) -> Backend:
+        """Local mode creates a missing folder: read only, a missing one is read as an empty store
+        from a temporary folder (removed on close), under the store's own location."""
+        path = options.get("path")
+        if not path or os.path.isdir(path):
+            return super().open_read_only(**options)
+        empty = tempfile.mkdtemp(prefix="vecflow-read-only-qdrant-")
+        try:
+            backend = super().open_read_only(**{**options, "path": empty})
+        except BaseException:
+            shutil.rmtree(empty, ignore_errors=True)
+            raise
+        assert isinstance(backend, QdrantBackend)
+        backend._empty_folder, backend._where = empty, os.path.realpath(path)
+        return backend
 
     def __init__(self, path: str | None = None, url: str | None = None, api_key: str | None = None,
                  prefer_grpc: bool | str | None = None, grpc_port: int | str | None = None,
@@ -457,3 +478,5 @@ class QdrantBackend(Backend):
             local_stores.release(self._folder)
         else:
             client.close()
+        if self._empty_folder is not None:
+            shutil.rmtree(self._empty_folder, ignore_errors=True)

@@ -108,8 +108,16 @@ class Op(BaseModel):
         return self.reverse(StepRecord.hypothetical()) is not None
 
     def preview(self, stores: Stores) -> list[str]:
-        """Extra --dry-run lines about what this step would do (read-only)."""
+        """Extra --dry-run lines about what this step would do (read-only). `stores` are the dry
+        run's simulated stores: collections as the earlier steps of the plan leave them. A line
+        starting with "refused: " says the step would not run."""
         return []
+
+    def simulate(self, ctx: StepContext) -> None:
+        """Run on a dry run's simulated stores and in-memory snapshots (runtime/simulate.py):
+        what run() does, there. Ops whose run acts outside the stores (loading a model) override
+        it with what they can do without that."""
+        self.run(ctx)
 
     def run(self, ctx: StepContext) -> None:
         raise NotImplementedError

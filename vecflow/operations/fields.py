@@ -136,7 +136,7 @@ class FieldOp(CollectionOp):
         backend, name = stores.resolve(self.collection)
         sampled = sample(backend, name)
         if sampled is None:
-            return [f"{what}; collection {self.collection} does not exist now"]
+            return []  # the simulated run says it does not exist
 
         def changes(rid: str, meta: dict, document: str | None) -> bool:
             value = new_value(rid, meta, document)
@@ -322,9 +322,9 @@ class SetFieldOp(FieldOp):
         where = f" where {self.where}" if self.where else ""
         return f"set_field {self.collection}: {self.field} = {{{{ {self.expression} }}}}{where}"
 
-    def value_function(self, strict: bool) -> Any:
-        """new_value(id, metadata, document) for rewrite_with_snapshot. strict: an expression that
-        fails raises InvalidDataError naming the record; otherwise (previews) it skips the record."""
+    def value_function(self) -> Any:
+        """new_value(id, metadata, document) for rewrite_with_snapshot; an expression that fails
+        raises InvalidDataError naming the record (the dry run's preview reports it as a refusal)."""
         expression = compile_expression(self.expression)
         condition = compile_expression(self.where) if self.where else None
 
@@ -335,18 +335,19 @@ class SetFieldOp(FieldOp):
                     return SKIP
                 return expression(**scope)
             except Exception as exc:
-                if not strict:
-                    return SKIP
                 raise InvalidDataError(
                     f"set_field {self.field}: expression failed on record {rid!r}: {exc}") from exc
 
         return new_value
 
     def preview(self, stores: Stores) -> list[str]:
-        return self.preview_changes(stores, self.value_function(strict=False), f"field set: {self.field}")
+        try:
+            return self.preview_changes(stores, self.value_function(), f"field set: {self.field}")
+        except InvalidDataError as exc:
+            return [f"refused: {exc}"]
 
     def run(self, ctx: StepContext) -> None:
-        self.rewrite_with_snapshot(ctx, self.value_function(strict=True))
+        self.rewrite_with_snapshot(ctx, self.value_function())
 
 
 @register_op
@@ -374,7 +375,7 @@ class RenameFieldOp(CollectionOp):
         backend, name = stores.resolve(self.collection)
         sampled = sample(backend, name)
         if sampled is None:
-            return [f"fields renamed: {self.old} -> {self.new}; collection {self.collection} does not exist now"]
+            return []  # the simulated run says it does not exist
         renamed = count_matching(sampled, lambda rid, meta, doc: self.old in meta)
         clashes = count_matching(sampled, lambda rid, meta, doc: self.old in meta and self.new in meta)
         line = f"fields renamed: {self.old} -> {self.new}; records affected: {sampled.extrapolate(renamed)}"

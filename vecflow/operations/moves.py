@@ -101,8 +101,7 @@ class CopyCollectionOp(Op):
         source, source_name = stores.resolve(self.source)
         target, target_name = stores.resolve(self.target)
         if not source.has_collection(source_name):
-            return [f"source {self.source} does not exist now (an earlier step may create it); "
-                    "no coercion report"]
+            return []  # the simulated run says it does not exist
         self._read_source_as(source, source_name)
         lines = []
         try:

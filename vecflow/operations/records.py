@@ -182,31 +182,31 @@ class CastFieldOp(FieldOp):
         return new_value
 
     def preview(self, stores: Stores) -> list[str]:
-        """Scans the whole collection (read-only): the number of failures must be exact."""
+        """Casts the sample's values (read-only)."""
         what = f"field cast: {self.field} -> {self.to}"
         backend, name = stores.resolve(self.collection)
-        if not backend.has_collection(name):
-            return [f"{what}; collection {self.collection} does not exist now"]
-        total = changed = failed = 0
+        sampled = sample(backend, name)
+        if sampled is None:
+            return []  # the simulated run says it does not exist
+        changed = failed = 0
         first = ""
-        for page, _ in backend.pages(name, stores.config.batch_size):
-            total += len(page)
-            for rid, meta in zip(page.ids, page.metadatas):
-                value = meta.get(self.field)
-                if value is None:
-                    continue
-                try:
-                    changed += kind_of(cast_value(value, self.to)) != kind_of(value)
-                except CastError as exc:
-                    failed += 1
-                    first = first or f"record {rid!r}: {value!r} {exc}"
+        for rid, meta in zip(sampled.page.ids, sampled.page.metadatas):
+            value = meta.get(self.field)
+            if value is None:
+                continue
+            try:
+                changed += kind_of(cast_value(value, self.to)) != kind_of(value)
+            except CastError as exc:
+                failed += 1
+                first = first or f"record {rid!r}: {value!r} {exc}"
         if self.on_error == "null":
             changed += failed
-        lines = [f"{what}; records affected: {changed} of {total} records"]
+        lines = [f"{what}; records affected: {sampled.extrapolate(changed)}"]
         if failed:
             outcome = {"fail": "the step would fail at the first of them",
                        "skip": "they would be left unchanged", "null": "they would be set to null"}[self.on_error]
-            lines.append(f"{failed} values cannot become {self.to} (first: {first}); {outcome}")
+            lines.append(f"{sampled.extrapolate(failed).partition(' of ')[0]} values cannot become {self.to} "
+                         f"(first: {first}); {outcome}")
         return lines
 
     def run(self, ctx: StepContext) -> None:
@@ -325,7 +325,7 @@ class MapRecordsOp(CollectionOp):
                 resolve_function(self.inverse, self._owner, project_folders(stores))
             sampled = sample(backend, name)
             if sampled is None:
-                return [f"{what}; collection {self.collection} does not exist now"]
+                return []  # the simulated run says it does not exist
             changed = self.mapped(function, sampled.page) if len(sampled.page) else Batch.empty()
         except VecflowError as exc:
             return [f"refused: {exc}"]
@@ -451,24 +451,20 @@ class DeleteRecordsOp(CollectionOp):
         return matches
 
     def preview(self, stores: Stores) -> list[str]:
-        """Counts the matching records exactly (a read-only scan of the whole collection)."""
+        """Counts the matching records of the sample (read-only)."""
         backend, name = stores.resolve(self.collection)
-        if not backend.has_collection(name):
-            return [f"records deleted; collection {self.collection} does not exist now"]
+        sampled = sample(backend, name)
+        if sampled is None:
+            return []  # the simulated run says it does not exist
         matches = self.matcher()
-        total = matched = 0
-        first: list[str] = []
+        page = sampled.page
         try:
-            for page, _ in backend.pages(name, stores.config.batch_size):
-                total += len(page)
-                for i, rid in enumerate(page.ids):
-                    if matches(rid, page.metadatas[i], page.documents[i]):
-                        matched += 1
-                        first += [rid] if len(first) < 3 else []
+            matched = [rid for i, rid in enumerate(page.ids) if matches(rid, page.metadatas[i], page.documents[i])]
         except InvalidDataError as exc:
             return [f"refused: {exc}"]
+        first = matched[:3]
         examples = f" (e.g. {', '.join(map(repr, first))})" if first else ""
-        return [f"records deleted: {matched} of {total} records{examples}; snapshotted whole first"]
+        return [f"records deleted: {sampled.extrapolate(len(matched))}{examples}; snapshotted whole first"]
 
     def run(self, ctx: StepContext) -> None:
         backend, name = ctx.require(self.collection)

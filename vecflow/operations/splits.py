@@ -33,6 +33,7 @@ from vecflow.operations.base import Op, StepRecord, register_op
 from vecflow.operations.collections import drop_unless_whole, records_before
 from vecflow.runtime.context import StepContext
 from vecflow.runtime.digest import Digest
+from vecflow.runtime.estimate import total_records
 from vecflow.runtime.stores import Stores
 from vecflow.runtime.verify import SideDigest, read_side
 
@@ -199,16 +200,24 @@ class Repartition(Op):
         for ref in self.source_refs():
             backend, name = stores.resolve(ref)
             if not backend.has_collection(name):
-                return [f"source {ref} does not exist now (an earlier step may create it); no counts"]
+                return []  # the simulated run says it does not exist
         try:
             plan = self.plan(stores, scan_refused=True)
         except VecflowError as exc:
             return [f"refused: {exc}"]
-        lines = [f"{ref}: {plan.read.get(ref, 0)} records read" for ref in plan.sources]
+        # Counted on the sample of each source (a dry run's), extrapolated to what it stands for.
+        read = sum(plan.read.values())
+        totals = sum(total_records(*stores.resolve(ref)) for ref in plan.sources)
+        scale = totals / read if read else 1.0
+
+        def records(count: int) -> str:
+            return f"{count} records" if read >= totals else f"~{round(count * scale)} records (sampled {count})"
+
+        lines = [f"{ref}: {records(plan.read.get(ref, 0))} read" for ref in plan.sources]
         for ref in plan.targets:
             there = plan.before[ref].records.count if ref in plan.before else 0
             state = f"exists, {there} records already" if ref in plan.existing else "new"
-            lines.append(f"-> {ref}: {plan.counts.get(ref, 0)} records ({state})")
+            lines.append(f"-> {ref}: {records(plan.counts.get(ref, 0))} ({state})")
         return lines + [f"refused: {problem}" for problem in plan.problems]
 
     # running -------------------------------------------------------------------------------------

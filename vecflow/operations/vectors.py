@@ -284,15 +284,19 @@ class ReembedOp(CollectionOp):
             return None
         return {key: value for key, value in record.state.items() if key not in ("rebuilt", "embed_after")}
 
+    def _known_dim(self) -> int | None:
+        """The embedder's dimension when its config files tell it without loading it, else None."""
+        if isinstance(self.embedder, str) and self.embedder.startswith(SENTENCE_TRANSFORMERS):
+            return sentence_transformer_dim(self.embedder[len(SENTENCE_TRANSFORMERS):].strip())
+        return None
+
     def preview(self, stores: Stores) -> list[str]:
         backend, name = stores.resolve(self.collection)
         sampled = sample(backend, name)
         if sampled is None:
-            return [f"vectors re-embedded; collection {self.collection} does not exist now"]
+            return []  # the simulated run says it does not exist
         old_dim = backend.describe(name).dim
-        new_dim = None
-        if isinstance(self.embedder, str) and self.embedder.startswith(SENTENCE_TRANSFORMERS):
-            new_dim = sentence_transformer_dim(self.embedder[len(SENTENCE_TRANSFORMERS):].strip())
+        new_dim = self._known_dim()
         if new_dim is None:
             change = f"dim {old_dim} -> known at run time (the model is only loaded when the step runs)"
         elif new_dim == old_dim:
@@ -307,6 +311,24 @@ class ReembedOp(CollectionOp):
             lines.append(f"refused: {sampled.extrapolate(len(missing))} have no text in {self._source()} "
                          f"(e.g. {missing[0]!r})")
         return lines
+
+    def simulate(self, ctx: StepContext) -> None:
+        """Never loads the embedder: every record must have text; when the model's config files
+        give a new dimension, the collection is rebuilt with it (placeholder vectors)."""
+        backend, name = ctx.require(self.collection)
+        pages = [page for page, _ in backend.pages(name, ctx.batch_size) if len(page)]
+        for page in pages:
+            self._texts(page)
+        info, dim = backend.describe(name), self._known_dim()
+        if dim is None or dim == info.dim:
+            return
+        layout = backend.layout_of(name).layout.name
+        backend.drop_collection(name)
+        backend.create_collection(name, dim, info.metric, layout=layout, **info.params)
+        rng = np.random.default_rng(0)
+        for page in pages:
+            vectors = rng.standard_normal((len(page), dim)).astype(np.float32)
+            backend.upsert(name, Batch(page.ids, vectors, page.documents, page.metadatas, page.extras))
 
     def run(self, ctx: StepContext) -> None:
         backend, name = ctx.resolve(self.collection)
@@ -434,7 +456,7 @@ class NormalizeVectorsOp(CollectionOp):
         backend, name = stores.resolve(self.collection)
         sampled = sample(backend, name)
         if sampled is None:
-            return [f"vectors scaled to unit length; collection {self.collection} does not exist now"]
+            return []  # the simulated run says it does not exist
         norms = np.linalg.norm(sampled.page.vectors.astype(np.float64), axis=1)
         changed, zero = int(_to_scale(norms).sum()), int((norms == 0).sum())
         return [f"vectors scaled to unit length; records affected: {sampled.extrapolate(changed)} "

@@ -39,6 +39,7 @@ from typing import Any
 
 from vecflow.database import Database, SQLiteDatabase, open_database, retry_while_busy, upsert_sql
 from vecflow.errors import LedgerError, LockError
+from vecflow.read_only import copy_into_memory
 
 RUNNING, DONE, FAILED, ABANDONED, STAMPED, ROLLED_BACK = (
     "running", "done", "failed", "abandoned", "stamped", "rolled-back")
@@ -110,8 +111,11 @@ class _Held:
 class Ledger:
     """Applied state and history of one project, in a SQLite file or a PostgreSQL database."""
 
-    def __init__(self, location: Path | str) -> None:
-        """location: a path (SQLite) or a `postgresql://` URL."""
+    def __init__(self, location: Path | str, read_only: bool = False) -> None:
+        """location: a path (SQLite) or a `postgresql://` URL. read_only (dry runs): the ledger is
+        only read (a SQLite file into memory, PostgreSQL in a transaction rolled back at close), so
+        the file, or its absence, stays as it was; an older format is upgraded in the copy only."""
+        self.read_only = read_only
         self.db: Database = retry_while_busy(lambda: self._open(location), f"ledger {location}")
         self.where = self.db.where
         self.path = getattr(self.db, "path", None)
@@ -119,7 +123,7 @@ class Ledger:
 
     def _open(self, location: Path | str) -> Database:
         try:
-            db = open_database(location, "ledger")
+            db = open_database(location, "ledger", read_only=self.read_only)
         except OSError as exc:
             raise LedgerError(f"cannot open ledger {location}: {exc}") from exc
         try:

@@ -33,8 +33,8 @@ from vecflow.runtime.context import DIGESTS_BEFORE, StepContext
 from vecflow.runtime.digest import VERSION as DIGEST_VERSION
 from vecflow.runtime.digest import Digest, DigestPair, collection_digests
 from vecflow.runtime.digest import version_of as digest_version
-from vecflow.runtime.estimate import estimate_line, sample
 from vecflow.runtime.ledger import DONE, FAILED, ROLLBACK, RUNNING, Ledger, Owner
+from vecflow.runtime.simulate import simulate
 from vecflow.runtime.snapshots import SnapshotStore, snapshot_name
 from vecflow.runtime.stores import Stores, split_ref
 from vecflow.script.directory import ScriptDirectory
@@ -187,34 +187,12 @@ class Runner:
                           finished=row["status"] == DONE)
 
     def describe_plan(self, plan: list[PlannedRevision]) -> dict:
-        """The --dry-run report: revisions, steps, affected collections and their record counts,
-        as data (`vecflow.report.plan_lines` makes the text, docs/json.md describes the JSON)."""
-        revisions = []
-        touched: list[str] = []
-        for item in plan:
-            steps = []
-            for number, step in enumerate(item.steps, start=1):
-                refs = [self.stores.canonical(r) for r in step.collections()]
-                steps.append({"number": number, "op": step.op_name, "description": step.describe(),
-                              "collections": refs, "preview": step.preview(self.stores),
-                              "estimate": self._estimate(step)})
-                touched += [ref for ref in refs if ref not in touched]
-            revisions.append({"direction": item.direction, "revision": item.revision.revision,
-                              "message": item.revision.message, "steps": steps})
-        collections = []
-        for ref in touched:
-            backend, name = self.stores.resolve(ref)
-            exists = backend.has_collection(name)
-            collections.append({"collection": ref, "exists": exists, "count": backend.count(name) if exists else None})
-        return {"revisions": revisions, "collections": collections}
-
-    def _estimate(self, step: Op) -> str:
-        refs = step.collections()
-        if not refs:
-            return estimate_line(self.ledger, step.op_name, 0, None)
-        backend, name = self.stores.resolve(refs[0])
-        sampled = sample(backend, name)
-        return estimate_line(self.ledger, step.op_name, sampled.total if sampled else 0, sampled)
+        """The --dry-run report, as data: the plan simulated in order on samples (runtime/simulate.py):
+        each step with its preview, estimated time and why it would be refused or fail, and every
+        collection the plan touches with its records now and after (`vecflow.report.plan_lines`
+        makes the text, docs/json.md describes the JSON). Open the runner read only
+        (command.open_runner) so that nothing is written."""
+        return simulate(self, plan)
 
     # unfinished attempts -------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from vecflow.backends.base import CollectionInfo
 from vecflow.batch import Batch
 from vecflow.database import Database, SQLiteDatabase, open_database
 from vecflow.errors import LedgerError
+from vecflow.read_only import connect_read_only
 
 ABSENT = object()
 
@@ -48,14 +49,23 @@ SNAPSHOT_FORMAT = 1
 
 
 class SnapshotStore:
-    def __init__(self, location: Path | str) -> None:
-        """location: the snapshot file's path, or the PostgreSQL ledger's URL."""
+    def __init__(self, location: Path | str, read_only: bool = False) -> None:
+        """location: the snapshot file's path, or the PostgreSQL ledger's URL. read_only (dry
+        runs): only read; nothing is created or changed, and a missing file (or one without
+        vecflow's snapshots) reads as one holding no snapshot."""
         try:
-            self.db: Database = open_database(location, "snapshots")
+            self.db: Database = open_database(location, "snapshots", read_only=read_only, copy=False)
         except OSError as exc:
             raise LedgerError(f"cannot open the snapshot file {location}: {exc}") from exc
         self.path = getattr(self.db, "path", None)
         self.where = self.db.where
+        if read_only:
+            try:
+                self._check_read_only()
+            except sqlite3.DatabaseError as exc:
+                self.db.close()
+                raise LedgerError(f"cannot open the snapshot file {self.where}: {exc}") from exc
+            return
         try:
             self._create_or_check()
             if isinstance(self.db, SQLiteDatabase):
@@ -66,6 +76,19 @@ class SnapshotStore:
         except BaseException:
             self.db.close()
             raise
+
+    def _check_read_only(self) -> None:
+        """A read-only store: refuse a newer format; one holding no snapshots table reads as an
+        empty store in memory."""
+        version = self.db.format_version()
+        if version > SNAPSHOT_FORMAT:
+            self.db.close()
+            raise LedgerError(f"snapshot file {self.where} has format version {version}; this vecflow reads "
+                              f"format {SNAPSHOT_FORMAT} and older: upgrade vecflow (pip install -U vecflow)")
+        if "snapshots" not in self.db.tables():
+            self.db.close()
+            self.db = open_database(None, "snapshots")
+            self._create_or_check()
 
     @property
     def label(self) -> str:

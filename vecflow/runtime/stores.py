@@ -32,9 +32,12 @@ class Stores:
     """The open connections of one command run; close() releases them all."""
 
     def __init__(self, config: Config, state: VecflowState | None = None,
-                 out: Callable[[str], None] | None = None) -> None:
-        """out receives the retry lines (the runner passes its own output); stderr when None."""
+                 out: Callable[[str], None] | None = None, read_only: bool = False) -> None:
+        """out receives the retry lines (the runner passes its own output); stderr when None.
+        read_only (dry runs): stores are opened for reading only and vecflow's state is an
+        in-memory copy of state.db, so nothing is written anywhere."""
         self.config = config
+        self.read_only = read_only
         self._out = out or _to_stderr
         self._open: dict[str, Backend] = {}
         self._write_guard: Callable[[], None] | None = None
@@ -47,7 +50,7 @@ class Stores:
         """vecflow's state for every store of the project: `state.db` beside the ledger (or in
         the PostgreSQL ledger's database)."""
         if self._state is None:
-            self._state = VecflowState(self.config.beside_ledger("state.db"))
+            self._state = VecflowState(self.config.beside_ledger("state.db"), read_only=self.read_only)
         return self._state
 
     def backend(self, store: str | None = None) -> Backend:
@@ -57,7 +60,8 @@ class Stores:
             policy = self.retry_policy()
             backend = cast(Backend, policy.call(
                 store_config.backend, f"connect to store {name!r}",
-                lambda: open_backend(store_config.backend, store_config.options, self.state, self.config.here, name)))
+                lambda: open_backend(store_config.backend, store_config.options, self.state, self.config.here, name,
+                                     read_only=self.read_only)))
             backend.set_retry_policy(policy)
             self._open[name] = backend
             self._open[name].write_guard = self._write_guard
