@@ -197,3 +197,30 @@ def test_the_cli_prints_the_report_then_one_error_line_and_exits_1_creating_noth
         "{{ missing + 1 }}): set_field next: expression failed on record 'id-000000': 'missing' is undefined"]
     assert tree(project.root) == before
     assert not (project.root / backend).exists() and not (project.root / ".vecflow").exists()
+
+
+def _schema_contents(url: str) -> dict[str, list]:
+    """Every row of every table in the ledger's schema (vecflow's ledger, snapshots and state)."""
+    from vecflow.database import open_database
+
+    database = open_database(url, "ledger")
+    try:
+        return {table: sorted(map(repr, database.execute(f'SELECT * FROM "{table}"').fetchall()))
+                for table in sorted(database.tables())}
+    finally:
+        database.close()
+
+
+def test_a_dry_run_on_a_postgresql_ledger_changes_nothing_in_its_database(tmp_path, backend, postgres_url):
+    project = Project(tmp_path, {"path": str(tmp_path / backend)}, backend=backend, batch_size=100)
+    ini = project.root / "vecflow.ini"
+    ini.write_text(ini.read_text().replace("ledger = %(here)s/.vecflow/ledger.db", f"ledger = {postgres_url}"))
+    project.write_records("docs.jsonl", 300, dim=8)
+    project.write_python("r1", None, 'op.create_collection("docs", data="data/docs.jsonl")')
+    project.write_python("r2", "r1", 'op.drop_field("docs", "rank")')
+    project.run("upgrade", "r1")
+    before, files = _schema_contents(postgres_url), tree(project.root)
+    project.run("upgrade", "head", dry_run=True)
+    assert "  main:docs: 300 records; after the plan: 300 records" in project.output
+    project.run("downgrade", "base", dry_run=True)
+    assert _schema_contents(postgres_url) == before and tree(project.root) == files

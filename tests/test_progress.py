@@ -115,7 +115,7 @@ def test_a_log_gets_progress_lines_that_name_their_step_and_come_in_order(projec
     lines = project.cli("upgrade", "head", env=FREQUENT).stdout.splitlines()
     assert lines[0] == "Upgrade r1 (revision r1)"
     assert re.fullmatch(r"  start-up took \d+\.\d\d s \(scripts, ledger, lock and stores opened\)", lines[1]), lines
-    create = "  [1/1] create_collection docs (dim ?, cosine) from data/docs.jsonl"
+    create = "  [1/1] create_collection docs (dim of the data, cosine) from data/docs.jsonl"
     copy = "  [1/1] copy_collection docs -> faiss:docs"
     assert any(re.fullmatch(rf"{re.escape(create)}: \d+/{N} records \(\d+%\), \d+ records/s, ETA \d+ s", line)
                for line in lines), lines

@@ -24,7 +24,7 @@ def project(tmp_path):
 def test_dry_run_prints_the_plan_and_changes_nothing(project):
     lines = project.run("upgrade", "head", dry_run=True)
     assert lines[0].startswith("upgrade r1")
-    assert "create_collection docs (dim ?, cosine) from data/docs.jsonl" in lines[1]
+    assert "create_collection docs (dim of the data, cosine) from data/docs.jsonl" in lines[1]
     assert "rename_field docs: author -> writer" in "\n".join(lines)
     assert lines[-1] == "  main:docs: does not exist yet; after the plan: 120 records"
     assert project.digest("docs") == "absent"
@@ -231,13 +231,16 @@ def test_a_verified_copy_to_another_backend_reads_its_source_once_and_its_target
     project.write_python("r2", "r1", 'op.copy_collection("docs", "flat:docs")')
     project.run("upgrade", "r1")
     full_reads: list[str] = []
-    for method in ("pages", "native_pages"):
-        def counting(self, name, batch_size, cursor=None, _real=getattr(Backend, method)):
-            for page, following in _real(self, name, batch_size, cursor):
+    def counting(real):
+        def paged(self, name, batch_size, cursor=None):
+            for page, following in real(self, name, batch_size, cursor):
                 yield page, following
                 if following is None and cursor is None:
                     full_reads.append(f"{self.name}:{name}")
-        monkeypatch.setattr(Backend, method, counting)
+        return paged
+
+    for method in ("pages", "native_pages"):
+        monkeypatch.setattr(Backend, method, counting(getattr(Backend, method)))
     output = "\n".join(project.run("upgrade", "head"))
     assert "search parity: recall@10 target" in output  # measured, against the loop's ground truth
     assert sorted(full_reads) == ["chroma:docs", "faiss:docs"]

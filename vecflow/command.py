@@ -29,6 +29,7 @@ from vecflow.errors import (
 )
 from vecflow.inspection import format_report, inspect_store
 from vecflow.operations.moves import CopyCollectionOp
+from vecflow.progress import Progress
 from vecflow.report import (
     branches_lines,
     check_lines,
@@ -45,7 +46,6 @@ from vecflow.report import (
     unfinished_line,
 )
 from vecflow.runtime import markers
-from vecflow.progress import Progress
 from vecflow.runtime.ledger import DONE, FAILED, Ledger, Owner
 from vecflow.runtime.ledger_copy import copy_ledger
 from vecflow.runtime.runner import DOWNGRADE, UPGRADE, Runner

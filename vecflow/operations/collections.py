@@ -201,7 +201,7 @@ class CreateCollectionOp(CollectionOp):
 
     def describe(self) -> str:
         source = f" from {self.data}" if self.data else ""
-        dim = self.dim if self.dim else "?"
+        dim = self.dim if self.dim else "of the data"
         return f"create_collection {self.collection} (dim {dim}, {self.metric}){source}"
 
     def reverse(self, record: StepRecord) -> Op | None:

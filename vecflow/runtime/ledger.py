@@ -39,7 +39,6 @@ from typing import Any
 
 from vecflow.database import Database, SQLiteDatabase, open_database, retry_while_busy, upsert_sql
 from vecflow.errors import LedgerError, LockError
-from vecflow.read_only import copy_into_memory
 
 RUNNING, DONE, FAILED, ABANDONED, STAMPED, ROLLED_BACK = (
     "running", "done", "failed", "abandoned", "stamped", "rolled-back")

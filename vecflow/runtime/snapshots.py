@@ -24,7 +24,6 @@ from vecflow.backends.base import CollectionInfo
 from vecflow.batch import Batch
 from vecflow.database import Database, SQLiteDatabase, open_database
 from vecflow.errors import LedgerError
-from vecflow.read_only import connect_read_only
 
 ABSENT = object()
 
