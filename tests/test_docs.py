@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import difflib
 import re
 import shlex
 import textwrap
@@ -13,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.docs_session import WriteFile, page_steps
+from vecflow import cli_reference
 from vecflow.cli import ALIASES, build_parser
 from vecflow.config import _MAIN_KEYS
 from vecflow.operations import Operations, get_op, public_ops
@@ -133,7 +136,7 @@ def test_every_global_option_is_documented_in_cli_md():
 
 def test_command_lines_shown_in_the_docs_are_accepted_by_the_parser():
     checked = 0
-    for page in sorted(DOCS.glob("*.md")):
+    for page in sorted(DOCS.rglob("*.md")):
         for lang, body in code_blocks(page.read_text(encoding="utf-8")):
             if lang not in SHELL_LANGS:
                 continue
@@ -216,12 +219,17 @@ def test_op_examples_in_ops_md_record_valid_steps():
 
 
 def test_revision_examples_in_revisions_md_load_and_plan(tmp_path):
+    # Modules the examples import from the project (`myproject/schemas.py`), as the page shows them.
+    for step in page_steps(read("revisions.md")):
+        if isinstance(step, WriteFile) and not step.path.startswith("versions/"):
+            (tmp_path / step.path).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / step.path).write_text(step.text, encoding="utf-8")
     loaded = 0
     for number, (lang, body) in enumerate(code_blocks(read("revisions.md"))):
         if lang == "python" and "def upgrade(op)" in body and re.search(r"^revision = ", body, re.MULTILINE):
             path = tmp_path / f"example{number}.py"
             path.write_text(body, encoding="utf-8")
-            script = load_python_script(path)
+            script = load_python_script(path, (tmp_path,))
         elif lang == "yaml" and re.search(r"^revision:", body, re.MULTILINE):
             path = tmp_path / f"example{number}.yaml"
             path.write_text(body, encoding="utf-8")
@@ -269,3 +277,30 @@ def test_every_vecflow_ini_key_is_documented_with_its_environment_override(key):
     text = read("configuration.md")
     assert f"`{key}`" in text, f"docs/configuration.md does not document [vecflow] {key}"
     assert f"VECFLOW_{key.upper()}" in text, f"docs/configuration.md does not show VECFLOW_{key.upper()}"
+
+
+# cli-reference.md -------------------------------------------------------------------------------
+
+
+def test_cli_reference_md_is_what_the_parser_generates_now():
+    committed, generated = read("cli-reference.md"), cli_reference.render()
+    if committed != generated:
+        diff = "".join(list(difflib.unified_diff(committed.splitlines(True), generated.splitlines(True),
+                                                 "docs/cli-reference.md (committed)", "generated now"))[:40])
+        pytest.fail(f"docs/cli-reference.md is stale; regenerate it with: {cli_reference.REGENERATE}\n{diff}")
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_cli_reference_md_shows_every_command_with_its_python_function(name):
+    text = section(read("cli-reference.md"), rf"^vecflow {re.escape(name)}$") or ""
+    assert "Python: `vecflow.command." in text and f"usage: vecflow {name}" in text
+
+
+def test_cli_reference_check_exits_1_naming_the_command_when_the_page_is_stale(tmp_path, capsys):
+    page = tmp_path / "cli-reference.md"
+    page.write_text(read("cli-reference.md").replace("--dry-run", "--dryrun"), encoding="utf-8")
+    assert cli_reference.main(["--check", "--output", str(page)]) == 1
+    assert capsys.readouterr().err == f"{page} is stale; run: python -m vecflow.cli_reference\n"
+    assert cli_reference.main(["--output", str(page)]) == 0
+    assert page.read_text(encoding="utf-8") == cli_reference.render()
+    assert cli_reference.main(["--check", "--output", str(page)]) == 0

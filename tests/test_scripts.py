@@ -67,7 +67,7 @@ def test_yaml_structure_errors(project):
 
 def test_yaml_ids_read_as_numbers_are_refused_with_a_hint(project):
     project.write_yaml("b2", "revision: 0012\ndown_revision: null\nupgrade: []\n")
-    with pytest.raises(ScriptError, match=r"read as a number; quote revision ids"):
+    with pytest.raises(ScriptError, match=r"revision: was read as the number 10; quote revision ids"):
         load_graph(project)
 
 

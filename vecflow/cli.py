@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     for function in COMMANDS:
         doc = inspect.getdoc(function) or ""
         sub = subparsers.add_parser(function.__name__, aliases=ALIASES.get(function.__name__, []),
-                                    help=doc.splitlines()[0], description=doc)
+                                    help=" ".join(doc.split("\n\n")[0].split()), description=doc)
         sub.set_defaults(function=function)
         signature = inspect.signature(function).parameters
         if "progress" in signature:

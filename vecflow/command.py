@@ -89,7 +89,7 @@ def open_runner(config: Config, out: Out = print, progress: Progress | None = No
     bytecode = sys.dont_write_bytecode
     sys.dont_write_bytecode = bytecode or read_only
     try:
-        scripts = ScriptDirectory(config.script_location)
+        scripts = ScriptDirectory.of(config)
         ledger = Ledger(config.ledger, read_only=read_only)
         moved_to = ledger.moved_to
         if moved_to:
@@ -158,7 +158,7 @@ def revision(config: Config, message: str = "", use_yaml: bool = False, use_pyth
 
     --yaml or --python choose the format (default: revision_format in vecflow.ini); --splice
     allows --head to be a revision that is not a head, starting a new branch from it."""
-    scripts = ScriptDirectory(config.script_location)
+    scripts = ScriptDirectory.of(config)
     graph = scripts.revision_map
     if head == "head" and len(graph.heads) > 1:
         raise MultipleHeadsError(f"multiple heads are present ({', '.join(graph.heads)}); pass --head <revision> "
@@ -179,7 +179,7 @@ def _revision_format(config: Config, use_yaml: bool, use_python: bool) -> str:
 def merge(config: Config, revisions: Sequence[str] = ("heads",), message: str = "merge heads",
           rev_id: str | None = None, out: Out = print) -> Path:
     """Create a merge revision joining several heads (all heads by default)."""
-    scripts = ScriptDirectory(config.script_location)
+    scripts = ScriptDirectory.of(config)
     parents = tuple(dict.fromkeys(r for spec in revisions for r in scripts.revision_map.resolve(spec)))
     if len(parents) < 2:
         raise RevisionError(f"a merge needs at least two revisions; {', '.join(revisions)} resolved to "
@@ -264,7 +264,7 @@ def history(config: Config, rev_range: str | None = None, verbose: bool = False,
 
 def heads(config: Config, verbose: bool = False, as_json: bool = False, out: Out = print) -> list[str]:
     """Show the head revisions of the script directory."""
-    graph = ScriptDirectory(config.script_location).revision_map
+    graph = ScriptDirectory.of(config).revision_map
     report = {"heads": [revision_info(graph, graph.get(rev_id)) for rev_id in graph.heads]}
     _report(out, as_json, "heads", report, heads_lines(report, verbose))
     return list(graph.heads)
@@ -272,7 +272,7 @@ def heads(config: Config, verbose: bool = False, as_json: bool = False, out: Out
 
 def branches(config: Config, verbose: bool = False, as_json: bool = False, out: Out = print) -> dict:
     """Show the branch points: revisions with more than one child."""
-    graph = ScriptDirectory(config.script_location).revision_map
+    graph = ScriptDirectory.of(config).revision_map
     report = {"branch_points": [{"revision": revision_info(graph, rev),
                                  "children": [revision_info(graph, graph.get(child)) for child in rev.nextrev]}
                                 for rev in graph.branch_points()]}
@@ -282,7 +282,7 @@ def branches(config: Config, verbose: bool = False, as_json: bool = False, out: 
 
 def show(config: Config, revision: str, as_json: bool = False, out: Out = print) -> dict:
     """Show one revision: its edges, path, and planned upgrade and downgrade steps."""
-    graph = ScriptDirectory(config.script_location).revision_map
+    graph = ScriptDirectory.of(config).revision_map
     report = {"revisions": [show_info(graph, graph.get(rev_id)) for rev_id in graph.resolve(revision)]}
     _report(out, as_json, "show", report, show_lines(report))
     return report
@@ -344,7 +344,7 @@ def edit(config: Config, revision: str = "head", out: Out = print) -> list[Path]
 
     The editor is $EDITOR, else $VISUAL, else a common editor on the PATH, as in Alembic; any
     identifier works (current, heads, -1: several revisions open one after the other)."""
-    graph = ScriptDirectory(config.script_location).revision_map
+    graph = ScriptDirectory.of(config).revision_map
     applied: set[str] = set()
     # `current` and relative steps need the ledger; never create one here (a shared one always exists).
     if config.shared_ledger or config.ledger.exists():

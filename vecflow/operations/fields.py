@@ -10,10 +10,8 @@ given as a Python callable or a dotted path "package.module:function".
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import re
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -25,7 +23,7 @@ from pydantic import Field, field_validator, model_validator
 from vecflow.batch import Batch
 from vecflow.errors import InvalidDataError, IrreversibleError, OperationError
 from vecflow.operations.base import CollectionOp, Op, StepRecord, register_op
-from vecflow.operations.user_code import USER_ERRORS, failure
+from vecflow.operations.user_code import USER_ERRORS, failure, import_user_module
 from vecflow.runtime.context import StepContext
 from vecflow.runtime.estimate import count_matching, sample
 from vecflow.runtime.snapshots import ABSENT
@@ -87,7 +85,7 @@ def resolve_function(value: UserFunction, owner: str, search: Sequence[Path] = (
         return value
     module_name, _, attribute = value.partition(":")
     try:
-        module = _import(module_name, search)
+        module = import_user_module(module_name, search)
     except ModuleNotFoundError as exc:
         raise OperationError(f"{owner}: cannot import {value!r}: {exc}") from exc
     except USER_ERRORS as exc:
@@ -100,22 +98,6 @@ def resolve_function(value: UserFunction, owner: str, search: Sequence[Path] = (
     if not callable(target):
         raise OperationError(f"{owner}: {value!r} is a {type(target).__name__}, not a function")
     return target
-
-
-def _import(module_name: str, search: Sequence[Path]) -> Any:
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        missing = exc.name or ""
-        if not search or not (module_name == missing or module_name.startswith(missing + ".")):
-            raise
-    extra = [str(folder) for folder in search if str(folder) not in sys.path]
-    sys.path[:0] = extra
-    try:
-        return importlib.import_module(module_name)
-    finally:
-        for folder in extra:
-            sys.path.remove(folder)
 
 
 def check_json_value(value: Any, where: str) -> Any:

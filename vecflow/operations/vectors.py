@@ -16,13 +16,9 @@ An embedder takes a list of texts and returns one vector per text.
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
 import json
 import re
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -33,8 +29,8 @@ from vecflow.backends import Backend
 from vecflow.batch import Batch
 from vecflow.errors import InvalidDataError, OperationError, VecflowError, VerificationError
 from vecflow.operations.base import CollectionOp, Op, StepRecord, register_op
-from vecflow.operations.fields import wrote_nothing
-from vecflow.operations.user_code import USER_ERRORS, failure
+from vecflow.operations.fields import project_folders, wrote_nothing
+from vecflow.operations.user_code import USER_ERRORS, failure, import_user_module
 from vecflow.runtime.context import StepContext
 from vecflow.runtime.digest import Digest, batch_digest, collection_digest
 from vecflow.runtime.estimate import sample
@@ -107,8 +103,10 @@ class Embedder:
         return vectors
 
 
-def load_embedder(spec: Any, script_dir: Path) -> Embedder:
-    """Resolve an embedder: import its module or load its model (run time only)."""
+def load_embedder(spec: Any, script_dir: Path, search: Sequence[Path] = ()) -> Embedder:
+    """Resolve an embedder: import its module or load its model (run time only). A dotted path's
+    module is imported like every user function's: from sys.path, else from the folders in
+    `search` (the project folder, then the script directory)."""
     if not isinstance(spec, str):
         if isinstance(spec, type):
             try:
@@ -119,13 +117,12 @@ def load_embedder(spec: Any, script_dir: Path) -> Embedder:
     if spec.startswith(SENTENCE_TRANSFORMERS):
         return Embedder(_sentence_transformer(spec[len(SENTENCE_TRANSFORMERS):].strip(), script_dir), spec)
     module_name, attribute, call = DOTTED.match(spec).groups()  # type: ignore[union-attr]
-    with _importable_from(script_dir, module_name):
-        try:
-            target: Any = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise OperationError(f"embedder {spec}: cannot import {module_name} ({exc})") from exc
-        except USER_ERRORS as exc:
-            raise OperationError(f"embedder {spec}: importing {module_name} {failure(exc)}") from exc
+    try:
+        target: Any = import_user_module(module_name, search)
+    except ImportError as exc:
+        raise OperationError(f"embedder {spec}: cannot import {module_name} ({exc})") from exc
+    except USER_ERRORS as exc:
+        raise OperationError(f"embedder {spec}: importing {module_name} {failure(exc)}") from exc
     for part in attribute.split("."):
         if not hasattr(target, part):
             raise OperationError(f"embedder {spec}: {module_name} has no attribute {attribute!r}")
@@ -138,21 +135,6 @@ def load_embedder(spec: Any, script_dir: Path) -> Embedder:
     if not callable(target):
         raise OperationError(f"embedder {spec} is a {type(target).__name__}, not callable on a list of texts")
     return Embedder(target, spec)
-
-
-@contextmanager
-def _importable_from(script_dir: Path, module_name: str) -> Iterator[None]:
-    """Let `module:attr` name a module beside the revision scripts when it is not importable as is."""
-    top = module_name.partition(".")[0]
-    if importlib.util.find_spec(top) is not None or not (
-            (script_dir / f"{top}.py").is_file() or (script_dir / top).is_dir()):
-        yield
-        return
-    sys.path.insert(0, str(script_dir))
-    try:
-        yield
-    finally:
-        sys.path.remove(str(script_dir))
 
 
 def _model_location(name: str, script_dir: Path | None) -> str | None:
@@ -355,7 +337,7 @@ class ReembedOp(CollectionOp):
         if "prior_collection_metadata" not in ctx.state:
             # Kept for the inverse, and re-applied after a rebuild (dropping loses it).
             ctx.save(prior_collection_metadata=backend.collection_metadata(name))
-        embedder = load_embedder(self.embedder, ctx.script_dir)
+        embedder = load_embedder(self.embedder, ctx.script_dir, project_folders(ctx.stores))
         dim = self._identify(ctx, embedder)
         if not ctx.state.get("snapshot_done"):
             self._snapshot(ctx, backend, name)

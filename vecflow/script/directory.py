@@ -8,11 +8,15 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vecflow.errors import ConfigError, RevisionError, ScriptError, VecflowError
 from vecflow.script.revision import Revision, RevisionMap, normalize_ids
 from vecflow.script.scripts import RevisionScript, load_python_script, load_yaml_script
 from vecflow.script.templates import SUFFIXES, render_revision, revision_template, templates_dir
+
+if TYPE_CHECKING:
+    from vecflow.config import Config
 
 __all__ = ["ScriptDirectory", "templates_dir"]
 
@@ -21,10 +25,24 @@ YAML_SUFFIXES = (".yaml", ".yml")
 
 
 class ScriptDirectory:
-    def __init__(self, location: Path) -> None:
+    def __init__(self, location: Path, import_folders: Sequence[Path] = ()) -> None:
+        """`import_folders`: where Python revisions' own imports also look, after sys.path
+        (`of(config)` gives the project folder and the script directory)."""
         self.location = Path(location)
+        self.import_folders = tuple(import_folders)
         if not self.location.is_dir():
             raise ConfigError(f"script_location {self.location} does not exist; run 'vecflow init' or fix vecflow.ini")
+
+    @classmethod
+    def of(cls, config: Config) -> ScriptDirectory:
+        """The project's script directory; its Python revisions can import the project's modules
+        (from the folder of vecflow.ini, then the script directory), as dotted paths can."""
+        return cls(config.script_location, import_folders=(config.here, config.script_location))
+
+    def _load(self, path: Path) -> RevisionScript:
+        if path.suffix in PYTHON_SUFFIXES:
+            return load_python_script(path, self.import_folders)
+        return load_yaml_script(path)
 
     def script_files(self) -> list[Path]:
         return sorted(p for p in self.location.iterdir()
@@ -35,7 +53,7 @@ class ScriptDirectory:
     def revision_map(self) -> RevisionMap:
         revisions = []
         for path in self.script_files():
-            script = load_python_script(path) if path.suffix in PYTHON_SUFFIXES else load_yaml_script(path)
+            script = self._load(path)
             revisions.append(Revision(
                 revision=script.revision,
                 down_revision=normalize_ids(script.down_revision),
@@ -103,7 +121,7 @@ class ScriptDirectory:
     def _check_generated(self, path: Path, template: Path, rev_id: str) -> None:
         """A template that renders a script vecflow cannot load writes nothing."""
         try:
-            script = load_python_script(path) if path.suffix in PYTHON_SUFFIXES else load_yaml_script(path)
+            script = self._load(path)
             if script.revision != rev_id:
                 raise ScriptError(f"it declares revision {script.revision!r}, not {rev_id!r}")
         except VecflowError as exc:

@@ -11,17 +11,18 @@ import hashlib
 import importlib.util
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from vecflow.errors import OperationError, ScriptError, VecflowError
 from vecflow.operations.base import Op, Operations, describe_validation_error, get_op
-from vecflow.operations.user_code import USER_ERRORS, failure
+from vecflow.operations.user_code import USER_ERRORS, failure, folders_on_path
 
 
 def file_checksum(path: Path) -> str:
@@ -40,6 +41,7 @@ class RevisionScript:
     message: str = ""
     irreversible: bool = False
     checksum: str = ""
+    import_folders: tuple[Path, ...] = ()
     _upgrade: Callable[[Operations], None] | None = field(default=None, repr=False)
     _downgrade: Callable[[Operations], None] | None = field(default=None, repr=False)
 
@@ -59,7 +61,8 @@ class RevisionScript:
         if function is None:
             return []
         try:
-            function(recorder)
+            with folders_on_path(self.import_folders):
+                function(recorder)
         except VecflowError as exc:
             raise ScriptError(f"{self.path}{_line_in(exc, self.path)}: {name}(): {exc}") from exc
         except USER_ERRORS as exc:
@@ -79,14 +82,16 @@ def _line_in(exc: BaseException, path: Path) -> str:
 # Python ----------------------------------------------------------------------------------------
 
 
-def load_python_script(path: Path) -> RevisionScript:
+def load_python_script(path: Path, import_folders: Sequence[Path] = ()) -> RevisionScript:
+    """Load a Python revision; its imports also find modules in `import_folders` (after sys.path)."""
     module_name = f"vecflow_revision_{path.stem}_{hashlib.md5(str(path).encode()).hexdigest()[:8]}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise ScriptError(f"{path}: cannot be loaded as a Python module")
     module = importlib.util.module_from_spec(spec)
     try:
-        spec.loader.exec_module(module)
+        with folders_on_path(import_folders):
+            spec.loader.exec_module(module)
     except SyntaxError as exc:
         line = f":{exc.lineno}" if exc.lineno else ""
         raise ScriptError(f"{path}{line}: syntax error: {exc.msg}") from exc
@@ -112,6 +117,7 @@ def load_python_script(path: Path) -> RevisionScript:
         message=doc.splitlines()[0] if doc else "",
         irreversible=getattr(module, "irreversible", False),
         checksum=file_checksum(path),
+        import_folders=tuple(import_folders),
         _upgrade=module.upgrade,
         _downgrade=getattr(module, "downgrade", None),
     ))
@@ -195,8 +201,11 @@ class YamlRevision(BaseModel):
     @classmethod
     def _quoted(cls, value: Any) -> Any:
         values = value if isinstance(value, list) else [value]
-        if any(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            raise ValueError(f"{value!r} was read as a number; quote revision ids in YAML (e.g. \"0012\")")
+        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if numbers:
+            # YAML reads unquoted digits as a number (0012 even as octal, 10): the id is lost.
+            raise PydanticCustomError("unquoted_id", "was read as the number {number}; quote revision ids in YAML "
+                                      '(e.g. "0012")', {"number": repr(numbers[0])})
         return value
 
 

@@ -141,7 +141,7 @@ class ChainRunner:
 
     @functools.cached_property
     def graph(self) -> RevisionMap:
-        return ScriptDirectory(self.config.script_location).revision_map
+        return ScriptDirectory.of(self.config).revision_map
 
     @property
     def heads(self) -> tuple[str, ...]:
