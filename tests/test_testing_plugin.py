@@ -73,7 +73,10 @@ def backends_loaded(tmp_path_factory):
 def run_pytest(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     # Hypothesis' plugin imports all of hypothesis at the end of every run, assertion-rewritten
     # afresh each time (PYTHONDONTWRITEBYTECODE): seconds per run, for nothing these runs use.
-    return pytester.runpytest("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-q", *args)
+    # Its own basetemp: inner runs of one process otherwise reuse the same tmp paths, and chromadb
+    # keeps one client per folder path for the whole process (a recreated folder would see the old one).
+    return pytester.runpytest("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-q",
+                              f"--basetemp={pytester.path / 'basetemp'}", *args)
 
 
 def test_the_doc_example_is_a_complete_project():
