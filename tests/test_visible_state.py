@@ -39,7 +39,8 @@ def test_current_and_check_show_a_failed_attempt_until_it_is_finished(project):
     assert project.run("check")[-1].startswith("OK: 2 revisions, head r2")
 
 
-def test_current_shows_the_runner_holding_the_lock(project):
+def upgrade_holding_the_lease(project) -> subprocess.Popen:
+    """`vecflow upgrade head` of 6,000 records in a process of its own, once it holds the lease."""
     project.write_records("docs.jsonl", 6000, dim=8)
     running = subprocess.Popen([sys.executable, "-m", "vecflow", "upgrade", "head"], cwd=project.root,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -54,6 +55,11 @@ def test_current_shows_the_runner_holding_the_lock(project):
             pass
         time.sleep(0.01)
     assert holder is not None, running.stderr.read()
+    return running
+
+
+def test_current_shows_the_runner_holding_the_lock(project):
+    running = upgrade_holding_the_lease(project)
     lines = project.run("current")
     assert running.wait(300) == 0
     assert any(line.startswith("running: ") and f"(pid {running.pid}) holds the lock since" in line
@@ -88,3 +94,12 @@ def test_snapshots_are_listed_and_pruned_when_nothing_needs_them(project):
     before = project.digest("docs")
     project.run("downgrade", "r1")  # the snapshot it needs survived the prune
     assert project.digest("docs") != before and "author" in project.records("docs")["id-000000"].metadata
+
+
+def test_current_does_not_show_a_killed_runner_as_holding_the_lock(project):
+    running = upgrade_holding_the_lease(project)
+    running.kill()
+    running.wait(60)
+    lines = project.run("current")
+    assert not any(line.startswith("running: ") for line in lines), lines  # its lease is taken over at once
+    assert "Upgrade" in "\n".join(project.cli("upgrade", "head").stdout.splitlines()[:2])

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -164,9 +163,10 @@ def unfinished_line(info: Report) -> str:
 
 
 def running_info(ledger: Ledger) -> Report | None:
-    """The runner holding the lock, if its lease is live."""
-    holder = ledger.lease_holder()
-    if holder is None or holder["expires_at"] < time.time():
+    """The runner holding the lock, if its lease is live (not expired, and on this host its
+    process still exists: a killed runner's lease is taken over by the next run at once)."""
+    holder = ledger.live_lease_holder()
+    if holder is None:
         return None
     expires = datetime.fromtimestamp(holder["expires_at"], timezone.utc).isoformat(timespec="milliseconds")
     return {"user": holder["user"], "host": holder["host"], "pid": holder["pid"], "acquired_at": holder["acquired_at"],

@@ -426,8 +426,7 @@ class Ledger:
             fence = 1
             if row is not None:
                 user, host, pid, token, acquired_at, expires_at, previous = row
-                alive = expires_at > time.time() and not (host == owner.host and not _pid_alive(pid))
-                if alive and token != owner.token:
+                if _lease_live(host, pid, expires_at, owner.host) and token != owner.token:
                     raise LockError(
                         f"another vecflow runner holds the lock: {user}@{host} (pid {pid}) since "
                         f"{acquired_at}; its lease expires in {int(expires_at - time.time())} s if it stops "
@@ -459,6 +458,19 @@ class Ledger:
     def lease_holder(self) -> dict[str, Any] | None:
         rows = self.db.rows("SELECT * FROM lease WHERE name = 'migration'")
         return rows[0] if rows else None
+
+    def live_lease_holder(self) -> dict[str, Any] | None:
+        """The lease's holder while no runner could take the lease over (acquire_lease's rule)."""
+        holder = self.lease_holder()
+        if holder is None or not _lease_live(holder["host"], holder["pid"], holder["expires_at"], socket.gethostname()):
+            return None
+        return holder
+
+
+def _lease_live(host: str, pid: int, expires_at: float, here: str) -> bool:
+    """A lease that has not expired, held by a process that still exists (checked when the
+    holder's host is `here`, the host asking)."""
+    return expires_at > time.time() and not (host == here and not _pid_alive(pid))
 
 def _pid_alive(pid: int) -> bool:
     try:
