@@ -110,19 +110,18 @@ class Project:
         return self.digest(ref)
 
     def digest(self, collection: str) -> str:
-        stores = Stores(self.config)
-        try:
-            backend, name = stores.resolve(collection)
-            return collection_digest(backend, name).to_text()
-        finally:
-            stores.close()
+        """The logical digest text."""
+        return self._digest_text(collection, collection_digest)
 
     def digest_pair(self, collection: str) -> str:
         """The `logical|native` digest text the runner records."""
+        return self._digest_text(collection, collection_digests)
+
+    def _digest_text(self, collection: str, digest) -> str:
         stores = Stores(self.config)
         try:
             backend, name = stores.resolve(collection)
-            return collection_digests(backend, name).to_text()
+            return digest(backend, name).to_text()
         finally:
             stores.close()
 

@@ -6,10 +6,10 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
+from vecflow.database import redacted_url
 from vecflow.errors import ConfigError
 
 
@@ -26,12 +26,8 @@ def root_cause(exc: BaseException) -> BaseException:
 
 
 def redacted(url: str) -> str:
-    """The URL without its password, for messages and state scopes."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+    """The URL without its password, for messages and state scopes (the ledger's rule)."""
+    return redacted_url(url)
 
 
 def json_default(value: Any) -> Any:
