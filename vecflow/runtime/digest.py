@@ -28,6 +28,8 @@ import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from json.encoder import encode_basestring
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -122,48 +124,146 @@ def _canonical_value(value: Any, version: int) -> Any:
 # Values json encodes exactly as _canonical_value leaves them (version 2): a flat metadata dict
 # of these with text keys needs no canonical copy first.
 _PLAIN = frozenset({str, int, float, bool, type(None)})
+_TEXT = frozenset({str})
+# One encoder for every record (json.dumps with options builds a new one per call).
+_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=True,
+                         check_circular=False).encode
 
 
 def canonical_metadata(metadata: dict[str, Any], version: int = VERSION) -> str:
-    flat = version != LEGACY and all(type(k) is str and type(v) in _PLAIN for k, v in metadata.items())
-    return json.dumps(metadata if flat else _canonical_value(metadata, version), sort_keys=True,
-                      ensure_ascii=False, separators=(",", ":"), allow_nan=True)
+    flat = (version != LEGACY and isinstance(metadata, dict) and _TEXT.issuperset(map(type, metadata))
+            and _PLAIN.issuperset(map(type, metadata.values())))
+    return _JSON(metadata if flat else _canonical_value(metadata, version))
 
 
-def record_hash(record_id: str, vector_bytes: bytes, document: str | None, metadata: dict[str, Any],
-                version: int = VERSION) -> int:
-    parts = (
-        record_id.encode("utf-8"),
-        vector_bytes,
-        b"\x00" if document is None else b"\x01" + document.encode("utf-8"),
-        canonical_metadata(metadata, version).encode("utf-8"),
-    )
-    # Each part prefixed with its length (8 bytes, little-endian), hashed in one call.
-    framed = b"".join(len(part).to_bytes(8, "little") + part for part in parts)
-    return int.from_bytes(hashlib.blake2b(framed, digest_size=16).digest(), "little")
+# A record's hash is the BLAKE2b-128 (little-endian) of its id, vector bytes, document part
+# (b"\x00" for None, b"\x01" + text) and canonical metadata, each prefixed with its length as 8
+# bytes little-endian. The helpers below build those framed parts a column at a time.
+_FRAME = struct.Struct("<Q").pack
+_NO_DOCUMENT = _FRAME(1) + b"\x00"
+
+
+def _framed_texts(texts: list[str]) -> list[bytes]:
+    return [_FRAME(len(data)) + data for data in map(str.encode, texts)]
+
+
+def _framed_documents(documents: list[str | None]) -> list[bytes]:
+    return [_NO_DOCUMENT if document is None else _FRAME(len(data := document.encode()) + 1) + b"\x01" + data
+            for document in documents]
+
+
+def _metadata_texts(metadatas: list[Any], version: int) -> list[str]:
+    """canonical_metadata of each. Where all are flat dicts with the same text keys (most pages),
+    the JSON is written a field at a time: one call encodes a field's values for the whole page,
+    and one template per page puts them in place."""
+    first = metadatas[0].keys() if metadatas and type(metadatas[0]) is dict else {}
+    if (version == LEGACY or not first or not _TEXT.issuperset(map(type, first))
+            or not all(type(metadata) is dict and metadata.keys() == first for metadata in metadatas)):
+        return [canonical_metadata(metadata, version) for metadata in metadatas]
+    keys = sorted(first)
+    columns = []
+    for key in keys:
+        values = list(map(itemgetter(key), metadatas))
+        types = set(map(type, values))
+        if not _PLAIN.issuperset(types):
+            return [canonical_metadata(metadata, version) for metadata in metadatas]
+        if types == _TEXT:
+            columns.append(list(map(encode_basestring, values)))
+        elif str in types:
+            columns.append(list(map(_JSON, values)))
+        else:  # numbers, booleans and nulls: no commas inside a value
+            columns.append(_JSON(values)[1:-1].split(","))
+    fields = ",".join(encode_basestring(key).replace("{", "{{").replace("}", "}}") + ":{}" for key in keys)
+    return list(map(("{{" + fields + "}}").format, *columns))
+
+
+def _framed_metadatas(metadatas: list[Any], version: int) -> list[bytes]:
+    return _framed_texts(_metadata_texts(metadatas, version))
+
+
+def _native_metadatas(natives: list[Any], version: int) -> list[bytes]:
+    """What a native record's hash has in the metadata slot: {"fields": its field map}, canonical
+    (the same text as canonical_metadata({"fields": fields}), without the nested canonical copy)."""
+    texts = _metadata_texts([native.fields for native in natives], version)
+    return _framed_texts([f'{{"fields":{text}}}' for text in texts])
+
+
+def _vector_rows(vectors: np.ndarray) -> tuple[bytes, list[memoryview]]:
+    """The framing of one vector (all have the same length) and each row's little-endian float32
+    bytes, as views of the batch's one buffer."""
+    vectors = np.ascontiguousarray(vectors, dtype="<f4")
+    size = vectors.shape[1] * 4
+    view = memoryview(vectors.reshape(-1)).cast("B")
+    return _FRAME(size), [view[k * size:(k + 1) * size] for k in range(len(vectors))]
+
+
+def _sum(hashes: list[bytes]) -> int:
+    """The sum of 16-byte little-endian hashes modulo 2**128, added by numpy as 32-bit limbs (each
+    limb's sum fits in 64 bits below 2**32 records)."""
+    limbs = np.frombuffer(b"".join(hashes), dtype="<u4").reshape(-1, 4).sum(axis=0, dtype=np.uint64)
+    return sum(int(limb) << (32 * k) for k, limb in enumerate(limbs)) % _MOD
+
+
+def _hashes(ids: list[bytes], vectors: np.ndarray | None, documents: list[bytes],
+            metadatas: list[bytes]) -> list[bytes]:
+    """Each record's hash from its framed parts; vectors None leaves the vector part empty."""
+    blake2b = hashlib.blake2b
+    if vectors is None:
+        empty = _FRAME(0)
+        return [blake2b(b"".join((rid, empty, document, metadata)), digest_size=16).digest()
+                for rid, document, metadata in zip(ids, documents, metadatas)]
+    frame, rows = _vector_rows(vectors)
+    hashes = []
+    for rid, row, document, metadata in zip(ids, rows, documents, metadatas):
+        # The row apart: hashlib lets other threads run while it hashes more than 2 KiB.
+        record = blake2b(rid + frame, digest_size=16)
+        record.update(row)
+        record.update(document + metadata)
+        hashes.append(record.digest())
+    return hashes
+
+
+def _pair_hashes(ids: list[bytes], vectors: np.ndarray, documents: list[bytes], metadatas: list[bytes],
+                 native_metadatas: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+    """Logical and native hashes of records whose native id and text are their logical id and
+    document: the shared start (id, vector, document) is hashed once and copied."""
+    blake2b = hashlib.blake2b
+    frame, rows = _vector_rows(vectors)
+    logical, native = [], []
+    for rid, row, document, metadata, native_metadata in zip(ids, rows, documents, metadatas, native_metadatas):
+        shared = blake2b(rid + frame, digest_size=16)
+        shared.update(row)
+        shared.update(document)
+        copy = shared.copy()
+        shared.update(metadata)
+        copy.update(native_metadata)
+        logical.append(shared.digest())
+        native.append(copy.digest())
+    return logical, native
 
 
 def batch_digest(batch: Batch, include_vectors: bool = True, version: int = VERSION) -> Digest:
     """Digest of one batch. include_vectors=False leaves vectors out (used when a store normalises
     them and verification compares vectors separately, with a tolerance)."""
-    vectors = np.asarray(batch.vectors, dtype="<f4")
-    total = 0
-    for i, rid in enumerate(batch.ids):
-        vector = vectors[i].tobytes() if include_vectors else b""
-        total += record_hash(rid, vector, batch.documents[i], batch.metadatas[i], version)
-    return Digest(len(batch), total % _MOD, version)
+    hashes = _hashes(_framed_texts(batch.ids), batch.vectors if include_vectors else None,
+                     _framed_documents(batch.documents), _framed_metadatas(batch.metadatas, version))
+    return Digest(len(batch), _sum(hashes), version)
 
 
 def native_digest(page: Any, version: int = VERSION) -> Digest:
     """Digest of a NativePage: the store's own ids, the vectors as vecflow reads them (exact bits,
     see vecflow/backends/exact.py) and every other native part exactly as stored (the text slot,
     the whole field map / payload). It changes when any byte an application can read changes."""
-    vectors = np.asarray(page.batch.vectors, dtype="<f4")
-    total = 0
-    for i, native_id in enumerate(page.native_ids):
-        native = page.natives[i]
-        total += record_hash(native_id, vectors[i].tobytes(), native.text, {"fields": native.fields}, version)
-    return Digest(len(page.native_ids), total % _MOD, version)
+    hashes = _hashes(_framed_texts(page.native_ids), page.batch.vectors,
+                     _framed_documents([native.text for native in page.natives]),
+                     _native_metadatas(page.natives, version))
+    return Digest(len(page.native_ids), _sum(hashes), version)
+
+
+def ids_digest(ids: list[str]) -> int:
+    """The sum of each id's own hash: an order-independent digest of an id set."""
+    blake2b = hashlib.blake2b
+    return _sum([blake2b(data, digest_size=16).digest() for data in map(str.encode, ids)])
 
 
 @dataclass(frozen=True)
@@ -188,6 +288,19 @@ class DigestPair:
         return expected.partition("|")[0] == actual.partition("|")[0]
 
 
+def page_digests(page: Any, version: int = VERSION) -> DigestPair:
+    """batch_digest of a NativePage's batch and its native_digest, in one pass where the two
+    forms share their start (the store's ids and texts are the logical ids and documents)."""
+    batch = page.batch
+    texts = [native.text for native in page.natives]
+    if page.native_ids != batch.ids or texts != batch.documents:
+        return DigestPair(batch_digest(batch, version=version), native_digest(page, version))
+    logical, native = _pair_hashes(_framed_texts(batch.ids), batch.vectors, _framed_documents(texts),
+                                   _framed_metadatas(batch.metadatas, version),
+                                   _native_metadatas(page.natives, version))
+    return DigestPair(Digest(len(batch), _sum(logical), version), Digest(len(batch), _sum(native), version))
+
+
 def collection_digests(backend: Any, name: str, batch_size: int = 1000,
                        on_page: Callable[[], None] | None = None, version: int = VERSION) -> DigestPair:
     """Logical and native digests of a whole collection, in one streamed pass."""
@@ -195,8 +308,8 @@ def collection_digests(backend: Any, name: str, batch_size: int = 1000,
         return DigestPair(Digest.absent(), Digest.absent())
     logical, native = Digest.empty(), Digest.empty()
     for page, _ in backend.native_pages(name, batch_size):
-        logical = logical + batch_digest(page.batch, version=version)
-        native = native + native_digest(page, version)
+        digests = page_digests(page, version)
+        logical, native = logical + digests.logical, native + digests.native
         if on_page is not None:
             on_page()
     return DigestPair(logical, native)

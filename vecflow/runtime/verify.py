@@ -8,7 +8,6 @@ truth, so an overlap measures the graphs, not the copy."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
@@ -19,7 +18,7 @@ import numpy as np
 from vecflow.backends import Backend
 from vecflow.backends.base import Hit, NativePage
 from vecflow.batch import Batch
-from vecflow.runtime.digest import VERSION, Digest, DigestPair, batch_digest, native_digest
+from vecflow.runtime.digest import VERSION, Digest, DigestPair, batch_digest, ids_digest, page_digests
 
 NORMALISED_TOLERANCE = 1e-6
 # The recall@k an exact target must reach (the op's parity_threshold replaces it).
@@ -58,13 +57,15 @@ class SideDigest:
         """normalise: leave vectors out of the record digest (they are compared with a tolerance).
         A logical Batch instead of a NativePage ends the pair (None from then on)."""
         batch = page.batch if isinstance(page, NativePage) else page
-        ids = sum(int.from_bytes(hashlib.blake2b(i.encode(), digest_size=16).digest(), "little") for i in batch.ids)
-        logical = batch_digest(batch)
-        records = self.records + (batch_digest(batch, include_vectors=False) if normalise else logical)
         pair = None
         if self.pair is not None and isinstance(page, NativePage):
-            pair = DigestPair(self.pair.logical + logical, self.pair.native + native_digest(page))
-        return SideDigest(records, (self.ids + ids) % (1 << 128), pair)
+            digests = page_digests(page)
+            logical = digests.logical
+            pair = DigestPair(self.pair.logical + digests.logical, self.pair.native + digests.native)
+        else:
+            logical = batch_digest(batch)
+        records = self.records + (batch_digest(batch, include_vectors=False) if normalise else logical)
+        return SideDigest(records, (self.ids + ids_digest(batch.ids)) % (1 << 128), pair)
 
     def __add__(self, other: SideDigest) -> SideDigest:
         pair = None
