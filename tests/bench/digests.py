@@ -1,24 +1,45 @@
-"""Digest throughput on one collection: vecflow.runtime.digest.collection_digests end to end (the
-store's scan included), and the hashing alone over pages already in memory.
+"""Digest throughput.
 
+    python -m tests.bench.digests pages [--n N] [--rounds R]
     python -m tests.bench.digests BACKEND STORE_OPTIONS_JSON [BATCH_SIZE]
 
-Prints one JSON line of records/s figures.
+`pages`: the hashing alone, over pages of benchmark records already in memory (tests/bench/data.py,
+pages of 1,000, native pages as a store with a text slot and the raw layout holds them), at dim 384
+and 768: the logical digest (batch_digest, what collection_digest computes) and the logical +
+native pair (page_digests, what collection_digests and verification compute), each against the
+record-by-record code it replaced (tests/digest_reference.py, the "before"), interleaved round by
+round in one process. Rates are records / wall time (best and median round) and records / CPU
+time of the process (all threads; what the load of a shared machine changes least); the fast
+digests are also run on one thread. Prints a table and one JSON line.
+
+BACKEND: vecflow.runtime.digest.collection_digests end to end on one collection (the store's scan
+included), and the hashing alone over its pages already in memory. Prints one JSON line of
+records/s figures (tests/bench/compare.py runs this on every source collection).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import statistics
 import sys
 import time
+from collections.abc import Callable
 
+from tests import digest_reference
+from tests.bench.data import batches
 from vecflow.backends import open_backend
-from vecflow.runtime.digest import batch_digest, collection_digests, native_digest
+from vecflow.backends.base import NativePage
+from vecflow.layouts.base import Native
+from vecflow.runtime import digest
+from vecflow.runtime.digest import batch_digest, collection_digests, native_digest, page_digests
 
 COLLECTION = "docs"
+DIMS = (384, 768)
 
 
-def main(argv: list[str]) -> None:
+def store_rates(argv: list[str]) -> None:
     backend_name, options = argv[0], json.loads(argv[1])
     batch_size = int(argv[2]) if len(argv) > 2 else 500
     backend = open_backend(backend_name, options)
@@ -32,14 +53,9 @@ def main(argv: list[str]) -> None:
         pages = [page for page, _ in backend.native_pages(COLLECTION, batch_size)]
         scan_only = time.perf_counter() - started
 
-        started = time.perf_counter()
-        for page in pages:
-            batch_digest(page.batch)
-        logical = time.perf_counter() - started
-        started = time.perf_counter()
-        for page in pages:
-            native_digest(page)
-        native = time.perf_counter() - started
+        logical = _seconds(lambda: [batch_digest(page.batch) for page in pages])
+        native = _seconds(lambda: [native_digest(page) for page in pages])
+        both = _seconds(lambda: [page_digests(page) for page in pages])
     finally:
         backend.close()
     print(json.dumps({
@@ -47,8 +63,95 @@ def main(argv: list[str]) -> None:
         "collection_digests_rec_s": count / end_to_end, "collection_digests_seconds": end_to_end,
         "scan_native_only_rec_s": count / scan_only,
         "hash_logical_rec_s": count / logical, "hash_native_rec_s": count / native,
-        "hash_both_rec_s": count / (logical + native),
+        "hash_both_rec_s": count / both,
     }))
+
+
+def _seconds(work: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    work()
+    return time.perf_counter() - started
+
+
+def native_page(batch) -> NativePage:
+    """The page a store with a text slot holds for batch in the raw layout (Chroma's)."""
+    return NativePage(batch, list(batch.ids), [Native(d, dict(m)) for d, m in zip(batch.documents, batch.metadatas)])
+
+
+def on_one_thread(work: Callable[[], object]) -> Callable[[], object]:
+    def run() -> object:
+        saved, digest._GIL_FREE_BYTES = digest._GIL_FREE_BYTES, sys.maxsize
+        try:
+            return work()
+        finally:
+            digest._GIL_FREE_BYTES = saved
+    return run
+
+
+def contenders(pages: list[NativePage]) -> dict[str, Callable[[], object]]:
+    def logical_before() -> object:
+        return [digest_reference.batch_digest(page.batch) for page in pages]
+
+    def logical() -> object:
+        return [batch_digest(page.batch) for page in pages]
+
+    def pair_before() -> object:
+        return [(digest_reference.batch_digest(page.batch), digest_reference.native_digest(page)) for page in pages]
+
+    def pair() -> object:
+        return [page_digests(page) for page in pages]
+
+    return {"logical before": logical_before, "logical": logical, "logical, one thread": on_one_thread(logical),
+            "pair before": pair_before, "pair": pair, "pair, one thread": on_one_thread(pair)}
+
+
+def page_rates(n: int, rounds: int) -> dict:
+    load_before = os.getloadavg()
+    results = {}
+    for dim in DIMS:
+        pages = [native_page(batch) for batch in batches(n, dim)]
+        work = contenders(pages)
+        walls: dict[str, list[float]] = {name: [] for name in work}
+        cpus: dict[str, list[float]] = {name: [] for name in work}
+        for _ in range(rounds):
+            for name, run in work.items():
+                wall, cpu = time.perf_counter(), time.process_time()
+                run()
+                walls[name].append(time.perf_counter() - wall)
+                cpus[name].append(time.process_time() - cpu)
+        results[dim] = {name: {"wall_best_rec_s": n / min(walls[name]),
+                               "wall_median_rec_s": n / statistics.median(walls[name]),
+                               "cpu_rec_s": n / min(cpus[name])} for name in work}
+    return {"records": n, "rounds": rounds, "load_before": load_before, "load_after": os.getloadavg(),
+            "cpus": os.cpu_count(), "rates": results}
+
+
+def page_table(result: dict) -> str:
+    lines = ["| dim | digest | before (rec/s) | after (rec/s) | after, one thread (rec/s) | after ÷ before |",
+             "|---|---|---|---|---|---|"]
+    for dim, rates in result["rates"].items():
+        for kind in ("logical", "pair"):
+            before, after, one = rates[f"{kind} before"], rates[kind], rates[f"{kind}, one thread"]
+            for measure, label in (("wall_median_rec_s", "wall, median"), ("cpu_rec_s", "CPU time")):
+                lines.append(f"| {dim} | {kind} ({label}) | {before[measure]:,.0f} | {after[measure]:,.0f} | "
+                             f"{one[measure]:,.0f} | {after[measure] / before[measure]:.2f}× |")
+    loads = " / ".join(f"{a:.2f}" for a in result["load_before"]), " / ".join(f"{a:.2f}" for a in result["load_after"])
+    lines.append(f"\n{result['records']:,} records, best of {result['rounds']} interleaved rounds for CPU time; "
+                 f"load average (1/5/15 min) {loads[0]} before, {loads[1]} after, on {result['cpus']} CPUs.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    if argv[:1] != ["pages"]:
+        store_rates(argv)
+        return
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.digests pages")
+    parser.add_argument("--n", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args(argv[1:])
+    result = page_rates(args.n, args.rounds)
+    print(page_table(result))
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

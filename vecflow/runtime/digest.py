@@ -22,11 +22,14 @@ collection has one text, `0:000…`, in every version.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
+import os
 import struct
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from json.encoder import encode_basestring
 from operator import itemgetter
@@ -156,25 +159,36 @@ def _metadata_texts(metadatas: list[Any], version: int) -> list[str]:
     """canonical_metadata of each. Where all are flat dicts with the same text keys (most pages),
     the JSON is written a field at a time: one call encodes a field's values for the whole page,
     and one template per page puts them in place."""
-    first = metadatas[0].keys() if metadatas and type(metadatas[0]) is dict else {}
-    if (version == LEGACY or not first or not _TEXT.issuperset(map(type, first))
-            or not all(type(metadata) is dict and metadata.keys() == first for metadata in metadatas)):
+    keys = sorted(metadatas[0]) if metadatas and type(metadatas[0]) is dict else []
+    columns = _field_columns(metadatas, keys) if version != LEGACY and keys else None
+    if columns is None:
         return [canonical_metadata(metadata, version) for metadata in metadatas]
-    keys = sorted(first)
+    fields = ",".join(encode_basestring(key).replace("{", "{{").replace("}", "}}") + ":{}" for key in keys)
+    return list(map(("{{" + fields + "}}").format, *columns))
+
+
+def _field_columns(metadatas: list[Any], keys: list[Any]) -> list[list[str]] | None:
+    """Each field's values as JSON, or None unless every metadata is a dict of exactly these text
+    keys with plain values."""
+    if (set(map(type, metadatas)) != {dict} or set(map(len, metadatas)) != {len(keys)}
+            or not _TEXT.issuperset(map(type, keys))):
+        return None
     columns = []
     for key in keys:
-        values = list(map(itemgetter(key), metadatas))
+        try:
+            values = list(map(itemgetter(key), metadatas))
+        except KeyError:
+            return None
         types = set(map(type, values))
         if not _PLAIN.issuperset(types):
-            return [canonical_metadata(metadata, version) for metadata in metadatas]
+            return None
         if types == _TEXT:
             columns.append(list(map(encode_basestring, values)))
         elif str in types:
             columns.append(list(map(_JSON, values)))
         else:  # numbers, booleans and nulls: no commas inside a value
             columns.append(_JSON(values)[1:-1].split(","))
-    fields = ",".join(encode_basestring(key).replace("{", "{{").replace("}", "}}") + ":{}" for key in keys)
-    return list(map(("{{" + fields + "}}").format, *columns))
+    return columns
 
 
 def _framed_metadatas(metadatas: list[Any], version: int) -> list[bytes]:
@@ -207,39 +221,65 @@ def _sum(hashes: list[bytes]) -> int:
 def _hashes(ids: list[bytes], vectors: np.ndarray | None, documents: list[bytes],
             metadatas: list[bytes]) -> list[bytes]:
     """Each record's hash from its framed parts; vectors None leaves the vector part empty."""
-    blake2b = hashlib.blake2b
     if vectors is None:
-        empty = _FRAME(0)
+        blake2b, empty = hashlib.blake2b, _FRAME(0)
         return [blake2b(b"".join((rid, empty, document, metadata)), digest_size=16).digest()
                 for rid, document, metadata in zip(ids, documents, metadatas)]
     frame, rows = _vector_rows(vectors)
+    return _on_two_threads(functools.partial(_record_hashes, frame), rows, ids, documents, metadatas)
+
+
+def _record_hashes(frame: bytes, rows: list[memoryview], ids: list[bytes], documents: list[bytes],
+                   metadatas: list[bytes]) -> list[bytes]:
+    blake2b = hashlib.blake2b
     hashes = []
-    for rid, row, document, metadata in zip(ids, rows, documents, metadatas):
-        # The row apart: hashlib lets other threads run while it hashes more than 2 KiB.
+    for row, rid, document, metadata in zip(rows, ids, documents, metadatas):
         record = blake2b(rid + frame, digest_size=16)
-        record.update(row)
+        record.update(row)  # apart, so that hashlib lets the other thread run meanwhile
         record.update(document + metadata)
         hashes.append(record.digest())
     return hashes
 
 
-def _pair_hashes(ids: list[bytes], vectors: np.ndarray, documents: list[bytes], metadatas: list[bytes],
-                 native_metadatas: list[bytes]) -> tuple[list[bytes], list[bytes]]:
-    """Logical and native hashes of records whose native id and text are their logical id and
-    document: the shared start (id, vector, document) is hashed once and copied."""
+def _pair_hashes(frame: bytes, rows: list[memoryview], ids: list[bytes], documents: list[bytes],
+                 metadatas: list[bytes], native_metadatas: list[bytes]) -> list[bytes]:
+    """Each record's logical and native hash, in turn, for records whose native id and text are
+    their logical id and document: the shared start (id, vector, document) is hashed once."""
     blake2b = hashlib.blake2b
-    frame, rows = _vector_rows(vectors)
-    logical, native = [], []
-    for rid, row, document, metadata, native_metadata in zip(ids, rows, documents, metadatas, native_metadatas):
-        shared = blake2b(rid + frame, digest_size=16)
-        shared.update(row)
-        shared.update(document)
-        copy = shared.copy()
-        shared.update(metadata)
-        copy.update(native_metadata)
-        logical.append(shared.digest())
-        native.append(copy.digest())
-    return logical, native
+    hashes = []
+    for row, rid, document, metadata, native_metadata in zip(rows, ids, documents, metadatas, native_metadatas):
+        logical = blake2b(rid + frame, digest_size=16)
+        logical.update(row)
+        logical.update(document)
+        native = logical.copy()
+        logical.update(metadata)
+        native.update(native_metadata)
+        hashes += (logical.digest(), native.digest())
+    return hashes
+
+
+# hashlib lets other threads run while it hashes this many bytes or more; pages of vectors that
+# long (dim >= 512) are hashed in two halves on two threads, which overlap on two cores.
+_GIL_FREE_BYTES = 2048
+_SPLIT_RECORDS = 64
+
+
+@functools.cache
+def _second_thread() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(1, thread_name_prefix="vecflow-digest")
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_second_thread.cache_clear)  # a forked child has no such thread
+
+
+def _on_two_threads(loop: Callable[..., list[bytes]], rows: list[memoryview], *columns: list[bytes]) -> list[bytes]:
+    """loop(rows, *columns): the hashes of the records, in order."""
+    if len(rows) < _SPLIT_RECORDS or len(rows[0]) < _GIL_FREE_BYTES:
+        return loop(rows, *columns)
+    half = len(rows) // 2
+    second = _second_thread().submit(loop, rows[half:], *(column[half:] for column in columns))
+    return loop(rows[:half], *(column[:half] for column in columns)) + second.result()
 
 
 def batch_digest(batch: Batch, include_vectors: bool = True, version: int = VERSION) -> Digest:
@@ -295,10 +335,11 @@ def page_digests(page: Any, version: int = VERSION) -> DigestPair:
     texts = [native.text for native in page.natives]
     if page.native_ids != batch.ids or texts != batch.documents:
         return DigestPair(batch_digest(batch, version=version), native_digest(page, version))
-    logical, native = _pair_hashes(_framed_texts(batch.ids), batch.vectors, _framed_documents(texts),
-                                   _framed_metadatas(batch.metadatas, version),
-                                   _native_metadatas(page.natives, version))
-    return DigestPair(Digest(len(batch), _sum(logical), version), Digest(len(batch), _sum(native), version))
+    frame, rows = _vector_rows(batch.vectors)
+    hashes = _on_two_threads(functools.partial(_pair_hashes, frame), rows, _framed_texts(batch.ids),
+                             _framed_documents(texts), _framed_metadatas(batch.metadatas, version),
+                             _native_metadatas(page.natives, version))
+    return DigestPair(Digest(len(batch), _sum(hashes[0::2]), version), Digest(len(batch), _sum(hashes[1::2]), version))
 
 
 def collection_digests(backend: Any, name: str, batch_size: int = 1000,
