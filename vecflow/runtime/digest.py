@@ -18,6 +18,9 @@ any float change smaller than float32 precision. Its texts are `count:hex`; vers
 `count:hex:v2`. A ledger an older vecflow wrote holds version 1 texts, so a digest to compare with
 one is computed in version 1 (`version_of`); texts of two versions never compare equal. An empty
 collection has one text, `0:000…`, in every version.
+
+The hashes are computed a page at a time (see the helpers below `canonical_metadata`), with
+exactly the values of the record-by-record form in tests/digest_reference.py.
 """
 
 from __future__ import annotations

@@ -57,13 +57,12 @@ class SideDigest:
         """normalise: leave vectors out of the record digest (they are compared with a tolerance).
         A logical Batch instead of a NativePage ends the pair (None from then on)."""
         batch = page.batch if isinstance(page, NativePage) else page
-        pair = None
         if self.pair is not None and isinstance(page, NativePage):
-            digests = page_digests(page)
+            digests = page_digests(page)  # one pass for both
             logical = digests.logical
             pair = DigestPair(self.pair.logical + digests.logical, self.pair.native + digests.native)
         else:
-            logical = batch_digest(batch)
+            logical, pair = batch_digest(batch), None
         records = self.records + (batch_digest(batch, include_vectors=False) if normalise else logical)
         return SideDigest(records, (self.ids + ids_digest(batch.ids)) % (1 << 128), pair)
 
