@@ -227,7 +227,7 @@ def _hashes(ids: list[bytes], vectors: np.ndarray | None, documents: list[bytes]
     if vectors is None:
         blake2b, empty = hashlib.blake2b, _FRAME(0)
         return [blake2b(b"".join((rid, empty, document, metadata)), digest_size=16).digest()
-                for rid, document, metadata in zip(ids, documents, metadatas)]
+                for rid, document, metadata in zip(ids, documents, metadatas, strict=True)]
     frame, rows = _vector_rows(vectors)
     return _on_two_threads(functools.partial(_record_hashes, frame), rows, ids, documents, metadatas)
 
@@ -236,7 +236,7 @@ def _record_hashes(frame: bytes, rows: list[memoryview], ids: list[bytes], docum
                    metadatas: list[bytes]) -> list[bytes]:
     blake2b = hashlib.blake2b
     hashes = []
-    for row, rid, document, metadata in zip(rows, ids, documents, metadatas):
+    for row, rid, document, metadata in zip(rows, ids, documents, metadatas, strict=True):
         record = blake2b(rid + frame, digest_size=16)
         record.update(row)  # apart, so that hashlib lets the other thread run meanwhile
         record.update(document + metadata)
@@ -250,7 +250,8 @@ def _pair_hashes(frame: bytes, rows: list[memoryview], ids: list[bytes], documen
     their logical id and document: the shared start (id, vector, document) is hashed once."""
     blake2b = hashlib.blake2b
     hashes = []
-    for row, rid, document, metadata, native_metadata in zip(rows, ids, documents, metadatas, native_metadatas):
+    records = zip(rows, ids, documents, metadatas, native_metadatas, strict=True)
+    for row, rid, document, metadata, native_metadata in records:
         logical = blake2b(rid + frame, digest_size=16)
         logical.update(row)
         logical.update(document)
