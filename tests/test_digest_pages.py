@@ -3,8 +3,8 @@
 
 No backend: pages are built in memory, with the values that take each path of the page-at-a-time
 code (fields of one type or mixed across a page, keys needing escapes, values the canonical form
-rewrites, native pages that share the logical ids and texts or not, vectors long enough to be
-hashed on two threads)."""
+rewrites, native pages that share the logical ids and texts or not, vectors of 0 to 768
+dimensions)."""
 
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def test_page_digests_are_the_record_by_record_values(page):
 
 
 def test_a_page_of_benchmark_records_digests_as_recorded():
-    # 1,000 records at dim 768: every field of one type, vectors hashed on two threads.
+    # 1,000 records at dim 768, every field of one type (what the benchmark measures).
     from tests.bench.data import block
 
     batch = block(3, 768)

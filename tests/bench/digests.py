@@ -9,8 +9,8 @@ and 768: the logical digest (batch_digest, what collection_digest computes) and 
 native pair (page_digests, what collection_digests and verification compute), each against the
 record-by-record code it replaced (tests/digest_reference.py, the "before"), interleaved round by
 round in one process. Rates are records / wall time (best and median round) and records / CPU
-time of the process (all threads; what the load of a shared machine changes least); the fast
-digests are also run on one thread. Prints a table and one JSON line.
+time of the process (what the load of a shared machine changes least). Prints a table and one
+JSON line.
 
 BACKEND: vecflow.runtime.digest.collection_digests end to end on one collection (the store's scan
 included), and the hashing alone over its pages already in memory. Prints one JSON line of
@@ -31,8 +31,8 @@ from tests import digest_reference
 from tests.bench.data import batches
 from vecflow.backends import open_backend
 from vecflow.backends.base import NativePage
+from vecflow.batch import Batch
 from vecflow.layouts.base import Native
-from vecflow.runtime import digest
 from vecflow.runtime.digest import batch_digest, collection_digests, native_digest, page_digests
 
 COLLECTION = "docs"
@@ -73,19 +73,9 @@ def _seconds(work: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def native_page(batch) -> NativePage:
+def native_page(batch: Batch) -> NativePage:
     """The page a store with a text slot holds for batch in the raw layout (Chroma's)."""
     return NativePage(batch, list(batch.ids), [Native(d, dict(m)) for d, m in zip(batch.documents, batch.metadatas)])
-
-
-def on_one_thread(work: Callable[[], object]) -> Callable[[], object]:
-    def run() -> object:
-        saved, digest._GIL_FREE_BYTES = digest._GIL_FREE_BYTES, sys.maxsize
-        try:
-            return work()
-        finally:
-            digest._GIL_FREE_BYTES = saved
-    return run
 
 
 def contenders(pages: list[NativePage]) -> dict[str, Callable[[], object]]:
@@ -101,8 +91,7 @@ def contenders(pages: list[NativePage]) -> dict[str, Callable[[], object]]:
     def pair() -> object:
         return [page_digests(page) for page in pages]
 
-    return {"logical before": logical_before, "logical": logical, "logical, one thread": on_one_thread(logical),
-            "pair before": pair_before, "pair": pair, "pair, one thread": on_one_thread(pair)}
+    return {"logical before": logical_before, "logical": logical, "pair before": pair_before, "pair": pair}
 
 
 def page_rates(n: int, rounds: int) -> dict:
@@ -127,18 +116,22 @@ def page_rates(n: int, rounds: int) -> dict:
 
 
 def page_table(result: dict) -> str:
-    lines = ["| dim | digest | before (rec/s) | after (rec/s) | after, one thread (rec/s) | after ÷ before |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| dim | digest | before, rec/s: wall best · median · CPU | after, rec/s: wall best · median · CPU "
+             "| after ÷ before: wall median · CPU |", "|---|---|---|---|---|"]
     for dim, rates in result["rates"].items():
         for kind in ("logical", "pair"):
-            before, after, one = rates[f"{kind} before"], rates[kind], rates[f"{kind}, one thread"]
-            for measure, label in (("wall_median_rec_s", "wall, median"), ("cpu_rec_s", "CPU time")):
-                lines.append(f"| {dim} | {kind} ({label}) | {before[measure]:,.0f} | {after[measure]:,.0f} | "
-                             f"{one[measure]:,.0f} | {after[measure] / before[measure]:.2f}× |")
-    loads = " / ".join(f"{a:.2f}" for a in result["load_before"]), " / ".join(f"{a:.2f}" for a in result["load_after"])
-    lines.append(f"\n{result['records']:,} records, best of {result['rounds']} interleaved rounds for CPU time; "
-                 f"load average (1/5/15 min) {loads[0]} before, {loads[1]} after, on {result['cpus']} CPUs.")
+            before, after = rates[f"{kind} before"], rates[kind]
+            lines.append(f"| {dim} | {kind} | {_rates(before)} | {_rates(after)} | "
+                         f"{after['wall_median_rec_s'] / before['wall_median_rec_s']:.2f}× · "
+                         f"{after['cpu_rec_s'] / before['cpu_rec_s']:.2f}× |")
+    loads = [" / ".join(f"{a:.2f}" for a in result[f"load_{when}"]) for when in ("before", "after")]
+    lines.append(f"\n{result['records']:,} records a dim, {result['rounds']} interleaved rounds; load average "
+                 f"(1/5/15 min) {loads[0]} before, {loads[1]} after, on {result['cpus']} CPUs.")
     return "\n".join(lines)
+
+
+def _rates(rates: dict) -> str:
+    return " · ".join(f"{rates[key]:,.0f}" for key in ("wall_best_rec_s", "wall_median_rec_s", "cpu_rec_s"))
 
 
 def main(argv: list[str]) -> None:

@@ -25,14 +25,11 @@ exactly the values of the record-by-record form in tests/digest_reference.py.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
-import os
 import struct
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from json.encoder import encode_basestring
 from operator import itemgetter
@@ -224,31 +221,27 @@ def _sum(hashes: list[bytes]) -> int:
 def _hashes(ids: list[bytes], vectors: np.ndarray | None, documents: list[bytes],
             metadatas: list[bytes]) -> list[bytes]:
     """Each record's hash from its framed parts; vectors None leaves the vector part empty."""
+    blake2b = hashlib.blake2b
     if vectors is None:
-        blake2b, empty = hashlib.blake2b, _FRAME(0)
+        empty = _FRAME(0)
         return [blake2b(b"".join((rid, empty, document, metadata)), digest_size=16).digest()
                 for rid, document, metadata in zip(ids, documents, metadatas, strict=True)]
     frame, rows = _vector_rows(vectors)
-    return _on_two_threads(functools.partial(_record_hashes, frame), rows, ids, documents, metadatas)
-
-
-def _record_hashes(frame: bytes, rows: list[memoryview], ids: list[bytes], documents: list[bytes],
-                   metadatas: list[bytes]) -> list[bytes]:
-    blake2b = hashlib.blake2b
     hashes = []
     for row, rid, document, metadata in zip(rows, ids, documents, metadatas, strict=True):
         record = blake2b(rid + frame, digest_size=16)
-        record.update(row)  # apart, so that hashlib lets the other thread run meanwhile
+        record.update(row)  # a view: joining the parts first would copy it
         record.update(document + metadata)
         hashes.append(record.digest())
     return hashes
 
 
-def _pair_hashes(frame: bytes, rows: list[memoryview], ids: list[bytes], documents: list[bytes],
-                 metadatas: list[bytes], native_metadatas: list[bytes]) -> list[bytes]:
+def _pair_hashes(ids: list[bytes], vectors: np.ndarray, documents: list[bytes], metadatas: list[bytes],
+                 native_metadatas: list[bytes]) -> list[bytes]:
     """Each record's logical and native hash, in turn, for records whose native id and text are
     their logical id and document: the shared start (id, vector, document) is hashed once."""
     blake2b = hashlib.blake2b
+    frame, rows = _vector_rows(vectors)
     hashes = []
     records = zip(rows, ids, documents, metadatas, native_metadatas, strict=True)
     for row, rid, document, metadata, native_metadata in records:
@@ -260,30 +253,6 @@ def _pair_hashes(frame: bytes, rows: list[memoryview], ids: list[bytes], documen
         native.update(native_metadata)
         hashes += (logical.digest(), native.digest())
     return hashes
-
-
-# hashlib lets other threads run while it hashes this many bytes or more; pages of vectors that
-# long (dim >= 512) are hashed in two halves on two threads, which overlap on two cores.
-_GIL_FREE_BYTES = 2048
-_SPLIT_RECORDS = 64
-
-
-@functools.cache
-def _second_thread() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(1, thread_name_prefix="vecflow-digest")
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_second_thread.cache_clear)  # a forked child has no such thread
-
-
-def _on_two_threads(loop: Callable[..., list[bytes]], rows: list[memoryview], *columns: list[bytes]) -> list[bytes]:
-    """loop(rows, *columns): the hashes of the records, in order."""
-    if len(rows) < _SPLIT_RECORDS or len(rows[0]) < _GIL_FREE_BYTES:
-        return loop(rows, *columns)
-    half = len(rows) // 2
-    second = _second_thread().submit(loop, rows[half:], *(column[half:] for column in columns))
-    return loop(rows[:half], *(column[:half] for column in columns)) + second.result()
 
 
 def batch_digest(batch: Batch, include_vectors: bool = True, version: int = VERSION) -> Digest:
@@ -339,10 +308,8 @@ def page_digests(page: Any, version: int = VERSION) -> DigestPair:
     texts = [native.text for native in page.natives]
     if page.native_ids != batch.ids or texts != batch.documents:
         return DigestPair(batch_digest(batch, version=version), native_digest(page, version))
-    frame, rows = _vector_rows(batch.vectors)
-    hashes = _on_two_threads(functools.partial(_pair_hashes, frame), rows, _framed_texts(batch.ids),
-                             _framed_documents(texts), _framed_metadatas(batch.metadatas, version),
-                             _native_metadatas(page.natives, version))
+    hashes = _pair_hashes(_framed_texts(batch.ids), batch.vectors, _framed_documents(texts),
+                          _framed_metadatas(batch.metadatas, version), _native_metadatas(page.natives, version))
     return DigestPair(Digest(len(batch), _sum(hashes[0::2]), version), Digest(len(batch), _sum(hashes[1::2]), version))
 
 
