@@ -31,7 +31,8 @@ from vecflow.runtime.digest import (
 )
 from vecflow.runtime.verify import SideDigest
 
-texts = st.one_of(st.text(max_size=6), st.sampled_from(["", "{}", "{0}", '"', "\\", "\u2028", "é", "😀", ",", "},{"]))
+texts = st.one_of(st.text(max_size=6),
+                  st.sampled_from(["", "{}", "{0}", "%s", '"', "\\", "\u2028", "é", "😀", ",", "},{"]))
 numbers = st.one_of(
     st.integers(), st.sampled_from([2**64, -(2**70), 0, True, False, None]),
     st.floats(), st.sampled_from([0.0, -0.0, 5e-324, math.nan, math.inf, -math.inf, 3.4e38, 3.5e38, 0.1]),
@@ -42,7 +43,7 @@ values = st.one_of(scalars, numpy_values, st.lists(scalars, max_size=3),
                    st.dictionaries(st.text(max_size=3), scalars, max_size=2))
 # What one field holds across a page: one kind of value (each is encoded a field at a time), or any.
 columns = st.sampled_from([texts, numbers, scalars, values])
-keys = st.one_of(st.text(max_size=4), st.sampled_from(["{", "}", "{x}", '"q"', "a:b", "ü", "source"]))
+keys = st.one_of(st.text(max_size=4), st.sampled_from(["{", "}", "{x}", "%", "%s", '"q"', "a:b", "ü", "source"]))
 documents = st.one_of(st.none(), st.text(max_size=20))
 
 

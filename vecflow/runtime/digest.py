@@ -163,8 +163,8 @@ def _metadata_texts(metadatas: list[Any], version: int) -> list[str]:
     columns = _field_columns(metadatas, keys) if version != LEGACY and keys else None
     if columns is None:
         return [canonical_metadata(metadata, version) for metadata in metadatas]
-    fields = ",".join(encode_basestring(key).replace("{", "{{").replace("}", "}}") + ":{}" for key in keys)
-    return list(map(("{{" + fields + "}}").format, *columns))
+    template = "{" + ",".join(encode_basestring(key).replace("%", "%%") + ":%s" for key in keys) + "}"
+    return list(map(template.__mod__, zip(*columns)))
 
 
 def _field_columns(metadatas: list[Any], keys: list[Any]) -> list[list[str]] | None:
