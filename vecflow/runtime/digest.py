@@ -26,13 +26,14 @@ exactly the values of the record-by-record form in tests/digest_reference.py.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
+import operator
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from json.encoder import encode_basestring
-from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -176,7 +177,7 @@ def _field_columns(metadatas: list[Any], keys: list[Any]) -> list[list[str]] | N
     columns = []
     for key in keys:
         try:
-            values = list(map(itemgetter(key), metadatas))
+            values = list(map(operator.itemgetter(key), metadatas))
         except KeyError:
             return None
         types = set(map(type, values))
@@ -195,11 +196,23 @@ def _framed_metadatas(metadatas: list[Any], version: int) -> list[bytes]:
     return _framed_texts(_metadata_texts(metadatas, version))
 
 
-def _native_metadatas(natives: list[Any], version: int) -> list[bytes]:
-    """What a native record's hash has in the metadata slot: {"fields": its field map}, canonical
-    (the same text as canonical_metadata({"fields": fields}), without the nested canonical copy)."""
-    texts = _metadata_texts([native.fields for native in natives], version)
-    return _framed_texts([f'{{"fields":{text}}}' for text in texts])
+def _framed_native_metadatas(field_texts: list[str]) -> list[bytes]:
+    """What a native record's hash has in the metadata slot, from the canonical text of its field
+    map: {"fields": the field map}, canonical (the text canonical_metadata({"fields": fields})
+    gives, without the nested canonical copy)."""
+    return _framed_texts([f'{{"fields":{text}}}' for text in field_texts])
+
+
+def _same_objects(first: list[Any], second: list[Any]) -> bool:
+    """Whether each pair of dicts holds the very same key and value objects in the same order (as
+    a layout's copy of a field map does), so that their canonical texts are the same."""
+    if set(map(type, first)) != {dict} or set(map(type, second)) != {dict}:
+        return False
+    if list(map(len, first)) != list(map(len, second)):
+        return False
+    flat = itertools.chain.from_iterable
+    return (all(map(operator.is_, flat(first), flat(second)))
+            and all(map(operator.is_, flat(map(dict.values, first)), flat(map(dict.values, second)))))
 
 
 def _vector_rows(vectors: np.ndarray) -> tuple[bytes, list[memoryview]]:
@@ -269,7 +282,7 @@ def native_digest(page: Any, version: int = VERSION) -> Digest:
     the whole field map / payload). It changes when any byte an application can read changes."""
     hashes = _hashes(_framed_texts(page.native_ids), page.batch.vectors,
                      _framed_documents([native.text for native in page.natives]),
-                     _native_metadatas(page.natives, version))
+                     _framed_native_metadatas(_metadata_texts([native.fields for native in page.natives], version)))
     return Digest(len(page.native_ids), _sum(hashes), version)
 
 
@@ -308,8 +321,11 @@ def page_digests(page: Any, version: int = VERSION) -> DigestPair:
     texts = [native.text for native in page.natives]
     if page.native_ids != batch.ids or texts != batch.documents:
         return DigestPair(batch_digest(batch, version=version), native_digest(page, version))
+    metadata_texts = _metadata_texts(batch.metadatas, version)
+    fields = [native.fields for native in page.natives]
+    field_texts = metadata_texts if _same_objects(fields, batch.metadatas) else _metadata_texts(fields, version)
     hashes = _pair_hashes(_framed_texts(batch.ids), batch.vectors, _framed_documents(texts),
-                          _framed_metadatas(batch.metadatas, version), _native_metadatas(page.natives, version))
+                          _framed_texts(metadata_texts), _framed_native_metadatas(field_texts))
     return DigestPair(Digest(len(batch), _sum(hashes[0::2]), version), Digest(len(batch), _sum(hashes[1::2]), version))
 
 
