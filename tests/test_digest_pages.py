@@ -101,6 +101,20 @@ def test_a_page_of_benchmark_records_digests_as_recorded():
     assert_digests_as_recorded(NativePage(batch.with_metadatas(mixed), same.native_ids, same.natives))
 
 
+class Shouting(str):
+    def __str__(self) -> str:
+        return self.upper()
+
+
+def test_pages_with_keys_that_are_not_plain_text_digest_as_recorded():
+    vectors = np.zeros((2, 2), np.float32)
+    for metadatas in ([{1: "a", "b": 2}, {1: "c", "b": 3}], [{"k": 1}, {Shouting("k"): 2}],
+                      [{"k": 1}, {"j": 1}], [{"k": 1}, {"k": 1, "j": 2}], [{}, {}]):
+        batch = Batch(["a", "b"], vectors, [None, "x"], metadatas)
+        assert_digests_as_recorded(NativePage(batch, ["a", "b"], [Native(None, m) for m in metadatas]))
+        assert_digests_as_recorded(NativePage(batch, ["a", "b"], [Native(d, m) for d, m in zip(["x", "y"], metadatas)]))
+
+
 def test_side_digest_of_native_pages_is_the_record_by_record_value():
     from tests.bench.data import block
 

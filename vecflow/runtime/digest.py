@@ -160,7 +160,8 @@ def _metadata_texts(metadatas: list[Any], version: int) -> list[str]:
     """canonical_metadata of each. Where all are flat dicts with the same text keys (most pages),
     the JSON is written a field at a time: one call encodes a field's values for the whole page,
     and one template per page puts them in place."""
-    keys = sorted(metadatas[0]) if metadatas and type(metadatas[0]) is dict else []
+    first = metadatas[0] if metadatas else None
+    keys = sorted(first) if type(first) is dict and _TEXT.issuperset(map(type, first)) else []
     columns = _field_columns(metadatas, keys) if version != LEGACY and keys else None
     if columns is None:
         return [canonical_metadata(metadata, version) for metadata in metadatas]
@@ -172,7 +173,7 @@ def _field_columns(metadatas: list[Any], keys: list[Any]) -> list[list[str]] | N
     """Each field's values as JSON, or None unless every metadata is a dict of exactly these text
     keys with plain values."""
     if (set(map(type, metadatas)) != {dict} or set(map(len, metadatas)) != {len(keys)}
-            or not _TEXT.issuperset(map(type, keys))):
+            or not _TEXT.issuperset(map(type, itertools.chain.from_iterable(metadatas)))):
         return None
     columns = []
     for key in keys:
