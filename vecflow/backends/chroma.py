@@ -192,9 +192,12 @@ class ChromaBackend(Backend):
         try:
             with self._errors(f"dropping collection {name!r}"):
                 # chromadb 1.5.9 keeps the list values of a dropped collection's records and hands
-                # them to records written later, in any collection; deleting the records first does not.
+                # them to records written later, in any collection (chroma-core/chroma#7594);
+                # deleting those records first does not. Only records holding a list need it, and
+                # deleting every record made a move's drop take longer than its copy.
                 for chunk in _chunks(collection.get(include=[])["ids"], self._max_batch):
-                    collection.delete(ids=chunk)
+                    if listed := _holding_lists(collection, chunk):
+                        collection.delete(ids=listed)
         except DamagedStoreError:
             pass  # a damaged collection can still be dropped whole: its way out
         with self._errors(f"dropping collection {name!r}"):
@@ -584,6 +587,13 @@ def _decode_cursor(collection: str, cursor: str) -> str:
     except (ValueError, TypeError):
         pass
     raise BackendError(f"scan of Chroma collection {collection!r}: invalid cursor {cursor[:80]!r}")
+
+
+def _holding_lists(collection: Any, ids: list[str]) -> list[str]:
+    """The ids among these whose metadata holds a list value."""
+    result = collection.get(ids=ids, include=["metadatas"])
+    return [rid for rid, fields in zip(result["ids"], result["metadatas"])
+            if fields and any(isinstance(value, list) for value in fields.values())]
 
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
