@@ -14,12 +14,14 @@ Every case uses the public Backend API only.
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
 import numpy as np
 import pytest
 
 from vecflow.backends import Backend
+from vecflow.backends.base import READ_AHEAD_PAGES
 from vecflow.batch import Batch
 from vecflow.errors import (
     CollectionExistsError,
@@ -394,6 +396,40 @@ class BackendContract:
             other.close()
         backend.create_collection("empty", DIM, "l2")
         assert [(len(page), cursor) for page, cursor in backend.pages("empty", 15)] == [(0, None)]
+
+    def test_pages_read_ahead_are_the_pages_in_order_and_keep_the_lease_on_the_callers_thread(self, backend):
+        backend.create_collection("alpha", DIM, "l2")
+        backend.upsert("alpha", make_batch(40))
+        plain = [(page.ids, cursor) for page, cursor in backend.pages("alpha", 15)]
+        natives = [(page.batch.ids, page.native_ids, cursor) for page, cursor in backend.native_pages("alpha", 15)]
+        renewed: list[str] = []
+        backend.write_guard = lambda: renewed.append(threading.current_thread().name)
+        try:
+            ahead = [(page.ids, cursor) for page, cursor in backend.pages_ahead("alpha", 15)]
+            renewed_per_pass = len(renewed)
+            native_ahead = [(page.batch.ids, page.native_ids, cursor)
+                            for page, cursor in backend.native_pages_ahead("alpha", 15, plain[0][1])]
+        finally:
+            backend.write_guard = None
+        assert ahead == plain and native_ahead == natives[1:]
+        assert renewed_per_pass == len(plain)
+        assert set(renewed) == {threading.current_thread().name}
+
+    def test_a_loop_that_stops_early_stops_its_read_ahead(self, backend):
+        backend.create_collection("alpha", DIM, "l2")
+        backend.upsert("alpha", make_batch(100))
+        read: list[int] = []
+        backend.read_observer = read.append
+        before = threading.active_count()
+        try:
+            pages = backend.pages_ahead("alpha", 5)
+            first, _ = next(pages)
+            pages.close()
+        finally:
+            backend.read_observer = None
+        assert len(first) == 5
+        assert threading.active_count() == before
+        assert len(read) <= 1 + READ_AHEAD_PAGES + 1  # the page handled, the pages held, one being offered
 
     def test_scan_survives_in_place_upserts_of_scanned_records(self, backend):
         backend.create_collection("alpha", DIM, "l2")

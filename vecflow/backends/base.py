@@ -33,6 +33,7 @@ from typing import Any, ClassVar, TypeVar, cast
 
 import numpy as np
 
+from vecflow.backends.read_ahead import in_reader_thread, read_ahead
 from vecflow.backends.retry import RetryPolicy
 from vecflow.batch import Batch, metadata_problem
 from vecflow.errors import CollectionExistsError, CollectionNotFoundError, InvalidDataError, OperationError
@@ -42,6 +43,8 @@ from vecflow.state import VecflowState
 METRICS = ("cosine", "l2", "ip")
 # How many records layout detection samples.
 DETECTION_SAMPLE = 20
+# Pages a read-ahead loop holds beyond the one being handled (memory: this many pages more).
+READ_AHEAD_PAGES = 2
 
 
 @dataclass(frozen=True)
@@ -130,8 +133,9 @@ class Backend(ABC):
             self._read_only = previous
 
     def _keep_lease(self) -> None:
-        """Long scans (digests, verification, snapshots) renew the lease the same way, page by page."""
-        if self.write_guard is not None:
+        """Long scans (digests, verification, snapshots) renew the lease the same way, page by page
+        (not from a read-ahead thread: the caller's writes renew it on the ledger's thread)."""
+        if self.write_guard is not None and not in_reader_thread():
             self.write_guard()
 
     @property
@@ -353,6 +357,25 @@ class Backend(ABC):
                      cursor: str | None = None) -> Iterator[tuple[NativePage, str | None]]:
         """Like pages, over scan_native."""
         return self._full_reads(_paging(self.scan_native, name, batch_size, cursor), name, cursor)
+
+    def pages_ahead(self, name: str, batch_size: int,
+                    cursor: str | None = None) -> Iterator[tuple[Batch, str | None]]:
+        """Like pages, read in a background thread a few pages ahead (vecflow/backends/read_ahead.py),
+        so this store's reads overlap what the caller does with each page. Not for a loop that
+        writes to this store (it would read pages the loop has not yet written to)."""
+        return self._ahead(self.pages(name, batch_size, cursor))
+
+    def native_pages_ahead(self, name: str, batch_size: int,
+                           cursor: str | None = None) -> Iterator[tuple[NativePage, str | None]]:
+        """Like native_pages, read ahead as pages_ahead is."""
+        return self._ahead(self.native_pages(name, batch_size, cursor))
+
+    def _ahead(self, paging: Iterator[tuple[Page, str | None]]) -> Iterator[tuple[Page, str | None]]:
+        """The lease is renewed page by page on the caller's thread, as the plain loop does."""
+        with contextlib.closing(read_ahead(paging, READ_AHEAD_PAGES)) as pages:
+            for page in pages:
+                self._keep_lease()
+                yield page
 
     def _full_reads(self, paging: Iterator[tuple[Page, str | None]], name: str,
                     cursor: str | None) -> Iterator[tuple[Page, str | None]]:

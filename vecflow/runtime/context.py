@@ -144,7 +144,7 @@ class StepContext:
             return
         if self.state.get(key) is None:
             self.expect(lambda: backend.count(name))
-        for page, cursor in backend.pages(name, self.batch_size, self.state.get(key)):
+        for page, cursor in backend.pages_ahead(name, self.batch_size, self.state.get(key)):
             if len(page):
                 self.snapshots.add_records(self.snapshot, page)
             self.save(len(page), **{key: cursor, f"{key}_done": cursor is None})

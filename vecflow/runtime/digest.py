@@ -194,7 +194,7 @@ def collection_digests(backend: Any, name: str, batch_size: int = 1000,
     if not backend.has_collection(name):
         return DigestPair(Digest.absent(), Digest.absent())
     logical, native = Digest.empty(), Digest.empty()
-    for page, _ in backend.native_pages(name, batch_size):
+    for page, _ in backend.native_pages_ahead(name, batch_size):
         logical = logical + batch_digest(page.batch, version=version)
         native = native + native_digest(page, version)
         if on_page is not None:

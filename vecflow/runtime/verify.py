@@ -190,7 +190,7 @@ class VerificationReport:
 def read_side(backend: Backend, name: str, batch_size: int, normalise: bool) -> SideDigest:
     """One side of a copy read in full, with its digest pair (native pages)."""
     total = SideDigest.empty()
-    for page, _ in backend.native_pages(name, batch_size):
+    for page, _ in backend.native_pages_ahead(name, batch_size):
         total = total.add(page, normalise)
     return total
 

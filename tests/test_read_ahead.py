@@ -1,0 +1,54 @@
+"""The read-ahead loop under a copy: order, errors at the page where they happened, early stops."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from vecflow.backends.read_ahead import in_reader_thread, read_ahead
+from vecflow.errors import BackendError
+
+
+def test_items_arrive_in_order_and_are_produced_on_another_thread():
+    produced_on: list[bool] = []
+
+    def pages():
+        for i in range(10):
+            produced_on.append(in_reader_thread())
+            yield i
+
+    assert list(read_ahead(pages(), depth=2)) == list(range(10))
+    assert produced_on == [True] * 10 and not in_reader_thread()
+
+
+def test_an_error_reading_is_raised_in_the_caller_after_the_pages_before_it():
+    def pages():
+        yield "first"
+        yield "second"
+        raise BackendError("redis store at redis://127.0.0.1:1 is unreachable")
+
+    got = []
+    with pytest.raises(BackendError, match="unreachable"):
+        for item in read_ahead(pages()):
+            got.append(item)
+    assert got == ["first", "second"]
+
+
+def test_the_reader_stays_at_most_depth_items_ahead_and_stops_when_closed():
+    produced: list[int] = []
+    finished = threading.Event()
+
+    def pages():
+        try:
+            for i in range(1000):
+                produced.append(i)
+                yield i
+        finally:
+            finished.set()
+
+    items = read_ahead(pages(), depth=3)
+    assert next(items) == 0
+    items.close()
+    assert finished.is_set()  # the source's own loop was closed, on the reader's thread
+    assert len(produced) <= 1 + 3 + 1  # the one handed over, the queue, the one being offered
