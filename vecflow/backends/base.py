@@ -192,8 +192,7 @@ class Backend(ABC):
         """The project's `batch_size` ([vecflow] batch_size, -x batch_size=N): every page read
         from this store and every write request to it is that size (a write within the store's
         own limit). None, the default: the adapter chooses (read_batch_size, write_batch_size)."""
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
-                                       or batch_size < 1):
+        if batch_size is not None and not _is_size(batch_size):
             raise OperationError(f"{self.name} store {self.location}: batch_size must be a positive integer or "
                                  f"None, got {batch_size!r}")
         self._batch_size = None if batch_size is None else int(batch_size)
@@ -417,7 +416,8 @@ class Backend(ABC):
     def upsert(self, name: str, batch: Batch) -> None:
         """Insert or replace records by id (idempotent; for a repeated id the last one wins).
         Durable when it returns. A batch larger than write_batch_size(name) is written in
-        requests of that size, in order: a failure part-way leaves the earlier requests written,
+        requests of that size, in order, after `_check_upsert` found nothing the store refuses in
+        any of them; a failure part-way (the store down) leaves the earlier requests written,
         which a checkpointed loop writes again on resume (idempotent)."""
         self._before_write()
         self._require(name)
@@ -427,6 +427,8 @@ class Backend(ABC):
         batch.check_text(f"upsert into {self.name} collection {name!r}")
         unique = last_of_each_id(batch)
         size = self.write_batch_size(name)
+        if len(unique) > size:
+            self._check_upsert(name, unique)  # a refusal in a later request must write nothing either
         for start in range(0, len(unique), size):
             if start:
                 self._before_write()  # a long batch: a runner that lost its lease stops between requests
@@ -555,6 +557,11 @@ class Backend(ABC):
         """Non-empty, finite, unique ids, at most write_batch_size(name) records when called by
         upsert; check the dimension against the collection's."""
 
+    def _check_upsert(self, name: str, batch: Batch) -> None:  # noqa: B027 (optional hook)
+        """Raise InvalidDataError for what the store would refuse in these records, writing
+        nothing: called before the first of several write requests. Adapters whose store refuses
+        keys or values it checks in `_upsert` (Chroma's metadata keys) implement it."""
+
     def _read_batch_size(self, name: str) -> int:
         """Records per page this adapter reads best from collection `name` (validated by the base)."""
         return self.preferred_read_batch
@@ -651,10 +658,14 @@ def check_dimension(backend: str, collection: str, dim: Any) -> int:
 
 def check_batch_size(backend: str, collection: str, batch_size: Any, what: str = "batch_size",
                      doing: str = "scan") -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    if not _is_size(batch_size):
         raise OperationError(f"{doing} of {backend} collection {collection!r}: {what} must be a positive integer, "
                              f"got {batch_size!r}")
     return int(batch_size)
+
+
+def _is_size(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= 1
 
 
 Page = TypeVar("Page")

@@ -311,11 +311,21 @@ class ChromaBackend(Backend):
         layout, step = self._layout(name), self._max_batch
         chunks = [batch] if len(batch) <= step else [
             batch.take(list(range(lo, min(lo + step, len(batch))))) for lo in range(0, len(batch), step)]
-        # Plan every chunk first: a key Chroma refuses stops the upsert before anything is written.
+        # Plan every chunk first: a key Chroma refuses stops the upsert before anything is written
+        # (Backend.upsert checks a batch it splits into several calls with _check_upsert).
         plans = [self._plan(collection, name, layout, chunk) for chunk in chunks]
         cosine = _metric(collection) == "cosine"
         for plan in plans:
             self._write(collection, name, plan, cosine)
+
+    def _check_upsert(self, name: str, batch: Batch) -> None:
+        """The keys and values Chroma refuses (as _plan finds them), before any request is written."""
+        layout = self._layout(name)
+        for i, rid in enumerate(batch.ids):
+            native = layout.write(rid, Logical(batch.documents[i], batch.metadatas[i], batch.extras[i]), True)
+            for key, raw in native.fields.items():
+                values.check_key(key, rid, name)
+                values.normalised(raw, rid, name, key)
 
     def _plan(self, collection: Any, name: str, layout: Layout, chunk: Batch) -> _Write:
         held = self._held(collection, name, chunk.ids)
