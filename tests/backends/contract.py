@@ -477,7 +477,7 @@ class BackendContract:
         for name in ("alpha", "small", "not-created-yet"):  # a size is known before a target exists
             read, write = backend.read_batch_size(name), backend.write_batch_size(name)
             assert isinstance(read, int) and isinstance(write, int)
-            assert 100 <= read <= 20_000 and 100 <= write <= 20_000, (name, read, write)
+            assert 100 <= read <= 20_000 and 100 <= write <= 100_000, (name, read, write)
             assert backend.read_batch_size(name, 7) == 7 and backend.write_batch_size(name, 7) == 7
         chosen = backend.read_batch_size("alpha")
         backend.set_batch_size(7)
