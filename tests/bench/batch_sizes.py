@@ -3,6 +3,7 @@ Prints figures; asserts nothing (run it by hand, not under pytest).
 
     python -m tests.bench.batch_sizes [--n 10000] [--dim 768] [--sizes 100,256,500,1000,2000,5000]
         [--backends chroma,qdrant,redis,faiss,files] [--rounds 2] [--tmpfs] [--checkpoints 2000] [--scan-only]
+        [--chroma-get]
 
 Write: N records upserted through the adapter (vecflow's public `upsert`, so the adapter's own
 bookkeeping is paid) in calls of each size, into a fresh cosine collection each time; the adapter's
@@ -10,7 +11,8 @@ split into its write size is lifted (`write_batch_size` returns the size measure
 what reaches the store. Scan: one full pass of `scan` in pages of each size. Sizes run in a
 different order each round (the machine is shared: compare within one run). Stores live on disk
 (a temporary folder under /tmp) unless --tmpfs. Checkpoints: the time of `StepContext.save` (a
-ledger checkpoint and a lease heartbeat), on disk and on tmpfs.
+ledger checkpoint and a lease heartbeat), on disk and on tmpfs. --chroma-get: chromadb's own
+`get(ids=...)` by size, without vecflow.
 """
 
 from __future__ import annotations
@@ -101,6 +103,30 @@ def measure_backend(kind: str, options: dict[str, Any], data: Batch, sizes: list
     backend.close()
 
 
+def measure_chroma_get(folder: Path, data: Batch, sizes: list[int], rounds: int) -> None:
+    """chromadb's own get(ids=...) of every record in calls of each size, no vecflow code."""
+    import chromadb
+
+    client = chromadb.PersistentClient(path=str(folder))
+    collection = client.create_collection("native", embedding_function=None,
+                                          configuration={"hnsw": {"space": "cosine"}})
+    for piece in chunks(data, 1000):
+        collection.add(ids=piece.ids, embeddings=piece.vectors, documents=piece.documents, metadatas=piece.metadatas)
+    ids = sorted(collection.get(include=[])["ids"])
+    rates: dict[int, list[float]] = {s: [] for s in sizes}
+    for round_ in range(rounds):
+        for size in sizes if round_ % 2 == 0 else sizes[::-1]:
+            started = time.perf_counter()
+            for lo in range(0, len(ids), size):
+                got = collection.get(ids=ids[lo:lo + size], include=["embeddings", "documents", "metadatas"])
+                np.asarray(got["embeddings"], dtype=np.float32)
+            rates[size].append(len(ids) / (time.perf_counter() - started))
+    print(f"chromadb get(ids=...) alone ({load()}):")
+    for size in sizes:
+        figures = " ".join(f"{v:7.0f}" for v in rates[size])
+        print(f"  {size:>6} {figures:>40} median {statistics.median(rates[size]):7.0f}")
+
+
 def measure_checkpoints(folder: Path, count: int) -> None:
     """Seconds per StepContext.save (checkpoint + heartbeat), as the runner does it after each batch."""
     from vecflow.runtime.context import StepContext
@@ -134,6 +160,7 @@ def main() -> None:
     parser.add_argument("--tmpfs", action="store_true", help="keep the stores on /dev/shm instead of disk")
     parser.add_argument("--checkpoints", type=int, default=0, help="also time this many checkpoints")
     parser.add_argument("--scan-only", action="store_true", help="write once, then only scan (--rounds passes)")
+    parser.add_argument("--chroma-get", action="store_true", help="also time chromadb's own get(ids=...) by size")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     base = Path(tempfile.mkdtemp(prefix="vecflow-bench-", dir="/dev/shm" if args.tmpfs else None))
@@ -148,9 +175,11 @@ def main() -> None:
                 if str(folder).startswith("/dev/shm"):
                     shutil.rmtree(folder, ignore_errors=True)
         kinds = [k for k in args.backends.split(",") if k]
-        if not kinds:
+        if not kinds and not args.chroma_get:
             return
         data = corpus(args.n, args.dim)
+        if args.chroma_get:
+            measure_chroma_get(base / "chroma-native", data, sizes, args.rounds)
         with running_redis(base) as redis_url:
             stores = {"chroma": {"path": str(base / "chroma")}, "faiss": {"path": str(base / "faiss")},
                       "redis": {"url": redis_url}, "qdrant": {"path": str(base / "qdrant")},
