@@ -504,6 +504,52 @@ class BackendContract:
             backend.scan("alpha", batch_size)
         with pytest.raises(OperationError, match="batch_size"):
             backend.scan_native("alpha", batch_size)
+        with pytest.raises(OperationError, match="batch_size"):
+            backend.set_batch_size(batch_size)
+
+    def test_adapter_batch_sizes_are_sane_and_a_set_batch_size_wins(self, backend):
+        backend.create_collection("alpha", 768, "cosine")
+        backend.create_collection("small", DIM, "l2")
+        for name in ("alpha", "small", "not-created-yet"):  # a size is known before a target exists
+            read, write = backend.read_batch_size(name), backend.write_batch_size(name)
+            assert isinstance(read, int) and isinstance(write, int)
+            assert 100 <= read <= 20_000 and 100 <= write <= 100_000, (name, read, write)
+            assert backend.read_batch_size(name, 7) == 7 and backend.write_batch_size(name, 7) == 7
+        chosen = backend.read_batch_size("alpha")
+        backend.set_batch_size(7)
+        assert (backend.batch_size, backend.read_batch_size("alpha"), backend.write_batch_size("alpha")) == (7, 7, 7)
+        assert backend.read_batch_size("alpha", 9) == 9  # a caller's own size comes first
+        backend.set_batch_size(None)
+        assert backend.batch_size is None and backend.read_batch_size("alpha") == chosen
+
+    @pytest.mark.parametrize("configured", [True, False], ids=["set-batch-size", "adapter-size"])
+    def test_upsert_larger_than_the_write_size_is_complete_and_durable(self, backend, connect, monkeypatch,
+                                                                       configured):
+        backend.create_collection("alpha", DIM, "cosine")
+        if configured:
+            backend.set_batch_size(4)
+        else:  # the adapter's own write size, made small so that 23 records take several requests
+            monkeypatch.setattr(backend, "_write_batch_size", lambda name: 4)
+            monkeypatch.setattr(backend, "_write_batch_limit", lambda name: None)
+        assert backend.write_batch_size("alpha") == 4
+        requests = []
+        real = backend._upsert
+        monkeypatch.setattr(backend, "_upsert", lambda name, part: (requests.append(len(part)), real(name, part)))
+        batch = make_batch(23)
+        repeated = make_batch(1, seed=5)  # written again at the end of the batch: the last one wins
+        batch = Batch(batch.ids + repeated.ids, np.concatenate([batch.vectors, repeated.vectors]),
+                      batch.documents + ["rewritten"], batch.metadatas + [{"n": -1}])
+        backend.upsert("alpha", batch)
+        assert requests == [4, 4, 4, 4, 4, 3]
+        backend.close()
+        other = connect()
+        try:
+            expected = by_id(make_batch(23))
+            expected["r00000"] = (repeated.vectors[0].tobytes(), "rewritten", {"n": -1})
+            assert other.count("alpha") == 23
+            assert by_id(scan_all(other, "alpha")) == expected
+        finally:
+            other.close()
 
     def test_empty_collection(self, backend):
         backend.create_collection("alpha", DIM, "cosine")

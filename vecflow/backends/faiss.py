@@ -135,6 +135,11 @@ class FaissBackend(Backend):
 
     name = "faiss"
     layouts: ClassVar[tuple[str, ...]] = ("raw", "langchain")
+    # Large blocks: a page is one indexed SELECT of the sidecar and a write one SQLite transaction
+    # (one fsync), flat in rate from 500 up; 5,000 spreads the fsync and the step's checkpoint
+    # over more records (docs/performance.md#batch-sizes).
+    preferred_read_batch = 5000
+    preferred_write_batch = 5000
 
     def __init__(self, path: str, index_type: str = "flat", hnsw_m: str | int = 32,
                  hnsw_ef_construction: str | int = 40, hnsw_ef_search: str | int = 64,

@@ -79,6 +79,10 @@ class FilesBackend(Backend):
     # Records are kept as logical records; the layout is the one they were read in at the source,
     # recorded so an import writes its target in it (framework parts travel in `extras`).
     layouts: ClassVar[tuple[str, ...]] = ("raw", "langchain", "llamaindex")
+    # Every write request is a commit (new part files, a manifest replaced): the fewer the
+    # better, so a page is written whole (docs/performance.md#batch-sizes).
+    preferred_read_batch = 5000
+    preferred_write_batch = 100_000
     export_location = staticmethod(folder_io.export_location)
     import_location = staticmethod(folder_io.import_location)
 

@@ -88,6 +88,11 @@ class QdrantBackend(Backend):
     normalises_cosine = False
     has_text_slot = False
     layouts = ("raw", "langchain", "llamaindex")
+    # Local mode reads fastest in pages of 500 (larger pages retrieve more slowly) and writes as
+    # fast in requests of 256 as in larger ones; a request is also kept under _REQUEST_BYTES
+    # (docs/performance.md#batch-sizes).
+    preferred_read_batch = 500
+    preferred_write_batch = 256
     # The empty folder a missing local store is read from when opened read only.
     _empty_folder: str | None = None
 

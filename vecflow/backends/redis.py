@@ -88,6 +88,10 @@ class RedisBackend(Backend):
     name = "redis"
     has_text_slot = True  # the text field
     layouts: ClassVar[tuple[str, ...]] = ("raw", "langchain", "llamaindex")
+    # A page is one pipeline of HGETALLs, a write one MULTI/EXEC: pipelines of 1,000 are past the
+    # round-trip cost and keep a transaction short (docs/performance.md#batch-sizes).
+    preferred_read_batch = 1000
+    preferred_write_batch = 1000
 
     def __init__(self, url: str = "redis://127.0.0.1:6379", db: int | str | None = None, key_prefix: str = "",
                  password: str | None = None, username: str | None = None, search: str = "auto",

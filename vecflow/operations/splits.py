@@ -721,7 +721,7 @@ class UnmergeCollectionsOp(Repartition):
             return
         after = ctx.state.get("delete_after", 0)
         while after is not None:
-            values, after = ctx.snapshots.read_values(self.snapshot, after, ctx.batch_size)
+            values, after = ctx.snapshots.read_values(self.snapshot, after, ctx.page_size(self.target))
             if values:
                 backend.delete(name, [rid for rid, _, _ in values])
             ctx.save(len(values), delete_after=after)

@@ -23,6 +23,9 @@ from vecflow.runtime.stores import Stores
 
 # The step-state key of the digests an op computed before the step (record_digest_before).
 DIGESTS_BEFORE = "digests_before"
+# Records per page of a loop no store chooses for (a snapshot's own digest, an embedder's calls),
+# when the project sets no batch_size.
+DEFAULT_BATCH_SIZE = 500
 
 
 class StepContext:
@@ -36,7 +39,7 @@ class StepContext:
         lease_seconds: float,
         attempt_id: int,
         step_index: int,
-        batch_size: int,
+        batch_size: int | None,
         snapshot: str | None,
         state: dict[str, Any],
         rows_done: int,
@@ -53,6 +56,7 @@ class StepContext:
         self.lease_seconds = lease_seconds
         self.attempt_id = attempt_id
         self.step_index = step_index
+        # The project's batch_size; None: each store's adapter chooses (page_size).
         self.batch_size = batch_size
         self.snapshot = snapshot
         self.state = state
@@ -74,6 +78,16 @@ class StepContext:
         if not backend.has_collection(name):
             raise CollectionNotFoundError(f"collection {ref!r} does not exist")
         return backend, name
+
+    def page_size(self, ref: str | None = None) -> int:
+        """Records per page, and so per checkpoint, of a loop over collection `ref` or of one
+        that writes into it from a snapshot or a file: the project's batch_size when set, else
+        the size the store's adapter reads best (Backend.read_batch_size; its upsert splits a
+        page into the requests it writes best). Without ref: batch_size, else DEFAULT_BATCH_SIZE."""
+        if ref is None:
+            return self.batch_size or DEFAULT_BATCH_SIZE
+        backend, name = self.resolve(ref)
+        return backend.read_batch_size(name, self.batch_size)
 
     def know_digest(self, ref: str, digest: str) -> None:
         """Tell the runner a collection's digest after this step, computed while verifying: a
@@ -127,7 +141,7 @@ class StepContext:
             return
         if self.state.get(key) is None:
             self.expect(lambda: backend.count(name))
-        for page, cursor in backend.pages(name, self.batch_size, self.state.get(key)):
+        for page, cursor in backend.pages(name, self.page_size(ref), self.state.get(key)):
             changed = transform(page) if len(page) else None
             if changed is not None and len(changed):
                 if metadata_only:
@@ -144,7 +158,7 @@ class StepContext:
             return
         if self.state.get(key) is None:
             self.expect(lambda: backend.count(name))
-        for page, cursor in backend.pages_ahead(name, self.batch_size, self.state.get(key)):
+        for page, cursor in backend.pages_ahead(name, self.page_size(ref), self.state.get(key)):
             if len(page):
                 self.snapshots.add_records(self.snapshot, page)
             self.save(len(page), **{key: cursor, f"{key}_done": cursor is None})
@@ -159,7 +173,7 @@ class StepContext:
         if after is not None:
             self.expect(lambda: self.snapshots.rows_after(snapshot, "values", after))
         while after is not None:
-            values, after = self.snapshots.read_values(snapshot, after, self.batch_size)
+            values, after = self.snapshots.read_values(snapshot, after, self.page_size(ref))
             value_of = {rid: (value, position) for rid, value, position in values}
             page = backend.get(name, list(value_of))
             if len(page):
@@ -174,7 +188,7 @@ class StepContext:
         if after is not None:
             self.expect(lambda: self.snapshots.rows_after(snapshot, "records", after))
         while after is not None:
-            page, after = self.snapshots.read_records(snapshot, after, self.batch_size)
+            page, after = self.snapshots.read_records(snapshot, after, self.page_size(ref))
             if len(page):
                 backend.upsert(name, page)
             self.save(len(page), **{key: after})

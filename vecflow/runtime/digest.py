@@ -188,9 +188,10 @@ class DigestPair:
         return expected.partition("|")[0] == actual.partition("|")[0]
 
 
-def collection_digests(backend: Any, name: str, batch_size: int = 1000,
+def collection_digests(backend: Any, name: str, batch_size: int | None = None,
                        on_page: Callable[[], None] | None = None, version: int = VERSION) -> DigestPair:
-    """Logical and native digests of a whole collection, in one streamed pass."""
+    """Logical and native digests of a whole collection, in one streamed pass, in pages of
+    batch_size records (None: the store's read_batch_size)."""
     if not backend.has_collection(name):
         return DigestPair(Digest.absent(), Digest.absent())
     logical, native = Digest.empty(), Digest.empty()
@@ -202,7 +203,7 @@ def collection_digests(backend: Any, name: str, batch_size: int = 1000,
     return DigestPair(logical, native)
 
 
-def collection_digest(backend: Any, name: str, batch_size: int = 1000,
+def collection_digest(backend: Any, name: str, batch_size: int | None = None,
                       on_page: Callable[[], None] | None = None, version: int = VERSION) -> Digest:
     """Stream a whole collection through batch_digest; Digest.absent() when it does not exist.
     on_page is called after every page (the runner renews its lease there)."""
