@@ -1,12 +1,16 @@
-"""The read-ahead loop under a copy: order, errors at the page where they happened, early stops."""
+"""The paging under a copy: read ahead (order, errors at the page where they happened, early stops)
+and pages gathered to the target's write size."""
 
 from __future__ import annotations
 
 import threading
 
+import numpy as np
 import pytest
 
+from vecflow.backends.base import gathered
 from vecflow.backends.read_ahead import in_reader_thread, read_ahead
+from vecflow.batch import Batch
 from vecflow.errors import BackendError
 
 
@@ -52,3 +56,16 @@ def test_the_reader_stays_at_most_depth_items_ahead_and_stops_when_closed():
     items.close()
     assert finished.is_set()  # the source's own loop was closed, on the reader's thread
     assert len(produced) <= 1 + 3 + 1  # the one handed over, the queue, the one being offered
+
+
+def test_pages_are_gathered_to_the_write_size_each_group_with_the_cursor_after_its_last_page():
+    def page(first: int, n: int) -> Batch:
+        return Batch([f"r{i}" for i in range(first, first + n)], np.zeros((n, 2), np.float32), [None] * n, [{}] * n)
+
+    pages = [(page(0, 15), "c1"), (page(15, 15), "c2"), (page(30, 15), "c3"), (page(45, 15), "c4"),
+             (page(60, 10), None)]
+    groups = list(gathered(iter(pages), 40))
+    assert [[len(p) for p in group] for group, _ in groups] == [[15, 15, 15], [15, 10]]
+    assert [cursor for _, cursor in groups] == ["c3", None]
+    assert [rid for group, _ in groups for p in group for rid in p.ids] == [f"r{i}" for i in range(70)]
+    assert [len(group) for group, _ in gathered(iter(pages), 1)] == [1, 1, 1, 1, 1]

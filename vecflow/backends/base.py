@@ -704,6 +704,20 @@ def _paging(read: Callable[[str, int, str | None], tuple[Page, str | None]], nam
             return
 
 
+def gathered(pages: Iterator[tuple[Page, str | None]], size: int) -> Iterator[tuple[list[Page], str | None]]:
+    """Consecutive pages, gathered until they hold at least `size` records or the last page is
+    in, each group with the cursor after its last page: a loop that writes a group at a time (in
+    the target's write size) and checkpoints after it resumes from that cursor."""
+    group: list[Page] = []
+    held = 0
+    for page, cursor in pages:
+        group.append(page)
+        held += len(page.batch if isinstance(page, NativePage) else page)
+        if held >= size or cursor is None:
+            yield group, cursor
+            group, held = [], 0
+
+
 def last_of_each_id(batch: Batch) -> Batch:
     """A batch with one record per id; for a repeated id the last wins, as if written in turn."""
     last = {rid: i for i, rid in enumerate(batch.ids)}

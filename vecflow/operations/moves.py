@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from vecflow.backends import Backend
-from vecflow.backends.base import NativePage
+from vecflow.backends.base import NativePage, gathered
 from vecflow.batch import Batch
 from vecflow.errors import BackendError, CollectionNotFoundError, OperationError, VecflowError, VerificationError
 from vecflow.layouts import LAYOUT_NAMES
@@ -185,14 +185,16 @@ class CopyCollectionOp(Op):
         retried = before = target.retried_calls
         pages = self._source_pages(source, source_name, target, ctx)
         with contextlib.closing(pages):  # stops a read-ahead thread when a write fails
-            for native, cursor in pages:
-                page = native.batch
-                if len(page):
-                    page.check_finite(f"{self.op_name} {self.source}")
-                    target.upsert(target_name, page)
-                    side = side.add(native, normalise)
-                    if truth is not None:
-                        truth.add(page)
+            # Pages are gathered to the target's write size: one write and one checkpoint each.
+            for natives, cursor in gathered(pages, target.write_batch_size(target_name, ctx.batch_size)):
+                batch = Batch.concat([native.batch for native in natives])
+                if len(batch):
+                    batch.check_finite(f"{self.op_name} {self.source}")
+                    target.upsert(target_name, batch)
+                    for native in natives:
+                        side = side.add(native, normalise)
+                        if truth is not None:
+                            truth.add(native.batch)
                 # Checked when the target was away while this page was written, and at the end of a
                 # copy during which it was away (it may have lost pages it took before it went).
                 if target.retried_calls != retried or (cursor is None and target.retried_calls != before):
@@ -200,7 +202,7 @@ class CopyCollectionOp(Op):
                     retried = target.retried_calls
                 if cursor is None:
                     self._record_source_digest(ctx, source, source_name, side)
-                ctx.save(len(page), copy_cursor=cursor, copied=cursor is None, source_side=side.to_dict(),
+                ctx.save(len(batch), copy_cursor=cursor, copied=cursor is None, source_side=side.to_dict(),
                          **({PARITY_TRUTH: truth.to_state()} if truth is not None else {}))
 
     @staticmethod
