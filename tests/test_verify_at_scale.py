@@ -30,6 +30,8 @@ from vecflow.backends.faiss import FaissBackend
 from vecflow.batch import Batch
 from vecflow.runtime.digest import Digest, batch_digest
 
+pytestmark = pytest.mark.slow
+
 N, DIM = 100_000, 768
 WRITE_PAGE = 5000
 BATCH_SIZE = 1000
