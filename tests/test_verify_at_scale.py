@@ -87,7 +87,10 @@ def faiss_source(scale_tmp) -> Source:
 
 STORES = {"chroma": "chroma", "perturbed": "faiss", "dropped": "faiss", "copied": "faiss"}
 REVISIONS = {  # all on m1, each reached alone (upgrade <rev>)
-    "m1": (None, 'op.copy_collection("main:docs", "chroma:docs")'),
+    # A lighter HNSW graph than Chroma's default (ef_construction 100, max_neighbors 16) builds
+    # about 4x faster; the verification thresholds stay the defaults, and no bar depends on it.
+    "m1": (None, 'op.copy_collection("main:docs", "chroma:docs", '
+                 'target_params={"hnsw": {"ef_construction": 16, "max_neighbors": 8}})'),
     "perturbed": ("m1", 'op.move_collection("chroma:docs", "perturbed:docs")'),
     "dropped": ("m1", 'op.move_collection("chroma:docs", "dropped:docs")'),
     "copied": ("m1", 'op.copy_collection("chroma:docs", "copied:docs")'),
