@@ -69,3 +69,20 @@ def test_pages_are_gathered_to_the_write_size_each_group_with_the_cursor_after_i
     assert [cursor for _, cursor in groups] == ["c3", None]
     assert [rid for group, _ in groups for p in group for rid in p.ids] == [f"r{i}" for i in range(70)]
     assert [len(group) for group, _ in gathered(iter(pages), 1)] == [1, 1, 1, 1, 1]
+
+
+def test_a_caller_waiting_for_a_slow_read_keeps_its_lease_on_its_own_thread():
+    release = threading.Event()
+    kept_on: list[str] = []
+
+    def pages():
+        release.wait(10)  # a read retrying while its store is away
+        yield "page"
+
+    def keep_lease():
+        kept_on.append(threading.current_thread().name)
+        if len(kept_on) == 3:
+            release.set()
+
+    assert list(read_ahead(pages(), while_waiting=keep_lease, every=0.05)) == ["page"]
+    assert len(kept_on) >= 3 and set(kept_on) == {threading.current_thread().name}

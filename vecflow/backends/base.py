@@ -423,7 +423,7 @@ class Backend(ABC):
 
     def _ahead(self, paging: Iterator[tuple[Page, str | None]]) -> Iterator[tuple[Page, str | None]]:
         """The lease is renewed page by page on the caller's thread, as the plain loop does."""
-        with contextlib.closing(read_ahead(paging, READ_AHEAD_PAGES)) as pages:
+        with contextlib.closing(read_ahead(paging, READ_AHEAD_PAGES, while_waiting=self._keep_lease)) as pages:
             for page in pages:
                 self._keep_lease()
                 yield page

@@ -6,17 +6,17 @@ reads overlap the target's writes wherever a client releases the GIL while it wo
 SQLite, FAISS). Pages still arrive in order, each with the cursor of the page after it, so the
 caller checkpoints exactly as it would over the plain loop, and its memory is `depth` pages more.
 
-The reader thread does not renew the migration lease: the caller's thread does, page by page, on
-the thread that owns the ledger's connection (Backend._ahead). An error the reader meets is raised
-in the caller at the page where it happened. Closing the iterator (the caller stopped early) stops
-the reader before its next read.
+The reader thread does not renew the migration lease: the caller's thread does, page by page and
+every second it waits for a page, on the thread that owns the ledger's connection (Backend._ahead).
+An error the reader meets is raised in the caller at the page where it happened. Closing the
+iterator (the caller stopped early) stops the reader before its next read.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -36,8 +36,11 @@ class _Failed:
         self.error = error
 
 
-def read_ahead(pages: Iterator[T], depth: int = 2) -> Iterator[T]:
-    """The items of `pages`, produced in a background thread up to `depth` items ahead."""
+def read_ahead(pages: Iterator[T], depth: int = 2, while_waiting: Callable[[], None] | None = None,
+               every: float = 1.0) -> Iterator[T]:
+    """The items of `pages`, produced in a background thread up to `depth` items ahead.
+    while_waiting is called on the caller's thread every `every` seconds the caller waits for an
+    item (the lease is kept through a long read, e.g. one retrying while its store is away)."""
     ready: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -68,7 +71,12 @@ def read_ahead(pages: Iterator[T], depth: int = 2) -> Iterator[T]:
     thread.start()
     try:
         while True:
-            item = ready.get()
+            try:
+                item = ready.get(timeout=every)
+            except queue.Empty:
+                if while_waiting is not None:
+                    while_waiting()
+                continue
             if item is _DONE:
                 return
             if isinstance(item, _Failed):
