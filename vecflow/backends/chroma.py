@@ -261,6 +261,9 @@ class ChromaBackend(Backend):
     def _get(self, name: str, ids: list[str]) -> Batch:
         return self._read(self._collection(name), name, ids).batch
 
+    def _get_native(self, name: str, ids: list[str]) -> NativePage:
+        return self._read(self._collection(name), name, ids)
+
     def _read(self, collection: Any, name: str, ids: list[str]) -> NativePage:
         """The records with these ids that exist, in the order asked: natives as Chroma returns
         them, and the logical batch the layout reads from them."""
