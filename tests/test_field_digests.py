@@ -79,7 +79,7 @@ def test_each_field_step_reads_its_collection_once_and_records_what_a_full_read_
     assert project.digest_pair("docs") == digests[0]
 
 
-@pytest.mark.parametrize("then", ["rerun", "rollback"])
+@pytest.mark.parametrize("then", ["rerun", "rollback", "stamp"])
 def test_a_field_step_killed_after_writing_a_page_before_its_checkpoint_records_the_digest_before(tmp_path, then):
     project = field_project(tmp_path)
     project.write_python("r1", None, STEPS["rename_field"])
@@ -100,11 +100,16 @@ def test_a_field_step_killed_after_writing_a_page_before_its_checkpoint_records_
         assert recorded_before(row) == {"main:docs": initial}
         assert json.loads(row["digest_after"]) == {"main:docs": project.digest_pair("docs")}
         out = project.cli("downgrade", "base").stdout
-    else:
+    elif then == "rollback":
         out = project.cli("downgrade", "base").stdout
         assert out.startswith("Rolling back the unfinished upgrade of r1"), out
         # The rollback first completed the digest before from the pages the step had not reached.
         assert recorded_before(step_row(project, "r1")) == {"main:docs": initial}
+    else:
+        # The stamp adopts the attempt, after completing its digest before: the downgrade verifies.
+        assert "Abandoned the unfinished upgrade of r1" in project.cli("stamp", "r1").stdout
+        assert recorded_before(step_row(project, "r1")) == {"main:docs": initial}
+        out = project.cli("downgrade", "base").stdout
     assert "verified: main:docs restored exactly" in out, out
     assert project.digest_pair("docs") == initial
 

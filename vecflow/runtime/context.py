@@ -17,7 +17,7 @@ from vecflow.backends import Backend
 from vecflow.batch import Batch
 from vecflow.errors import CollectionNotFoundError, LockError, VecflowError
 from vecflow.progress import Progress, Task
-from vecflow.runtime.ledger import Ledger, Owner
+from vecflow.runtime.ledger import DONE, Ledger, Owner
 from vecflow.runtime.rewrite_digest import RewriteTally, unfinished_tallies
 from vecflow.runtime.snapshots import SnapshotStore
 from vecflow.runtime.stores import Stores
@@ -239,18 +239,28 @@ class StepContext:
             self.save(len(page), **{key: after})
 
 
-def finish_digests_before(stores: Stores, state: dict[str, Any]) -> bool:
-    """Complete the digest before of each rewrite pass (rewrite_records with digest) that a step
-    left part-way, killed or failed, by reading what the pass had not reached: the runner does it
-    before it rolls the step back, while those records are still as they were. True when the state
-    changed (the caller records it)."""
-    changed = False
-    for key, tally in unfinished_tallies(state):
-        if tally.ref in state.get(DIGESTS_BEFORE, {}):
-            continue
-        backend, name = stores.resolve(tally.ref)
-        pair = tally.finish_before(backend, name, state.get(key)) if backend.has_collection(name) else None
-        if pair is not None:
-            state.setdefault(DIGESTS_BEFORE, {})[tally.ref] = pair.to_text()
-            changed = True
-    return changed
+def finish_rewrite_digests(ledger: Ledger, stores: Stores, attempt_id: int, required: bool = True) -> None:
+    """Complete the digest before of each rewrite pass (rewrite_records with digest) that a step of
+    an attempt left part-way, killed or failed, by reading what the pass had not reached, which is
+    still as it was: the runner does it before it rolls the attempt back, a stamp before it may
+    adopt it (not required: a store it cannot read leaves that digest out)."""
+    for row in ledger.steps(attempt_id):
+        state = json.loads(row["cursor"] or "{}")
+        changed = False
+        for key, tally in unfinished_tallies(state) if row["status"] != DONE else []:
+            if tally.ref in state.get(DIGESTS_BEFORE, {}):
+                continue
+            try:
+                backend, name = stores.resolve(tally.ref)
+                pair = tally.finish_before(backend, name, state.get(key)) if backend.has_collection(name) else None
+            except LockError:
+                raise
+            except VecflowError:
+                if required:
+                    raise
+                continue
+            if pair is not None:
+                state.setdefault(DIGESTS_BEFORE, {})[tally.ref] = pair.to_text()
+                changed = True
+        if changed:
+            ledger.checkpoint(attempt_id, row["step_index"], json.dumps(state), row["rows_done"])

@@ -29,7 +29,7 @@ from vecflow.errors import (
 from vecflow.operations.base import Op, StepRecord
 from vecflow.progress import Progress
 from vecflow.runtime import markers
-from vecflow.runtime.context import DIGESTS_BEFORE, StepContext, finish_digests_before
+from vecflow.runtime.context import DIGESTS_BEFORE, StepContext, finish_rewrite_digests
 from vecflow.runtime.digest import VERSION as DIGEST_VERSION
 from vecflow.runtime.digest import Digest, DigestPair, collection_digests
 from vecflow.runtime.digest import version_of as digest_version
@@ -252,21 +252,13 @@ class Runner:
         rev = self.scripts.revision_map.get(attempt["revision"])
         self._check_recorded_steps(attempt, rev.script.upgrade_ops())
         if rollback is None:
-            self._finish_digests_before(attempt)
+            finish_rewrite_digests(self.ledger, self.stores, attempt["id"])
         item = PlannedRevision(rev, ROLLBACK, self._inverse_steps(rev, attempt), self._digests_before(attempt))
         done = sum(row["status"] == DONE for row in self.ledger.steps(attempt["id"]))
         heading = (f"Rolling back the unfinished upgrade of {item.label} ({attempt['outcome']}, {done} of "
                    f"{len(rev.script.upgrade_ops())} steps done)")
         self._run_revision(item, owner, rollback, verify, undoes=attempt["id"],
                            heading=heading if rollback is None else f"Resuming the rollback of {item.label}")
-
-    def _finish_digests_before(self, attempt: dict) -> None:
-        """A step that stopped part-way through a rewrite that digests as it goes holds only part of
-        its digest before: complete it from the records it had not reached, before they change."""
-        for row in self.ledger.steps(attempt["id"]):
-            state = json.loads(row["cursor"] or "{}")
-            if row["status"] != DONE and finish_digests_before(self.stores, state):
-                self.ledger.checkpoint(attempt["id"], row["step_index"], json.dumps(state), row["rows_done"])
 
     def _check_recorded_steps(self, attempt: dict, planned_steps: list[Op]) -> None:
         recorded = [(row["step_index"], row["op"]) for row in self.ledger.steps(attempt["id"])]
