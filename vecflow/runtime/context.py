@@ -156,7 +156,7 @@ class StepContext:
                     else:
                         backend.upsert(name, changed)
                 if tally is not None:
-                    tally.fold(before, tally.page_after(backend, name, native, written))
+                    tally.fold(before, tally.page_after(backend, name, native, written, metadata_only))
                     tally.save_into(self.state, key)
                     if cursor is None:
                         self._digested(ref, tally)

@@ -116,15 +116,19 @@ class RewriteTally:
         self.pending = {"pair": _text(before), "ids": _ids_of(page), "following": following}
         return True
 
-    def page_after(self, backend: Backend, name: str, page: NativePage, written: list[str]) -> DigestPair | None:
-        """The page's digest after its write: untouched records as read, rewritten ones read back."""
+    def page_after(self, backend: Backend, name: str, page: NativePage, written: list[str],
+                   metadata_only: bool) -> DigestPair | None:
+        """The page's digest after its write: untouched records as read, rewritten ones read back
+        (after a metadata-only write, with the vectors as read: `update_metadata` leaves them)."""
         if self.after is None:
             return None
         if not written:
             return pair_of(page)
         rewritten = set(written)
         kept = [i for i, rid in enumerate(page.batch.ids) if rid not in rewritten]
-        back = backend.get_native(name, [rid for rid in page.batch.ids if rid in rewritten])
+        positions = [i for i, rid in enumerate(page.batch.ids) if rid in rewritten]
+        back = backend.get_native(name, [page.batch.ids[i] for i in positions],
+                                  page.batch.vectors[positions] if metadata_only else None)
         if back is None:
             self.after = None
             return None
