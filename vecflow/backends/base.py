@@ -490,6 +490,20 @@ class Backend(ABC):
         wanted = list(ids)
         return self._retried(f"get {name!r}", lambda: self._get(name, wanted))
 
+    def get_native(self, name: str, ids: list[str], vectors: np.ndarray | None = None) -> NativePage | None:
+        """The records with these ids that exist, as scan_native reads them (native parts and the
+        logical batch); None when the adapter cannot read native records by id. A rewrite reads
+        back what it wrote with it, for the digest after the step (StepContext.rewrite_records).
+
+        vectors: the records' vectors (one row per id) when the caller read them and knows they
+        have not changed since (it wrote only metadata, `update_metadata`): the adapter may use
+        them instead of reading the vectors again."""
+        self._require(name)
+        wanted = list(ids)
+        if vectors is not None and len(vectors) != len(wanted):
+            raise InvalidDataError(f"get_native on {name!r}: {len(wanted)} ids but {len(vectors)} vectors")
+        return self._retried(f"get {name!r}", lambda: self._get_native(name, wanted, vectors))
+
     def query(self, name: str, vectors: np.ndarray, k: int) -> list[list[Hit]]:
         """The k nearest records of each query vector, best first."""
         self._require(name)
@@ -574,6 +588,15 @@ class Backend(ABC):
         """A few (native id, native record) pairs, for layout detection."""
         page, _ = self._scan_native(name, limit, None)
         return list(zip(page.native_ids, page.natives))
+
+    def _get_native(self, name: str, ids: list[str], vectors: np.ndarray | None = None) -> NativePage | None:
+        """Stores without framework layouts (the native record is the logical one) read them with
+        _get; an adapter with its own _scan_native overrides this too, or reads none by id."""
+        if type(self)._scan_native is not Backend._scan_native:
+            return None
+        batch = self._get(name, ids)
+        natives = [Native(doc, meta) for doc, meta in zip(batch.documents, batch.metadatas)]
+        return NativePage(batch, list(batch.ids), natives)
 
     @abstractmethod
     def _upsert(self, name: str, batch: Batch) -> None:

@@ -273,23 +273,31 @@ class ChromaBackend(Backend):
     def _get(self, name: str, ids: list[str]) -> Batch:
         return self._read(self._collection(name), name, ids).batch
 
-    def _read(self, collection: Any, name: str, ids: list[str]) -> NativePage:
+    def _get_native(self, name: str, ids: list[str], vectors: np.ndarray | None = None) -> NativePage:
+        known = None if vectors is None else dict(zip(ids, np.asarray(vectors, dtype=np.float32)))
+        return self._read(self._collection(name), name, ids, known)
+
+    def _read(self, collection: Any, name: str, ids: list[str],
+              known: dict[str, np.ndarray] | None = None) -> NativePage:
         """The records with these ids that exist, in the order asked: natives as Chroma returns
-        them, and the logical batch the layout reads from them."""
+        them, and the logical batch the layout reads from them. known: the vectors (as vecflow
+        reads them) of records whose vectors have not changed since: not read again."""
         rows: dict[str, tuple[np.ndarray, Native]] = {}
+        include = ["documents", "metadatas"] if known is not None else ["embeddings", "documents", "metadatas"]
         with self._errors(f"reading collection {name!r}"):
             for chunk in _chunks(list(dict.fromkeys(ids)), self._max_batch):
-                result = collection.get(ids=chunk, include=["embeddings", "documents", "metadatas"])
-                vectors = np.asarray(result["embeddings"], dtype=np.float32)
+                result = collection.get(ids=chunk, include=include)
+                read = None if known is not None else np.asarray(result["embeddings"], dtype=np.float32)
                 for i, rid in enumerate(result["ids"]):
-                    rows[rid] = (vectors[i], Native(result["documents"][i], result["metadatas"][i] or {}))
+                    vector = known[rid] if read is None else read[i]
+                    rows[rid] = (vector, Native(result["documents"][i], result["metadatas"][i] or {}))
         present = [rid for rid in ids if rid in rows]
         natives = [rows[rid][1] for rid in present]
         if not present:
             return NativePage(Batch.empty(self._dim(collection, name)), [], [])
         vectors = np.stack([rows[rid][0] for rid in present])
         scope = self.scope(name)
-        if _metric(collection) == "cosine":
+        if _metric(collection) == "cosine" and known is None:
             vectors = exact.apply_bits(self.state, scope, present, vectors)
         entries = self._entries(scope, present)
         layout = self._layout(name)

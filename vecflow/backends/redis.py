@@ -432,7 +432,11 @@ class RedisBackend(Backend):
 
     @_translated
     def _get(self, name: str, ids: list[str]) -> Batch:
-        return self._read(name, self._existing(name), [rid.encode("utf-8", "surrogateescape") for rid in ids]).batch
+        return self._get_native(name, ids).batch
+
+    @_translated
+    def _get_native(self, name: str, ids: list[str], vectors: np.ndarray | None = None) -> NativePage:
+        return self._read(name, self._existing(name), [rid.encode("utf-8", "surrogateescape") for rid in ids])
 
     def _suffixes(self, shape: Shape, refresh: bool) -> list[bytes]:
         if refresh or shape.prefix not in self._snapshots:
