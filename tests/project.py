@@ -54,10 +54,11 @@ class Project:
         getattr(command, name)(self.config, *args, out=self.output.append, **kwargs)
         return self.output
 
-    def cli(self, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    def cli(self, *args: str, check: bool = True, env: dict | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess:
         """Run the real `python -m vecflow` in a subprocess."""
         result = subprocess.run([sys.executable, "-m", "vecflow", *args], cwd=self.root, capture_output=True,
-                                text=True, env={**os.environ, **(env or {})}, timeout=600)
+                                text=True, env={**os.environ, **(env or {})}, timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(f"vecflow {' '.join(args)} failed ({result.returncode}):\n"
                                  f"{result.stdout}\n{result.stderr}")

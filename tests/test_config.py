@@ -6,6 +6,7 @@ import pytest
 
 from vecflow.config import load_config
 from vecflow.errors import ConfigError
+from vecflow.runtime.stores import Stores
 
 
 def write(tmp_path, text: str):
@@ -19,7 +20,7 @@ def test_here_is_the_folder_of_the_ini_file(tmp_path):
     assert config.stores["main"].options == {"path": f"{tmp_path}/db"}
     assert config.script_location == tmp_path / "versions"
     assert config.ledger == tmp_path / ".vecflow" / "ledger.db"
-    assert config.batch_size == 500 and config.default_store == "main"
+    assert config.batch_size is None and config.default_store == "main"
 
 
 def test_environment_references_fill_secrets(tmp_path):
@@ -51,6 +52,29 @@ def test_environment_overrides_then_x_overrides(tmp_path):
     assert (config.batch_size, config.stores["main"].options["path"]) == (20, "/b")
     config = load_config(path, ["batch_size=30", "store.main.path=/c"], environ=env)
     assert (config.batch_size, config.stores["main"].options["path"]) == (30, "/c")
+
+
+def test_unset_batch_size_lets_each_adapter_choose_and_a_set_one_is_used_everywhere(tmp_path):
+    stores = "[store:main]\nbackend = faiss\npath = %(here)s/f\n[store:kv]\nbackend = files\npath = %(here)s/k\n"
+    unset = load_config(write(tmp_path, "[vecflow]\n" + stores), environ={})
+    assert unset.batch_size is None
+    opened = Stores(unset)
+    try:
+        main, kv = opened.backend("main"), opened.backend("kv")
+        chosen = {(b.name, b.read_batch_size("docs"), b.write_batch_size("docs")) for b in (main, kv)}
+        assert chosen == {(b.name, type(b).preferred_read_batch, type(b).preferred_write_batch) for b in (main, kv)}
+    finally:
+        opened.close()
+    path = write(tmp_path, "[vecflow]\nbatch_size = 300\n" + stores)
+    opened = Stores(load_config(path, environ={}))
+    try:
+        for backend in (opened.backend("main"), opened.backend("kv")):
+            assert (backend.read_batch_size("docs"), backend.write_batch_size("docs")) == (300, 300)
+    finally:
+        opened.close()
+    # `auto` says "unset" where a file or the environment set one.
+    assert load_config(path, ["batch_size=auto"], environ={}).batch_size is None
+    assert load_config(path, environ={"VECFLOW_BATCH_SIZE": "Auto"}).batch_size is None
 
 
 def test_bad_override_names_where_it_came_from(tmp_path):

@@ -21,10 +21,8 @@ from vecflow.layouts.base import Native
 from vecflow.runtime.digest import (
     LEGACY,
     VERSION,
-    Digest,
     DigestPair,
     batch_digest,
-    collection_digests,
     ids_digest,
     native_digest,
     page_digests,
@@ -138,13 +136,3 @@ def test_the_version_2_digest_is_what_vecflow_recorded_before_hashing_by_page():
     assert page_digests(page).to_text() == ("3:cefbdb4bdcb1d6d2158511fe7a51c4ca:v2|"
                                             "3:101447bd8edb5eac92fd68e69e601b98:v2")
 
-
-def test_collection_digests_of_an_empty_page_stream_are_empty():
-    class NoPages:
-        def has_collection(self, name):
-            return True
-
-        def native_pages(self, name, batch_size):
-            return iter(())
-
-    assert collection_digests(NoPages(), "docs") == DigestPair(Digest.empty(), Digest.empty())

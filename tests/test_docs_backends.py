@@ -53,3 +53,17 @@ def test_every_layout_is_documented_in_layouts_md_with_the_backends_that_write_i
         if layout in backend_class(backend).layouts:
             page = read(f"backends/{backend}.md")
             assert layout in page, f"docs/backends/{backend}.md does not mention its {layout} layout"
+
+
+@pytest.mark.parametrize("backend", known_backends())
+def test_the_batch_sizes_an_adapter_chooses_are_the_ones_its_docs_state(backend):
+    cls = backend_class(backend)
+    sizes = f"{cls.preferred_read_batch:,}", f"{cls.preferred_write_batch:,}"
+    table = read("backends.md").partition("## Batch sizes")[2].partition("\n## ")[0]
+    rows = [line.split("|")[2:4] for line in table.splitlines() if line.startswith(f"| `{backend}` |")]
+    assert len(rows) == 1, f"docs/backends.md#batch-sizes has no row for {backend}"
+    stated = rows[0][0].strip(), rows[0][1].strip().partition(",  ")[0]
+    assert stated[0] == sizes[0] and stated[1].startswith(sizes[1]), \
+        f"docs/backends.md#batch-sizes says {backend} reads {stated[0]} and writes {stated[1]}; it chooses {sizes}"
+    page = read(f"backends/{backend}.md")
+    assert all(size in page for size in sizes), f"docs/backends/{backend}.md does not state its sizes {sizes}"

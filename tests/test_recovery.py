@@ -125,7 +125,7 @@ def test_a_killed_upgrade_is_rolled_back_by_a_downgrade(project, monkeypatch):
     project.cli("upgrade", "r1")
     initial = project.digest("docs")
     killed_in(project, "vecflow.runtime.context:StepContext.save", "upgrade", "head", call=3)
-    assert project.digest("docs") != initial  # two pages of r2's first step were written
+    assert project.digest("docs") != initial  # r2's first step wrote a page (save 3: page 2's pending digest)
     out = project.cli("downgrade", "current").stdout  # back to where it was: r1
     assert out.startswith("Rolling back the unfinished upgrade of r2") and "restored exactly" in out
     assert project.digest("docs") == initial and project.run("current") == ["r1"]

@@ -132,3 +132,19 @@ def test_copy_collection_op_notes_the_recalls_and_saves_them(fast_tmp_path):
     lines = project.run("upgrade", "head")
     verified = [line for line in lines if "verified faiss:docs" in line]
     assert verified and "recall@10 target 1.000, source" in verified[0] and "over 10 queries" in verified[0]
+
+
+def test_digests_that_differ_come_with_the_records_and_parts_that_differ(stores):
+    _, faiss, other_faiss = stores
+    batch = random_batch(1000)
+    fill(faiss, "docs", batch)
+    copy(faiss, other_faiss)
+    changed = other_faiss.get("docs", ["r00007", "r00500"])
+    changed.documents = ["edited", changed.documents[1]]
+    changed.metadatas = [changed.metadatas[0], {"i": -1}]
+    other_faiss.upsert("docs", changed)
+    report = verify_copy(faiss, "docs", other_faiss, "docs", batch_size=300)
+    problems = "; ".join(report.problems)
+    assert "digests differ" in problems and "vectors differ" not in problems
+    assert "1 documents differ from the source's (e.g. ['r00007'])" in problems
+    assert "1 records' metadata differ from the source's (e.g. ['r00500'])" in problems

@@ -92,6 +92,17 @@ class Batch:
             [self.extras[i] for i in positions],
         )
 
+    @classmethod
+    def concat(cls, batches: list[Batch]) -> Batch:
+        """The records of these batches, in order, as one batch."""
+        filled = [batch for batch in batches if len(batch)]
+        if len(filled) <= 1:
+            return filled[0] if filled else (batches[0] if batches else cls.empty())
+        return cls([rid for batch in filled for rid in batch.ids], np.concatenate([batch.vectors for batch in filled]),
+                   [doc for batch in filled for doc in batch.documents],
+                   [meta for batch in filled for meta in batch.metadatas],
+                   [extra for batch in filled for extra in batch.extras])
+
     def with_metadatas(self, metadatas: list[Metadata]) -> Batch:
         return Batch(self.ids, self.vectors, self.documents, metadatas, self.extras)
 

@@ -46,6 +46,7 @@ from vecflow.report import (
     unfinished_line,
 )
 from vecflow.runtime import markers
+from vecflow.runtime.context import finish_rewrite_digests
 from vecflow.runtime.ledger import DONE, FAILED, Ledger, Owner
 from vecflow.runtime.ledger_copy import copy_ledger
 from vecflow.runtime.runner import DOWNGRADE, UPGRADE, Runner
@@ -304,6 +305,9 @@ def stamp(config: Config, revisions: str | Sequence[str], purge: bool = False, o
                 raise RevisionError(f"cannot stamp {below[0]} and {target} together: {below[0]} is an ancestor of "
                                     f"{target} on the same branch; stamp {target} alone")
         with _holding_lease(runner) as owner:
+            for attempt in runner.ledger.unfinished_attempts():
+                if attempt["direction"] == UPGRADE:  # a stamp may adopt it: its downgrade is verified by them
+                    finish_rewrite_digests(runner.ledger, runner.stores, attempt["id"], required=False)
             for attempt in runner.ledger.abandon_unfinished():
                 out(f"Abandoned the unfinished {attempt['direction']} of {attempt['revision']}")
             if purge:

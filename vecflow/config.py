@@ -8,7 +8,6 @@ a team shares (docs/team.md).
     [vecflow]
     script_location = %(here)s/versions
     ledger = %(here)s/.vecflow/ledger.db
-    batch_size = 500
     default_store = main
     retries = 5
     retry_max_seconds = 10
@@ -61,7 +60,9 @@ class Config(BaseModel):
     here: Path
     script_location: Path
     ledger: Path | str  # a SQLite file, or a postgresql:// URL
-    batch_size: int = Field(500, ge=1, le=1_000_000)
+    # Records per page and per write request everywhere; None (unset, or `auto`): each store's
+    # adapter chooses its own (Backend.read_batch_size, Backend.write_batch_size).
+    batch_size: int | None = Field(None, ge=1, le=1_000_000)
     default_store: str = "main"
     lock_lease_seconds: float = Field(60.0, gt=0, allow_inf_nan=False)
     # Transient store failures (unreachable, timeouts, 5xx): how many retries, and the longest
@@ -73,6 +74,11 @@ class Config(BaseModel):
     # Seconds between two progress lines when the output is not a terminal (a CI log).
     progress_interval: float = Field(10.0, gt=0, le=86400, allow_inf_nan=False)
     stores: dict[str, StoreConfig] = Field(default_factory=dict)
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _auto_batch_size(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.strip().lower() == "auto" else value
 
     @field_validator("script_location", "ledger", mode="before")
     @classmethod

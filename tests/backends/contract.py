@@ -14,12 +14,14 @@ Every case uses the public Backend API only.
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
 import numpy as np
 import pytest
 
 from vecflow.backends import Backend
+from vecflow.backends.base import READ_AHEAD_PAGES
 from vecflow.batch import Batch
 from vecflow.errors import (
     CollectionExistsError,
@@ -395,6 +397,40 @@ class BackendContract:
         backend.create_collection("empty", DIM, "l2")
         assert [(len(page), cursor) for page, cursor in backend.pages("empty", 15)] == [(0, None)]
 
+    def test_pages_read_ahead_are_the_pages_in_order_and_keep_the_lease_on_the_callers_thread(self, backend):
+        backend.create_collection("alpha", DIM, "l2")
+        backend.upsert("alpha", make_batch(40))
+        plain = [(page.ids, cursor) for page, cursor in backend.pages("alpha", 15)]
+        natives = [(page.batch.ids, page.native_ids, cursor) for page, cursor in backend.native_pages("alpha", 15)]
+        renewed: list[str] = []
+        backend.write_guard = lambda: renewed.append(threading.current_thread().name)
+        try:
+            ahead = [(page.ids, cursor) for page, cursor in backend.pages_ahead("alpha", 15)]
+            renewed_per_pass = len(renewed)
+            native_ahead = [(page.batch.ids, page.native_ids, cursor)
+                            for page, cursor in backend.native_pages_ahead("alpha", 15, plain[0][1])]
+        finally:
+            backend.write_guard = None
+        assert ahead == plain and native_ahead == natives[1:]
+        assert renewed_per_pass == len(plain)
+        assert set(renewed) == {threading.current_thread().name}
+
+    def test_a_loop_that_stops_early_stops_its_read_ahead(self, backend):
+        backend.create_collection("alpha", DIM, "l2")
+        backend.upsert("alpha", make_batch(100))
+        read: list[int] = []
+        backend.read_observer = read.append
+        before = threading.active_count()
+        try:
+            pages = backend.pages_ahead("alpha", 5)
+            first, _ = next(pages)
+            pages.close()
+        finally:
+            backend.read_observer = None
+        assert len(first) == 5
+        assert threading.active_count() == before
+        assert len(read) <= 1 + READ_AHEAD_PAGES + 1  # the page handled, the pages held, one being offered
+
     def test_scan_survives_in_place_upserts_of_scanned_records(self, backend):
         backend.create_collection("alpha", DIM, "l2")
         backend.upsert("alpha", make_batch(30))
@@ -418,6 +454,31 @@ class BackendContract:
         assert got.vectors.tobytes() == batch.vectors[[7, 2]].tobytes()
         assert got.documents == ["document number 7", "document number 2"]
         assert backend.get("alpha", []).ids == []
+
+    def test_get_native_reads_records_as_scan_native_does(self, backend):
+        """A rewrite digests what it wrote from get_native (runtime/rewrite_digest.py): it must
+        give each record exactly as a scan would, after a metadata-only write too; or None."""
+        backend.create_collection("alpha", DIM, "cosine")
+        batch = make_batch(12)
+        backend.upsert("alpha", batch)
+        backend.update_metadata("alpha", ["r00003", "r00005"], [{"score": 0.1 * 3, "x": 1 / 3}, {}])
+        wanted = ["r00005", "missing", "r00003", "r00008"]
+        got = backend.get_native("alpha", wanted)
+        if got is None:
+            return  # the runner reads the collection after such a rewrite
+        scanned = {}
+        for page, _ in backend.native_pages("alpha", 5):
+            for i, rid in enumerate(page.batch.ids):
+                scanned[rid] = (page.native_ids[i], page.natives[i], page.batch.take([i]))
+        # Given the vectors it read (after a metadata-only write), the same records.
+        present = ["r00005", "r00003", "r00008"]
+        known = backend.get_native("alpha", present, np.stack([scanned[rid][2].vectors[0] for rid in present]))
+        for page in (got, known):
+            assert page.batch.ids == present
+            for i, rid in enumerate(page.batch.ids):
+                native_id, native, logical = scanned[rid]
+                assert (page.native_ids[i], page.natives[i]) == (native_id, native)
+                assert batch_digest(page.batch.take([i])) == batch_digest(logical)
 
     def test_delete_removes_only_the_named_records(self, backend):
         backend.create_collection("alpha", DIM, "l2")
@@ -468,6 +529,52 @@ class BackendContract:
             backend.scan("alpha", batch_size)
         with pytest.raises(OperationError, match="batch_size"):
             backend.scan_native("alpha", batch_size)
+        with pytest.raises(OperationError, match="batch_size"):
+            backend.set_batch_size(batch_size)
+
+    def test_adapter_batch_sizes_are_sane_and_a_set_batch_size_wins(self, backend):
+        backend.create_collection("alpha", 768, "cosine")
+        backend.create_collection("small", DIM, "l2")
+        for name in ("alpha", "small", "not-created-yet"):  # a size is known before a target exists
+            read, write = backend.read_batch_size(name), backend.write_batch_size(name)
+            assert isinstance(read, int) and isinstance(write, int)
+            assert 100 <= read <= 20_000 and 100 <= write <= 100_000, (name, read, write)
+            assert backend.read_batch_size(name, 7) == 7 and backend.write_batch_size(name, 7) == 7
+        chosen = backend.read_batch_size("alpha")
+        backend.set_batch_size(7)
+        assert (backend.batch_size, backend.read_batch_size("alpha"), backend.write_batch_size("alpha")) == (7, 7, 7)
+        assert backend.read_batch_size("alpha", 9) == 9  # a caller's own size comes first
+        backend.set_batch_size(None)
+        assert backend.batch_size is None and backend.read_batch_size("alpha") == chosen
+
+    @pytest.mark.parametrize("configured", [True, False], ids=["set-batch-size", "adapter-size"])
+    def test_upsert_larger_than_the_write_size_is_complete_and_durable(self, backend, connect, monkeypatch,
+                                                                       configured):
+        backend.create_collection("alpha", DIM, "cosine")
+        if configured:
+            backend.set_batch_size(4)
+        else:  # the adapter's own write size, made small so that 23 records take several requests
+            monkeypatch.setattr(backend, "_write_batch_size", lambda name: 4)
+            monkeypatch.setattr(backend, "_write_batch_limit", lambda name: None)
+        assert backend.write_batch_size("alpha") == 4
+        requests = []
+        real = backend._upsert
+        monkeypatch.setattr(backend, "_upsert", lambda name, part: (requests.append(len(part)), real(name, part)))
+        batch = make_batch(23)
+        repeated = make_batch(1, seed=5)  # written again at the end of the batch: the last one wins
+        batch = Batch(batch.ids + repeated.ids, np.concatenate([batch.vectors, repeated.vectors]),
+                      batch.documents + ["rewritten"], batch.metadatas + [{"n": -1}])
+        backend.upsert("alpha", batch)
+        assert requests == [4, 4, 4, 4, 4, 3]
+        backend.close()
+        other = connect()
+        try:
+            expected = by_id(make_batch(23))
+            expected["r00000"] = (repeated.vectors[0].tobytes(), "rewritten", {"n": -1})
+            assert other.count("alpha") == 23
+            assert by_id(scan_all(other, "alpha")) == expected
+        finally:
+            other.close()
 
     def test_empty_collection(self, backend):
         backend.create_collection("alpha", DIM, "cosine")

@@ -299,15 +299,17 @@ class ChromaSpecifics:
 
     def test_dropping_a_collection_leaves_no_list_values_behind(self, backend):
         # chromadb 1.5.9 hands the list values of a dropped collection's records to records
-        # written later, in any collection, unless the records are deleted first.
+        # written later, in any collection, unless the records holding lists are deleted first
+        # (chroma-core/chroma#7594); records without lists come first and in between here.
         backend.create_collection("alpha", 2, "l2")
-        backend.upsert("alpha", Batch(["a", "b"], np.ones((2, 2), np.float32), [None, None],
-                                      [{"tags": ["x"]}, {"years": [1, 2]}]))
+        backend.upsert("alpha", Batch(["a", "b", "c", "d"], np.ones((4, 2), np.float32), [None] * 4,
+                                      [{"n": 0}, {"tags": ["x"]}, {}, {"years": [1, 2], "n": 3}]))
         backend.drop_collection("alpha")
         backend.create_collection("beta", 2, "l2")
-        backend.upsert("beta", Batch(["c", "d"], np.ones((2, 2), np.float32), [None, None], [{"n": 1}, {}]))
+        backend.upsert("beta", Batch(["e", "f", "g", "h"], np.ones((4, 2), np.float32), [None] * 4,
+                                     [{"n": 1}, {}, {"n": 2}, {}]))
         raw = backend.client.get_collection("beta").get(include=["metadatas"])["metadatas"]
-        assert raw == [{"n": 1}, None]
+        assert raw == [{"n": 1}, None, {"n": 2}, None]
 
     def test_describe_infers_shape_of_collections_created_elsewhere(self, backend):
         raw = backend.client.create_collection("foreign", embedding_function=None,

@@ -24,6 +24,7 @@ as BackendError raised from them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -33,6 +34,7 @@ from typing import Any, ClassVar, TypeVar, cast
 
 import numpy as np
 
+from vecflow.backends.read_ahead import in_reader_thread, read_ahead
 from vecflow.backends.retry import RetryPolicy
 from vecflow.batch import Batch, metadata_problem
 from vecflow.errors import CollectionExistsError, CollectionNotFoundError, InvalidDataError, OperationError
@@ -42,6 +44,8 @@ from vecflow.state import VecflowState
 METRICS = ("cosine", "l2", "ip")
 # How many records layout detection samples.
 DETECTION_SAMPLE = 20
+# Pages a read-ahead loop holds beyond the one being handled (memory: this many pages more).
+READ_AHEAD_PAGES = 2
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,12 @@ class Backend(ABC):
     has_text_slot: ClassVar[bool] = True
     # The layouts this adapter can read and write.
     layouts: ClassVar[tuple[str, ...]] = ("raw",)
+    # Records per scanned page and per write request this store handles best, when the project
+    # sets no batch_size (read_batch_size, write_batch_size). Adapters state their own numbers,
+    # measured in docs/performance.md#batch-sizes; _read_batch_size / _write_batch_size may
+    # depend on the collection, _write_batch_limit is a limit the store enforces.
+    preferred_read_batch: ClassVar[int] = 1000
+    preferred_write_batch: ClassVar[int] = 1000
 
     _state: VecflowState | None = None
     _state_root: Path | None = None
@@ -90,6 +100,7 @@ class Backend(ABC):
     _layout_cache: dict[str, Detected] | None = None
     _retry_policy: RetryPolicy | None = None
     _in_retried_call: bool = False
+    _batch_size: int | None = None
     # Set by the runner while it holds the migration lease: raises LockError once the lease is
     # lost, so a runner that lost it stops before its next write to the store (fencing).
     write_guard: Callable[[], None] | None = None
@@ -130,8 +141,9 @@ class Backend(ABC):
             self._read_only = previous
 
     def _keep_lease(self) -> None:
-        """Long scans (digests, verification, snapshots) renew the lease the same way, page by page."""
-        if self.write_guard is not None:
+        """Long scans (digests, verification, snapshots) renew the lease the same way, page by page
+        (not from a read-ahead thread: the caller's writes renew it on the ledger's thread)."""
+        if self.write_guard is not None and not in_reader_thread():
             self.write_guard()
 
     @property
@@ -179,6 +191,44 @@ class Backend(ABC):
     def set_retry_policy(self, policy: RetryPolicy | None) -> None:
         """Retry this store's transient failures as policy says (None, the default: never)."""
         self._retry_policy = policy
+
+    def set_batch_size(self, batch_size: int | None) -> None:
+        """The project's `batch_size` ([vecflow] batch_size, -x batch_size=N): every page read
+        from this store and every write request to it is that size (a write within the store's
+        own limit). None, the default: the adapter chooses (read_batch_size, write_batch_size)."""
+        if batch_size is not None and not _is_size(batch_size):
+            raise OperationError(f"{self.name} store {self.location}: batch_size must be a positive integer or "
+                                 f"None, got {batch_size!r}")
+        self._batch_size = None if batch_size is None else int(batch_size)
+
+    @property
+    def batch_size(self) -> int | None:
+        """The project's batch_size set on this store, or None when the adapter chooses."""
+        return self._batch_size
+
+    def read_batch_size(self, name: str, configured: int | None = None) -> int:
+        """Records per page for a loop over collection `name`, and so per checkpoint of a step
+        that reads it: the resolver of "configured or the adapter's choice". `configured` (a
+        caller's own size, e.g. StepContext.batch_size) when given, else the project's batch_size
+        set on this store, else the size this adapter reads best. Pass it to `pages(name, size)`."""
+        for size in (configured, self._batch_size):
+            if size is not None:
+                return check_batch_size(self.name, name, size, "batch_size", "read")
+        return check_batch_size(self.name, name, self._read_batch_size(name), "the adapter's read batch size", "read")
+
+    def write_batch_size(self, name: str, configured: int | None = None) -> int:
+        """Records per write request when upserting into collection `name`: `configured` when
+        given, else the project's batch_size, else the size this adapter writes best; never more
+        than the store accepts in one request (Chroma's `get_max_batch_size()`). `upsert` splits
+        a larger batch into requests of this size itself; callers may pass pages of any size."""
+        size = next((s for s in (configured, self._batch_size) if s is not None), None)
+        what = "batch_size"
+        if size is None:
+            size, what = self._write_batch_size(name), "the adapter's write batch size"
+        size = check_batch_size(self.name, name, size, what, "write")
+        limit = self._write_batch_limit(name)
+        return size if limit is None else min(size, check_batch_size(self.name, name, limit, "the store's batch limit",
+                                                                     "write"))
 
     @property
     def retried_calls(self) -> int:
@@ -228,8 +278,9 @@ class Backend(ABC):
         self.state.drop_scope(self.scope(name))
         self._forget_layout(name)
 
-    def rename_collection(self, old: str, new: str, batch_size: int = 1000) -> None:
-        """Rename natively where the store can, else by copy, verify, then drop.
+    def rename_collection(self, old: str, new: str, batch_size: int | None = None) -> None:
+        """Rename natively where the store can, else by copy, verify, then drop (reading pages of
+        batch_size records; None: read_batch_size).
 
         When `new` already exists in the fallback it is taken for a partial copy left by an
         interrupted rename (callers check for a genuine name clash first), and the copy continues."""
@@ -339,20 +390,43 @@ class Backend(ABC):
             self.read_observer(len(page.batch))
         return page, after
 
-    def pages(self, name: str, batch_size: int, cursor: str | None = None) -> Iterator[tuple[Batch, str | None]]:
+    def pages(self, name: str, batch_size: int | None = None,
+              cursor: str | None = None) -> Iterator[tuple[Batch, str | None]]:
         """Every page of a collection from cursor on, each with the cursor of the page after it
         (None with the last page, which may be empty): the one paging loop over scan.
 
-        A checkpointed loop saves that cursor once it has handled the page and resumes by passing
-        it back. The next page is read only when asked for, so the caller may write to the pages
-        it has seen (upsert in place, or delete) between pages.
+        Pages hold batch_size records; None: read_batch_size(name) (the project's batch_size, else
+        the adapter's choice). A checkpointed loop saves that cursor once it has handled the page
+        and resumes by passing it back. The next page is read only when asked for, so the caller
+        may write to the pages it has seen (upsert in place, or delete) between pages.
         """
-        return self._full_reads(_paging(self.scan, name, batch_size, cursor), name, cursor)
+        size = functools.partial(self.read_batch_size, name, batch_size)  # resolved as the first page is read
+        return self._full_reads(_paging(self.scan, name, size, cursor), name, cursor)
 
-    def native_pages(self, name: str, batch_size: int,
+    def native_pages(self, name: str, batch_size: int | None = None,
                      cursor: str | None = None) -> Iterator[tuple[NativePage, str | None]]:
         """Like pages, over scan_native."""
-        return self._full_reads(_paging(self.scan_native, name, batch_size, cursor), name, cursor)
+        size = functools.partial(self.read_batch_size, name, batch_size)
+        return self._full_reads(_paging(self.scan_native, name, size, cursor), name, cursor)
+
+    def pages_ahead(self, name: str, batch_size: int | None = None,
+                    cursor: str | None = None) -> Iterator[tuple[Batch, str | None]]:
+        """Like pages, read in a background thread a few pages ahead (vecflow/backends/read_ahead.py),
+        so this store's reads overlap what the caller does with each page. Not for a loop that
+        writes to this store (it would read pages the loop has not yet written to)."""
+        return self._ahead(self.pages(name, batch_size, cursor))
+
+    def native_pages_ahead(self, name: str, batch_size: int | None = None,
+                           cursor: str | None = None) -> Iterator[tuple[NativePage, str | None]]:
+        """Like native_pages, read ahead as pages_ahead is."""
+        return self._ahead(self.native_pages(name, batch_size, cursor))
+
+    def _ahead(self, paging: Iterator[tuple[Page, str | None]]) -> Iterator[tuple[Page, str | None]]:
+        """The lease is renewed page by page on the caller's thread, as the plain loop does."""
+        with contextlib.closing(read_ahead(paging, READ_AHEAD_PAGES, while_waiting=self._keep_lease)) as pages:
+            for page in pages:
+                self._keep_lease()
+                yield page
 
     def _full_reads(self, paging: Iterator[tuple[Page, str | None]], name: str,
                     cursor: str | None) -> Iterator[tuple[Page, str | None]]:
@@ -364,7 +438,10 @@ class Backend(ABC):
 
     def upsert(self, name: str, batch: Batch) -> None:
         """Insert or replace records by id (idempotent; for a repeated id the last one wins).
-        Durable when it returns."""
+        Durable when it returns. A batch larger than write_batch_size(name) is written in
+        requests of that size, in order, after `_check_upsert` found nothing the store refuses in
+        any of them; a failure part-way (the store down) leaves the earlier requests written,
+        which a checkpointed loop writes again on resume (idempotent)."""
         self._before_write()
         self._require(name)
         if not len(batch):
@@ -372,7 +449,14 @@ class Backend(ABC):
         batch.check_finite(f"upsert into {self.name} collection {name!r}")
         batch.check_text(f"upsert into {self.name} collection {name!r}")
         unique = last_of_each_id(batch)
-        self._retried(f"upsert {name!r}", lambda: self._upsert(name, unique))
+        size = self.write_batch_size(name)
+        if len(unique) > size:
+            self._check_upsert(name, unique)  # a refusal in a later request must write nothing either
+        for start in range(0, len(unique), size):
+            if start:
+                self._before_write()  # a long batch: a runner that lost its lease stops between requests
+            part = unique if size >= len(unique) else unique.take(list(range(start, min(start + size, len(unique)))))
+            self._retried(f"upsert {name!r}", lambda part=part: self._upsert(name, part))
 
     def update_metadata(self, name: str, ids: list[str], metadatas: list[dict[str, Any]]) -> None:
         """Replace the whole metadata of existing records, leaving vectors and documents untouched.
@@ -405,6 +489,20 @@ class Backend(ABC):
         self._require(name)
         wanted = list(ids)
         return self._retried(f"get {name!r}", lambda: self._get(name, wanted))
+
+    def get_native(self, name: str, ids: list[str], vectors: np.ndarray | None = None) -> NativePage | None:
+        """The records with these ids that exist, as scan_native reads them (native parts and the
+        logical batch); None when the adapter cannot read native records by id. A rewrite reads
+        back what it wrote with it, for the digest after the step (StepContext.rewrite_records).
+
+        vectors: the records' vectors (one row per id) when the caller read them and knows they
+        have not changed since (it wrote only metadata, `update_metadata`): the adapter may use
+        them instead of reading the vectors again."""
+        self._require(name)
+        wanted = list(ids)
+        if vectors is not None and len(vectors) != len(wanted):
+            raise InvalidDataError(f"get_native on {name!r}: {len(wanted)} ids but {len(vectors)} vectors")
+        return self._retried(f"get {name!r}", lambda: self._get_native(name, wanted, vectors))
 
     def query(self, name: str, vectors: np.ndarray, k: int) -> list[list[Hit]]:
         """The k nearest records of each query vector, best first."""
@@ -491,9 +589,36 @@ class Backend(ABC):
         page, _ = self._scan_native(name, limit, None)
         return list(zip(page.native_ids, page.natives))
 
+    def _get_native(self, name: str, ids: list[str], vectors: np.ndarray | None = None) -> NativePage | None:
+        """Stores without framework layouts (the native record is the logical one) read them with
+        _get; an adapter with its own _scan_native overrides this too, or reads none by id."""
+        if type(self)._scan_native is not Backend._scan_native:
+            return None
+        batch = self._get(name, ids)
+        natives = [Native(doc, meta) for doc, meta in zip(batch.documents, batch.metadatas)]
+        return NativePage(batch, list(batch.ids), natives)
+
     @abstractmethod
     def _upsert(self, name: str, batch: Batch) -> None:
-        """Non-empty, finite, unique ids; check the dimension against the collection's."""
+        """Non-empty, finite, unique ids, at most write_batch_size(name) records when called by
+        upsert; check the dimension against the collection's."""
+
+    def _check_upsert(self, name: str, batch: Batch) -> None:  # noqa: B027 (optional hook)
+        """Raise InvalidDataError for what the store would refuse in these records, writing
+        nothing: called before the first of several write requests. Adapters whose store refuses
+        keys or values it checks in `_upsert` (Chroma's metadata keys) implement it."""
+
+    def _read_batch_size(self, name: str) -> int:
+        """Records per page this adapter reads best from collection `name` (validated by the base)."""
+        return self.preferred_read_batch
+
+    def _write_batch_size(self, name: str) -> int:
+        """Records per write request this adapter writes best into collection `name`."""
+        return self.preferred_write_batch
+
+    def _write_batch_limit(self, name: str) -> int | None:
+        """The most records the store accepts in one write request, or None for no limit."""
+        return None
 
     def _update_metadata(self, name: str, ids: list[str], metadatas: list[dict[str, Any]]) -> None:
         """Default: read and re-upsert (for stores whose upsert is bit-stable)."""
@@ -577,23 +702,43 @@ def check_dimension(backend: str, collection: str, dim: Any) -> int:
     return int(dim)
 
 
-def check_batch_size(backend: str, collection: str, batch_size: Any) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise OperationError(f"scan of {backend} collection {collection!r}: batch_size must be a positive integer, "
+def check_batch_size(backend: str, collection: str, batch_size: Any, what: str = "batch_size",
+                     doing: str = "scan") -> int:
+    if not _is_size(batch_size):
+        raise OperationError(f"{doing} of {backend} collection {collection!r}: {what} must be a positive integer, "
                              f"got {batch_size!r}")
     return int(batch_size)
+
+
+def _is_size(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= 1
 
 
 Page = TypeVar("Page")
 
 
-def _paging(read: Callable[[str, int, str | None], tuple[Page, str | None]], name: str, batch_size: int,
-            cursor: str | None) -> Iterator[tuple[Page, str | None]]:
+def _paging(read: Callable[[str, int, str | None], tuple[Page, str | None]], name: str,
+            size: Callable[[], int], cursor: str | None) -> Iterator[tuple[Page, str | None]]:
+    batch_size = size()
     while True:
         page, cursor = read(name, batch_size, cursor)
         yield page, cursor
         if cursor is None:
             return
+
+
+def gathered(pages: Iterator[tuple[Page, str | None]], size: int) -> Iterator[tuple[list[Page], str | None]]:
+    """Consecutive pages, gathered until they hold at least `size` records or the last page is
+    in, each group with the cursor after its last page: a loop that writes a group at a time (in
+    the target's write size) and checkpoints after it resumes from that cursor."""
+    group: list[Page] = []
+    held = 0
+    for page, cursor in pages:
+        group.append(page)
+        held += len(page.batch if isinstance(page, NativePage) else page)
+        if held >= size or cursor is None:
+            yield group, cursor
+            group, held = [], 0
 
 
 def last_of_each_id(batch: Batch) -> Batch:

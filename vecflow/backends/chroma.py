@@ -81,6 +81,12 @@ class ChromaBackend(Backend):
     normalises_cosine = False
     has_text_slot = True
     layouts = ("raw", "langchain", "llamaindex")
+    # chromadb's get(ids=...) reads short id lists faster per record (pages of 256 about 1.5x
+    # pages of 1,000, checkpoints included); `upsert` of 1,000 is as fast as larger requests (the
+    # HNSW ingest is the wall); never more than get_max_batch_size() per request
+    # (docs/performance.md#batch-sizes).
+    preferred_read_batch = 256
+    preferred_write_batch = 1000
     # The temporary copy of an embedded store opened read only (see open_read_only).
     _copy: str | None = None
 
@@ -192,9 +198,12 @@ class ChromaBackend(Backend):
         try:
             with self._errors(f"dropping collection {name!r}"):
                 # chromadb 1.5.9 keeps the list values of a dropped collection's records and hands
-                # them to records written later, in any collection; deleting the records first does not.
+                # them to records written later, in any collection (chroma-core/chroma#7594);
+                # deleting those records first does not. Only records holding a list need it, and
+                # deleting every record made a move's drop take longer than its copy.
                 for chunk in _chunks(collection.get(include=[])["ids"], self._max_batch):
-                    collection.delete(ids=chunk)
+                    if listed := _holding_lists(collection, chunk):
+                        collection.delete(ids=listed)
         except DamagedStoreError:
             pass  # a damaged collection can still be dropped whole: its way out
         with self._errors(f"dropping collection {name!r}"):
@@ -236,6 +245,9 @@ class ChromaBackend(Backend):
             params["metadata"] = metadata
         return CollectionInfo(name, self._dim(collection, name), _metric(collection), params)
 
+    def _write_batch_limit(self, name: str) -> int | None:
+        return self._max_batch
+
     # reading ---------------------------------------------------------------------------------
 
     def _scan(self, name: str, batch_size: int, cursor: str | None) -> tuple[Batch, str | None]:
@@ -261,23 +273,31 @@ class ChromaBackend(Backend):
     def _get(self, name: str, ids: list[str]) -> Batch:
         return self._read(self._collection(name), name, ids).batch
 
-    def _read(self, collection: Any, name: str, ids: list[str]) -> NativePage:
+    def _get_native(self, name: str, ids: list[str], vectors: np.ndarray | None = None) -> NativePage:
+        known = None if vectors is None else dict(zip(ids, np.asarray(vectors, dtype=np.float32)))
+        return self._read(self._collection(name), name, ids, known)
+
+    def _read(self, collection: Any, name: str, ids: list[str],
+              known: dict[str, np.ndarray] | None = None) -> NativePage:
         """The records with these ids that exist, in the order asked: natives as Chroma returns
-        them, and the logical batch the layout reads from them."""
+        them, and the logical batch the layout reads from them. known: the vectors (as vecflow
+        reads them) of records whose vectors have not changed since: not read again."""
         rows: dict[str, tuple[np.ndarray, Native]] = {}
+        include = ["documents", "metadatas"] if known is not None else ["embeddings", "documents", "metadatas"]
         with self._errors(f"reading collection {name!r}"):
             for chunk in _chunks(list(dict.fromkeys(ids)), self._max_batch):
-                result = collection.get(ids=chunk, include=["embeddings", "documents", "metadatas"])
-                vectors = np.asarray(result["embeddings"], dtype=np.float32)
+                result = collection.get(ids=chunk, include=include)
+                read = None if known is not None else np.asarray(result["embeddings"], dtype=np.float32)
                 for i, rid in enumerate(result["ids"]):
-                    rows[rid] = (vectors[i], Native(result["documents"][i], result["metadatas"][i] or {}))
+                    vector = known[rid] if read is None else read[i]
+                    rows[rid] = (vector, Native(result["documents"][i], result["metadatas"][i] or {}))
         present = [rid for rid in ids if rid in rows]
         natives = [rows[rid][1] for rid in present]
         if not present:
             return NativePage(Batch.empty(self._dim(collection, name)), [], [])
         vectors = np.stack([rows[rid][0] for rid in present])
         scope = self.scope(name)
-        if _metric(collection) == "cosine":
+        if _metric(collection) == "cosine" and known is None:
             vectors = exact.apply_bits(self.state, scope, present, vectors)
         entries = self._entries(scope, present)
         layout = self._layout(name)
@@ -303,11 +323,21 @@ class ChromaBackend(Backend):
         layout, step = self._layout(name), self._max_batch
         chunks = [batch] if len(batch) <= step else [
             batch.take(list(range(lo, min(lo + step, len(batch))))) for lo in range(0, len(batch), step)]
-        # Plan every chunk first: a key Chroma refuses stops the upsert before anything is written.
+        # Plan every chunk first: a key Chroma refuses stops the upsert before anything is written
+        # (Backend.upsert checks a batch it splits into several calls with _check_upsert).
         plans = [self._plan(collection, name, layout, chunk) for chunk in chunks]
         cosine = _metric(collection) == "cosine"
         for plan in plans:
             self._write(collection, name, plan, cosine)
+
+    def _check_upsert(self, name: str, batch: Batch) -> None:
+        """The keys and values Chroma refuses (as _plan finds them), before any request is written."""
+        layout = self._layout(name)
+        for i, rid in enumerate(batch.ids):
+            native = layout.write(rid, Logical(batch.documents[i], batch.metadatas[i], batch.extras[i]), True)
+            for key, raw in native.fields.items():
+                values.check_key(key, rid, name)
+                values.normalised(raw, rid, name, key)
 
     def _plan(self, collection: Any, name: str, layout: Layout, chunk: Batch) -> _Write:
         held = self._held(collection, name, chunk.ids)
@@ -584,6 +614,13 @@ def _decode_cursor(collection: str, cursor: str) -> str:
     except (ValueError, TypeError):
         pass
     raise BackendError(f"scan of Chroma collection {collection!r}: invalid cursor {cursor[:80]!r}")
+
+
+def _holding_lists(collection: Any, ids: list[str]) -> list[str]:
+    """The ids among these whose metadata holds a list value."""
+    result = collection.get(ids=ids, include=["metadatas"])
+    return [rid for rid, fields in zip(result["ids"], result["metadatas"])
+            if fields and any(isinstance(value, list) for value in fields.values())]
 
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:

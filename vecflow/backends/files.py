@@ -79,6 +79,10 @@ class FilesBackend(Backend):
     # Records are kept as logical records; the layout is the one they were read in at the source,
     # recorded so an import writes its target in it (framework parts travel in `extras`).
     layouts: ClassVar[tuple[str, ...]] = ("raw", "langchain", "llamaindex")
+    # Every write request is a commit (new part files, a manifest replaced): the fewer the
+    # better, so a page is written whole (docs/performance.md#batch-sizes).
+    preferred_read_batch = 5000
+    preferred_write_batch = 100_000
     export_location = staticmethod(folder_io.export_location)
     import_location = staticmethod(folder_io.import_location)
 
@@ -226,6 +230,11 @@ class FilesBackend(Backend):
         if view.manifest is None or (row <= part.rows and self._rows(view, part, row - 1, row).ids == [last]):
             return row
         return bisect.bisect_right(view.codec.read_ids(view.folder / part.file), last)
+
+    def _get_native(self, name: str, ids: list[str], vectors: np.ndarray | None = None) -> None:
+        """None: a read by id reads the whole part files holding the ids, so a rewrite reading back
+        its pages this way would read them once per page; the runner's one pass after is cheaper."""
+        return None
 
     @_read_errors
     def _get(self, name: str, ids: list[str]) -> Batch:

@@ -88,6 +88,11 @@ class QdrantBackend(Backend):
     normalises_cosine = False
     has_text_slot = False
     layouts = ("raw", "langchain", "llamaindex")
+    # Local mode reads fastest in pages of 500 (larger pages retrieve more slowly) and writes as
+    # fast in requests of 256 as in larger ones; a request is also kept under _REQUEST_BYTES
+    # (docs/performance.md#batch-sizes).
+    preferred_read_batch = 500
+    preferred_write_batch = 256
     # The empty folder a missing local store is read from when opened read only.
     _empty_folder: str | None = None
 
@@ -294,6 +299,9 @@ class QdrantBackend(Backend):
         return [(str(point.id), Native(None, point.payload or {})) for point in points]
 
     def _get(self, name: str, ids: list[str]) -> Batch:
+        return self._get_native(name, ids).batch
+
+    def _get_native(self, name: str, ids: list[str], vectors: np.ndarray | None = None) -> NativePage:
         slot = self._slot(name)
         pids = [point_id(rid) for rid in ids]
         found = {str(point.id): point for point in self._retrieve(name, pids, slot.selector)}
@@ -301,7 +309,7 @@ class QdrantBackend(Backend):
         # a point whose remembered record id is another one is not this record's
         chosen = [(rid, str(pid)) for rid, pid in zip(ids, pids)
                   if str(pid) in found and owners.get(str(pid), rid) == rid]
-        return self._page(name, slot, [found[text] for _, text in chosen], [rid for rid, _ in chosen]).batch
+        return self._page(name, slot, [found[text] for _, text in chosen], [rid for rid, _ in chosen])
 
     def _retrieve(self, name: str, pids: list[PointId], vectors: bool | list[str]) -> list[Any]:
         """The points with these ids that exist (order not kept on a server)."""

@@ -88,6 +88,10 @@ class RedisBackend(Backend):
     name = "redis"
     has_text_slot = True  # the text field
     layouts: ClassVar[tuple[str, ...]] = ("raw", "langchain", "llamaindex")
+    # A page is one pipeline of HGETALLs, a write one MULTI/EXEC: pipelines of 1,000 are past the
+    # round-trip cost and keep a transaction short (docs/performance.md#batch-sizes).
+    preferred_read_batch = 1000
+    preferred_write_batch = 1000
 
     def __init__(self, url: str = "redis://127.0.0.1:6379", db: int | str | None = None, key_prefix: str = "",
                  password: str | None = None, username: str | None = None, search: str = "auto",
@@ -428,7 +432,11 @@ class RedisBackend(Backend):
 
     @_translated
     def _get(self, name: str, ids: list[str]) -> Batch:
-        return self._read(name, self._existing(name), [rid.encode("utf-8", "surrogateescape") for rid in ids]).batch
+        return self._get_native(name, ids).batch
+
+    @_translated
+    def _get_native(self, name: str, ids: list[str], vectors: np.ndarray | None = None) -> NativePage:
+        return self._read(name, self._existing(name), [rid.encode("utf-8", "surrogateescape") for rid in ids])
 
     def _suffixes(self, shape: Shape, refresh: bool) -> list[bytes]:
         if refresh or shape.prefix not in self._snapshots:

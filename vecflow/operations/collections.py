@@ -236,7 +236,7 @@ class CreateCollectionOp(CollectionOp):
         if data is not None:
             dim = backend.describe(name).dim
             ctx.expect(lambda: count_lines(data) - ctx.state["lines"])
-            for page, consumed in read_jsonl_records(data, ctx.state["lines"], ctx.batch_size, dim):
+            for page, consumed in read_jsonl_records(data, ctx.state["lines"], ctx.page_size(self.collection), dim):
                 backend.upsert(name, page)
                 ctx.save(len(page), lines=consumed)
 
@@ -431,7 +431,7 @@ class UnrenameCollectionOp(Op):
         finish_rename(backend, new, old, self.records_before, ctx.batch_size)
 
 
-def finish_rename(backend: Backend, old: str, new: str, count: int, batch_size: int) -> None:
+def finish_rename(backend: Backend, old: str, new: str, count: int, batch_size: int | None) -> None:
     """Rename old to new, or finish such a rename that stopped part-way (adapters resume theirs)."""
     if not backend.has_collection(old):
         return

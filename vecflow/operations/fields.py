@@ -118,6 +118,10 @@ def wrote_nothing(ctx: StepContext, interrupted: bool, snapshot: str) -> bool:
 class FieldOp(CollectionOp):
     field: str
 
+    def digested_while_running(self) -> list[str]:
+        # The rewrite pass takes the digests before and after (StepContext.rewrite_records).
+        return [self.collection]
+
     def reverse(self, record: StepRecord) -> Op | None:
         if record.snapshot is None:
             return None
@@ -170,7 +174,7 @@ class FieldOp(CollectionOp):
             ctx.snapshots.add_values(ctx.snapshot, priors)
             return page.take(positions).with_metadatas(metadatas)
 
-        ctx.rewrite_records(self.collection, transform, metadata_only=True)
+        ctx.rewrite_records(self.collection, transform, metadata_only=True, digest=True)
 
 
 def _with_field(meta: dict, field: str, value: Any, position: int | None = None) -> dict:
@@ -381,6 +385,10 @@ class RenameFieldOp(CollectionOp):
         line = f"fields renamed: {self.old} -> {self.new}; records affected: {sampled.extrapolate(renamed)}"
         return [line] + ([f"refused: {sampled.extrapolate(clashes)} hold both names"] if clashes else [])
 
+    def digested_while_running(self) -> list[str]:
+        # The rewrite pass takes the digests before and after (StepContext.rewrite_records).
+        return [self.collection]
+
     def reverse(self, record: StepRecord) -> Op | None:
         if record.snapshot is None:
             return None
@@ -413,7 +421,7 @@ class RenameFieldOp(CollectionOp):
             ctx.snapshots.add_values(ctx.snapshot, [(page.ids[i], page.metadatas[i][self.old]) for i in positions])
             return page.take(positions).with_metadatas(metadatas)
 
-        ctx.rewrite_records(self.collection, transform, metadata_only=True)
+        ctx.rewrite_records(self.collection, transform, metadata_only=True, digest=True)
 
 
 @register_op
@@ -457,6 +465,9 @@ class RestoreFieldOp(FieldOp):
 
     def reverse_interrupted(self, record: StepRecord) -> list[Op]:
         raise IrreversibleError(f"{self.describe()} cannot be reversed")
+
+    def digested_while_running(self) -> list[str]:
+        return []  # it reads only the snapshotted records: the runner digests the collection
 
     def run(self, ctx: StepContext) -> None:
         if wrote_nothing(ctx, self.interrupted, self.snapshot):

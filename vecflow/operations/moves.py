@@ -15,11 +15,14 @@ the next run and says why (see `ensure_target_kept`).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from vecflow.backends import Backend
+from vecflow.backends.base import NativePage, gathered
 from vecflow.batch import Batch
 from vecflow.errors import BackendError, CollectionNotFoundError, OperationError, VecflowError, VerificationError
 from vecflow.layouts import LAYOUT_NAMES
@@ -180,23 +183,37 @@ class CopyCollectionOp(Op):
             self.ensure_target_kept(ctx, target, target_name, side.records.count or 0)
         truth = self._parity_truth(ctx, source, source_name)
         retried = before = target.retried_calls
-        for native, cursor in source.native_pages(source_name, ctx.batch_size, ctx.state.get("copy_cursor")):
-            page = native.batch
-            if len(page):
-                page.check_finite(f"{self.op_name} {self.source}")
-                target.upsert(target_name, page)
-                side = side.add(native, normalise)
-                if truth is not None:
-                    truth.add(page)
-            # Checked when the target was away while this page was written, and at the end of a
-            # copy during which it was away (it may have lost pages it took before it went).
-            if target.retried_calls != retried or (cursor is None and target.retried_calls != before):
-                self.ensure_target_kept(ctx, target, target_name, side.records.count or 0)
-                retried = target.retried_calls
-            if cursor is None:
-                self._record_source_digest(ctx, source, source_name, side)
-            ctx.save(len(page), copy_cursor=cursor, copied=cursor is None, source_side=side.to_dict(),
-                     **({PARITY_TRUTH: truth.to_state()} if truth is not None else {}))
+        pages = self._source_pages(source, source_name, target, ctx)
+        with contextlib.closing(pages):  # stops a read-ahead thread when a write fails
+            # Pages are gathered to the target's write size: one write and one checkpoint each.
+            for natives, cursor in gathered(pages, target.write_batch_size(target_name, ctx.batch_size)):
+                batch = Batch.concat([native.batch for native in natives])
+                if len(batch):
+                    batch.check_finite(f"{self.op_name} {self.source}")
+                    target.upsert(target_name, batch)
+                    for native in natives:
+                        side = side.add(native, normalise)
+                        if truth is not None:
+                            truth.add(native.batch)
+                # Checked when the target was away while this page was written, and at the end of a
+                # copy during which it was away (it may have lost pages it took before it went).
+                if target.retried_calls != retried or (cursor is None and target.retried_calls != before):
+                    self.ensure_target_kept(ctx, target, target_name, side.records.count or 0)
+                    retried = target.retried_calls
+                if cursor is None:
+                    self._record_source_digest(ctx, source, source_name, side)
+                ctx.save(len(batch), copy_cursor=cursor, copied=cursor is None, source_side=side.to_dict(),
+                         **({PARITY_TRUTH: truth.to_state()} if truth is not None else {}))
+
+    @staticmethod
+    def _source_pages(source: Backend, source_name: str, target: Backend,
+                      ctx: StepContext) -> Iterator[tuple[NativePage, str | None]]:
+        """The source's pages from the checkpoint on: read ahead of the writes when the target is
+        another store (its writes cannot change what is being read)."""
+        cursor = ctx.state.get("copy_cursor")
+        if source is target:
+            return source.native_pages(source_name, ctx.batch_size, cursor)
+        return source.native_pages_ahead(source_name, ctx.batch_size, cursor)
 
     def _parity_truth(self, ctx: StepContext, source: Backend, source_name: str) -> GroundTruth | None:
         """The search-parity ground truth the copy loop feeds (so verification does not read the

@@ -238,7 +238,7 @@ class RestoreRecordsOp(CollectionOp):
         backend, name = ctx.require(self.collection)
         after = ctx.state.get("after", 0)
         while after is not None:
-            prior, after = ctx.snapshots.read_records(self.snapshot, after, ctx.batch_size)
+            prior, after = ctx.snapshots.read_records(self.snapshot, after, ctx.page_size(self.collection))
             if len(prior):
                 _put_back(backend, name, prior)
             ctx.save(len(prior), after=after)

@@ -563,7 +563,7 @@ class UnapplySchemaOp(Op):
         # A step stopped before its snapshot wrote no record, but may have created the quarantine.
         after = None if wrote_nothing(ctx, self.interrupted, self.snapshot) else ctx.state.get("after", 0)
         while after is not None:
-            page, after = ctx.snapshots.read_records(self.snapshot, after, ctx.batch_size)
+            page, after = ctx.snapshots.read_records(self.snapshot, after, ctx.page_size(self.collection))
             if len(page):
                 present = set(backend.get(name, page.ids).ids)
                 kept = [i for i, rid in enumerate(page.ids) if rid in present]

@@ -272,7 +272,10 @@ class Repartition(Op):
             backend, name = ctx.resolve(sources[index])
             # The saved cursor belongs to the source the interrupted run was reading.
             resume = ctx.state.get("cursor") if index == start else None
-            for page, cursor in backend.pages(name, ctx.batch_size, resume):
+            # Read ahead of the writes unless a target is in the source's store.
+            ahead = all(ctx.resolve(ref)[0] is not backend for ref in targets)
+            paging = backend.pages_ahead if ahead else backend.pages
+            for page, cursor in paging(name, ctx.batch_size, resume):
                 if len(page):
                     page.check_finite(f"{self.op_name} {sources[index]}")
                     groups: dict[str | None, list[int]] = {}
@@ -718,7 +721,7 @@ class UnmergeCollectionsOp(Repartition):
             return
         after = ctx.state.get("delete_after", 0)
         while after is not None:
-            values, after = ctx.snapshots.read_values(self.snapshot, after, ctx.batch_size)
+            values, after = ctx.snapshots.read_values(self.snapshot, after, ctx.page_size(self.target))
             if values:
                 backend.delete(name, [rid for rid, _, _ in values])
             ctx.save(len(values), delete_after=after)

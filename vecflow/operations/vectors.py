@@ -219,7 +219,7 @@ def fingerprint(probe: np.ndarray) -> str:
 def _digest_of_snapshot(ctx: StepContext, snapshot: str) -> Digest:
     total, after = Digest.empty(), 0
     while after is not None:
-        page, after = ctx.snapshots.read_records(snapshot, after, ctx.batch_size)
+        page, after = ctx.snapshots.read_records(snapshot, after, ctx.page_size())
         total = total + batch_digest(page)
     return total
 
@@ -355,7 +355,7 @@ class ReembedOp(CollectionOp):
             ctx.save(rebuilt=True)
         after = ctx.state.get("embed_after", 0)
         while after is not None:
-            page, after = ctx.snapshots.read_records(ctx.snapshot, after, self.batch_size or ctx.batch_size)
+            page, after = ctx.snapshots.read_records(ctx.snapshot, after, self.batch_size or ctx.page_size())
             if len(page):
                 vectors = embedder(self._texts(page))
                 if vectors.shape[1] != dim:

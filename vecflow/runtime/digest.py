@@ -330,13 +330,14 @@ def page_digests(page: Any, version: int = VERSION) -> DigestPair:
     return DigestPair(Digest(len(batch), _sum(hashes[0::2]), version), Digest(len(batch), _sum(hashes[1::2]), version))
 
 
-def collection_digests(backend: Any, name: str, batch_size: int = 1000,
+def collection_digests(backend: Any, name: str, batch_size: int | None = None,
                        on_page: Callable[[], None] | None = None, version: int = VERSION) -> DigestPair:
-    """Logical and native digests of a whole collection, in one streamed pass."""
+    """Logical and native digests of a whole collection, in one streamed pass, in pages of
+    batch_size records (None: the store's read_batch_size)."""
     if not backend.has_collection(name):
         return DigestPair(Digest.absent(), Digest.absent())
     logical, native = Digest.empty(), Digest.empty()
-    for page, _ in backend.native_pages(name, batch_size):
+    for page, _ in backend.native_pages_ahead(name, batch_size):
         digests = page_digests(page, version)
         logical, native = logical + digests.logical, native + digests.native
         if on_page is not None:
@@ -344,7 +345,7 @@ def collection_digests(backend: Any, name: str, batch_size: int = 1000,
     return DigestPair(logical, native)
 
 
-def collection_digest(backend: Any, name: str, batch_size: int = 1000,
+def collection_digest(backend: Any, name: str, batch_size: int | None = None,
                       on_page: Callable[[], None] | None = None, version: int = VERSION) -> Digest:
     """Stream a whole collection through batch_digest; Digest.absent() when it does not exist.
     on_page is called after every page (the runner renews its lease there)."""

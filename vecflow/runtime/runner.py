@@ -29,7 +29,7 @@ from vecflow.errors import (
 from vecflow.operations.base import Op, StepRecord
 from vecflow.progress import Progress
 from vecflow.runtime import markers
-from vecflow.runtime.context import DIGESTS_BEFORE, StepContext
+from vecflow.runtime.context import DIGESTS_BEFORE, StepContext, finish_rewrite_digests
 from vecflow.runtime.digest import VERSION as DIGEST_VERSION
 from vecflow.runtime.digest import Digest, DigestPair, collection_digests
 from vecflow.runtime.digest import version_of as digest_version
@@ -251,6 +251,8 @@ class Runner:
         then check every collection it touched is as it was before it."""
         rev = self.scripts.revision_map.get(attempt["revision"])
         self._check_recorded_steps(attempt, rev.script.upgrade_ops())
+        if rollback is None:
+            finish_rewrite_digests(self.ledger, self.stores, attempt["id"])
         item = PlannedRevision(rev, ROLLBACK, self._inverse_steps(rev, attempt), self._digests_before(attempt))
         done = sum(row["status"] == DONE for row in self.ledger.steps(attempt["id"]))
         heading = (f"Rolling back the unfinished upgrade of {item.label} ({attempt['outcome']}, {done} of "

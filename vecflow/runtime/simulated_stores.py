@@ -64,6 +64,7 @@ class SimulatedBackend(Backend):
         self.real = real
         self._where = real.location
         self._layout_option = real._layout_option
+        self._batch_size = real.batch_size
         self._weights = weights  # id -> the weight the record was last read with, shared by all stores
         self._collections: dict[str, SimulatedCollection | None] = {}
         self.initial: dict[str, int | None] = {}  # record counts in the store, before the plan

@@ -1,7 +1,8 @@
 """Stores: backends opened lazily by store name, and `store:collection` references resolved.
 
 Every store gets a retry policy from [vecflow] retries and retry_max_seconds: transient failures
-(opening included) are retried with backoff and each retry is reported on one line.
+(opening included) are retried with backoff and each retry is reported on one line. Every store
+gets [vecflow] batch_size too, when set (else its adapter chooses its page and write sizes).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class Stores:
                 lambda: open_backend(store_config.backend, store_config.options, self.state, self.config.here, name,
                                      read_only=self.read_only)))
             backend.set_retry_policy(policy)
+            backend.set_batch_size(self.config.batch_size)
             self._open[name] = backend
             self._open[name].write_guard = self._write_guard
             self._open[name].read_observer = self._read_observer

@@ -18,7 +18,15 @@ import numpy as np
 from vecflow.backends import Backend
 from vecflow.backends.base import Hit, NativePage
 from vecflow.batch import Batch
-from vecflow.runtime.digest import VERSION, Digest, DigestPair, batch_digest, ids_digest, page_digests
+from vecflow.runtime.digest import (
+    VERSION,
+    Digest,
+    DigestPair,
+    batch_digest,
+    canonical_metadata,
+    ids_digest,
+    page_digests,
+)
 
 NORMALISED_TOLERANCE = 1e-6
 # The recall@k an exact target must reach (the op's parity_threshold replaces it).
@@ -137,6 +145,9 @@ class VerificationReport:
     normalised: bool
     search: SearchParity
     vectors_off: list[str] = field(default_factory=list)
+    # Ids on both sides whose document or metadata differ (looked for when the digests differ).
+    documents_off: list[str] = field(default_factory=list)
+    metadata_off: list[str] = field(default_factory=list)
     # The target's `logical|native` digest pair as verification read it (None: not read natively).
     target_pair: str | None = None
 
@@ -155,8 +166,14 @@ class VerificationReport:
         if self.source_digest != self.target_digest:
             found.append(f"digests differ: source {self.source_digest}, target {self.target_digest}")
         if self.vectors_off:
-            found.append(f"{len(self.vectors_off)} vectors differ beyond {NORMALISED_TOLERANCE} after normalising "
-                         f"(e.g. {self.vectors_off[:5]})")
+            how = f"beyond {NORMALISED_TOLERANCE} after normalising" if self.normalised else "from the source's"
+            found.append(f"{len(self.vectors_off)} vectors differ {how} (e.g. {self.vectors_off[:5]})")
+        if self.documents_off:
+            found.append(f"{len(self.documents_off)} documents differ from the source's "
+                         f"(e.g. {self.documents_off[:5]})")
+        if self.metadata_off:
+            found.append(f"{len(self.metadata_off)} records' metadata differ from the source's "
+                         f"(e.g. {self.metadata_off[:5]})")
         if problem := self.search.problem:
             found.append(problem)
         return found
@@ -181,7 +198,7 @@ class VerificationReport:
         data = asdict(self)
         search = data.pop("search")
         search["missed"] = search["missed"][:20]
-        for key in ("missing_ids", "extra_ids", "vectors_off"):
+        for key in ("missing_ids", "extra_ids", "vectors_off", "documents_off", "metadata_off"):
             data[key] = data[key][:20]
         return {**data, "parity": self.search.target_recall, "parity_threshold": self.search.floor,
                 "queries": self.search.queries, "search": search}
@@ -190,7 +207,7 @@ class VerificationReport:
 def read_side(backend: Backend, name: str, batch_size: int, normalise: bool) -> SideDigest:
     """One side of a copy read in full, with its digest pair (native pages)."""
     total = SideDigest.empty()
-    for page, _ in backend.native_pages(name, batch_size):
+    for page, _ in backend.native_pages_ahead(name, batch_size):
         total = total.add(page, normalise)
     return total
 
@@ -202,19 +219,34 @@ def read_ids(backend: Backend, name: str, batch_size: int) -> set[str]:
     return ids
 
 
-def normalised_vectors_off(source: Backend, source_name: str, target: Backend, target_name: str,
-                           batch_size: int) -> list[str]:
-    """Ids whose unit-length vectors differ by more than the tolerance between the two sides."""
-    off: list[str] = []
+def records_off(source: Backend, source_name: str, target: Backend, target_name: str, batch_size: int,
+                normalise: bool) -> dict[str, list[str]]:
+    """Ids present on both sides whose vector, document or metadata differ, per part: vectors
+    compared bit for bit, or as unit-length vectors within NORMALISED_TOLERANCE when normalise;
+    metadata in its canonical (digest) form. One pass over the target, the source read by id."""
+    off: dict[str, list[str]] = {"vector": [], "document": [], "metadata": []}
     for page, _ in target.pages(target_name, batch_size):
-        if len(page):
-            original = source.get(source_name, page.ids)
-            position = {rid: i for i, rid in enumerate(original.ids)}
-            for i, rid in enumerate(page.ids):
-                if rid in position and not np.allclose(_unit(page.vectors[i]), _unit(original.vectors[position[rid]]),
-                                                       rtol=0, atol=NORMALISED_TOLERANCE):
-                    off.append(rid)
+        if not len(page):
+            continue
+        original = source.get(source_name, page.ids)
+        position = {rid: i for i, rid in enumerate(original.ids)}
+        for i, rid in enumerate(page.ids):
+            if rid not in position:
+                continue
+            j = position[rid]
+            if not _same_vector(page.vectors[i], original.vectors[j], normalise):
+                off["vector"].append(rid)
+            if page.documents[i] != original.documents[j]:
+                off["document"].append(rid)
+            if canonical_metadata(page.metadatas[i]) != canonical_metadata(original.metadatas[j]):
+                off["metadata"].append(rid)
     return off
+
+
+def _same_vector(copied: np.ndarray, original: np.ndarray, normalise: bool) -> bool:
+    if not normalise:
+        return np.asarray(copied, "<f4").tobytes() == np.asarray(original, "<f4").tobytes()
+    return bool(np.allclose(_unit(copied), _unit(original), rtol=0, atol=NORMALISED_TOLERANCE))
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:
@@ -406,17 +438,20 @@ def verify_copy(source: Backend, source_name: str, target: Backend, target_name:
     else:
         search = search_parity(source, source_name, target, target_name, queries=queries, floor=threshold,
                                seed=seed, batch_size=batch_size, truth=truth, track=track)
-    off: list[str] = []
-    if normalise:
-        with track("verify (vectors)", lambda: target.count(target_name)):
-            off = normalised_vectors_off(source, source_name, target, target_name, batch_size)
+    off: dict[str, list[str]] = {}
+    if normalise or src.records != dst.records:
+        # The digests leave vectors out (normalise), or say that something differs: name what.
+        what = "verify (vectors)" if normalise and src.records == dst.records else "verify (records that differ)"
+        with track(what, lambda: target.count(target_name)):
+            off = records_off(source, source_name, target, target_name, batch_size, normalise)
     return VerificationReport(
         source_count=src.records.count or 0, target_count=dst.records.count or 0,
         source_count_now=source.count(source_name),
         missing_ids=missing, extra_ids=extra,
         source_digest=src.records.to_text(), target_digest=dst.records.to_text(), normalised=normalise,
         search=search,
-        vectors_off=off,
+        vectors_off=off.get("vector", []), documents_off=off.get("document", []),
+        metadata_off=off.get("metadata", []),
         target_pair=dst.pair.to_text() if dst.pair is not None else None,
     )
 

@@ -150,7 +150,7 @@ class DisposableProject:
                 backend, name = stores.resolve(ref)
                 path = self._records_file(ref, data, relative_to)
                 try:
-                    pages = [page for page, _ in read_jsonl_records(path, 0, self.config.batch_size)]
+                    pages = [page for page, _ in read_jsonl_records(path, 0, backend.read_batch_size(name))]
                 except VecflowError as exc:
                     raise ConfigError(f"vecflow_sample_data[{ref!r}]: {exc}") from exc
                 if not pages:
