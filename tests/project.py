@@ -179,12 +179,13 @@ def kill_upgrade_at(project: Project, revision: str, rows: int, timeout: float =
             process.wait()
 
 
-def kill_mid_batch(root: Path, revision: str, rows: int, batch: int, written: Any = None,
+def kill_mid_batch(root: Path, revision: str, rows: int, batch: int, ahead: Any = None,
                    timeout: float = 3600) -> None:
     """Start `vecflow upgrade head` in root and SIGKILL it once `revision`'s first step has
-    checkpointed >= rows rows, between writing a batch and checkpointing it: as soon as written()
-    (the records the target holds, read from outside) is ahead of the checkpoint, given ten more
-    batches to catch that moment; without written(), half a batch's time after a checkpoint."""
+    checkpointed >= rows rows, between writing a batch and checkpointing it: as soon as
+    ahead(checkpointed rows) says the target (read from outside) holds records beyond the
+    checkpoint, given ten more batches to catch that moment; without ahead, half a batch's time
+    after a checkpoint."""
     import signal
     import time
 
@@ -200,8 +201,8 @@ def kill_mid_batch(root: Path, revision: str, rows: int, batch: int, written: An
             now = time.monotonic()
             if done != last[0]:
                 pace, last = (now - last[1]) / max(1, (done - last[0]) // batch), (done, now)
-            if done >= rows and written is not None and done < rows + 10 * batch:
-                if written() > done:
+            if done >= rows and ahead is not None and done < rows + 10 * batch:
+                if ahead(done):
                     break
             elif done >= rows and now - last[1] >= pace / 2:
                 break

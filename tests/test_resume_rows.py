@@ -55,7 +55,9 @@ def test_a_move_killed_half_way_rewrites_at_most_one_batch_when_rerun(project, m
     original = seed(project, source, clustered_batch(N, 32))
     project.write_python("m1", None, f"op.move_collection({source!r}, {target!r})")
     faiss_folder = Path(project.config.stores["faiss"].options["path"]) / "docs"
-    kill_mid_batch(project.root, "m1", N // 2, BATCH, faiss_rows(faiss_folder) if target.startswith("faiss:") else None)
+    rows = faiss_rows(faiss_folder)
+    ahead = (lambda done: rows() > done) if target.startswith("faiss:") else None
+    kill_mid_batch(project.root, "m1", N // 2, BATCH, ahead)
     checkpointed, status = step_progress(project.root / ".vecflow" / "ledger.db", "m1")
     assert status == "running" and N // 2 <= checkpointed < N
     in_target = held(project, target)
