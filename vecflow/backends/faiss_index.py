@@ -30,7 +30,7 @@ from vecflow.backends.helpers import fsync_directory
 
 INDEX_FILE = "index.faiss"
 INDEX_META = "index.json"
-_READ_CHUNK = 10_000
+_READ_CHUNK = 1_000  # rows per add to the index: small, so converting them to unit vectors costs little memory
 _IO_BLOCK = 1 << 20  # bytes per read or write of an index file
 
 _log = logging.getLogger(__name__)
