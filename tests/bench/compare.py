@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=20_000, help="records per collection")
     parser.add_argument("--dim", type=int, default=768, help="vector dimension (384 or 768)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--pairs", default="all", help=f"all, or a comma list of {', '.join(harness.PAIRS)}")
+    parser.add_argument("--pairs", default="all", help=f"all, or a comma list of {', '.join(harness.COMPARED)}")
     parser.add_argument("--out", default="bench.json", help="JSON result file")
     parser.add_argument("--workdir", help="keep stores and templates here (default: a temporary folder on /dev/shm)")
     parser.add_argument("--keep", action="store_true", help="keep every run's folder")

@@ -49,11 +49,12 @@ FIELDS = ('    op.rename_field("src:docs", "author", "writer")\n'
           '    op.set_field("src:docs", "decade", "(year // 10) * 10")\n')
 
 
-def pairs_from(text: str) -> list[str]:
-    names = list(COMPARED) if text == "all" else [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in PAIRS]
+def pairs_from(text: str, known: tuple[str, ...] = COMPARED) -> list[str]:
+    """The pairs a --pairs value names: `all` (the known ones) or a comma list of known pairs."""
+    names = list(known) if text == "all" else [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in known]
     if unknown:
-        raise SystemExit(f"unknown pair(s) {', '.join(unknown)}; known: all, {', '.join(PAIRS)}")
+        raise SystemExit(f"unknown pair(s) {', '.join(unknown)}; known: all, {', '.join(known)}")
     return names
 
 

@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", help="stores and templates here (default: a temporary folder on /dev/shm)")
     args = parser.parse_args(argv)
     sizes = [int(text.replace("_", "")) for text in args.n.split(",")]
-    pairs = [p for p in harness.pairs_from(args.pairs) if p in PAIRS]
+    pairs = harness.pairs_from(args.pairs, PAIRS)
     base = scratch(args.workdir)
     result: dict = {"dim": args.dim, "rounds": args.rounds, "bound_mb": BOUND_MB, "machine": machine(),
                     "versions": versions(), "command": " ".join(["python -m tests.bench.memory", *sys.argv[1:]]),

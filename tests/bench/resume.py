@@ -31,6 +31,7 @@ from vecflow.backends import open_backend
 
 BATCH = 500  # vecflow's default batch_size, which the benchmark projects keep
 REVISION = "bench0001"
+MOVES = tuple(pair for pair, (_, target) in harness.PAIRS.items() if target)
 
 
 def held(backend: str, options: dict) -> int:
@@ -85,12 +86,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--pairs", default="faiss-redis,redis-faiss,chroma-faiss",
-                        help=f"a comma list of {', '.join(p for p, (_, t) in harness.PAIRS.items() if t)}")
+                        help=f"a comma list of {', '.join(MOVES)}")
     parser.add_argument("--at", type=float, default=0.5, help="kill once this share of the rows is checkpointed")
     parser.add_argument("--out", default="resume.json")
     parser.add_argument("--workdir", help="stores and templates here (default: a temporary folder on /dev/shm)")
     args = parser.parse_args(argv)
-    pairs = [p for p in harness.pairs_from(args.pairs) if harness.PAIRS[p][1]]
+    pairs = harness.pairs_from(args.pairs, MOVES)
     base = scratch(args.workdir)
     result: dict = {"n": args.n, "dim": args.dim, "machine": machine(),
                     "command": " ".join(["python -m tests.bench.resume", *sys.argv[1:]]), "runs": []}
