@@ -178,3 +178,55 @@ def kill_upgrade_at(project: Project, revision: str, rows: int, timeout: float =
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def kill_mid_batch(root: Path, revision: str, rows: int, batch: int, ahead: Any = None,
+                   timeout: float = 3600) -> None:
+    """Start `vecflow upgrade head` in root and SIGKILL it once `revision`'s first step has
+    checkpointed >= rows rows, between writing a batch and checkpointing it: as soon as
+    ahead(checkpointed rows) says the target (read from outside) holds records beyond the
+    checkpoint, given ten more batches to catch that moment; without ahead, half a batch's time
+    after a checkpoint."""
+    import signal
+    import time
+
+    ledger = root / ".vecflow" / "ledger.db"
+    process = subprocess.Popen([sys.executable, "-m", "vecflow", "upgrade", "head"], cwd=root,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline, last, pace = time.monotonic() + timeout, (0, time.monotonic()), 0.0
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise AssertionError(f"upgrade ended before it could be killed: {process.stderr.read().decode()}")
+            done = (step_progress(ledger, revision) or (0, ""))[0]
+            now = time.monotonic()
+            if done != last[0]:
+                pace, last = (now - last[1]) / max(1, (done - last[0]) // batch), (done, now)
+            if done >= rows and ahead is not None and done < rows + 10 * batch:
+                if ahead(done):
+                    break
+            elif done >= rows and now - last[1] >= pace / 2:
+                break
+            time.sleep(0.001)
+        else:
+            raise AssertionError(f"step of {revision} never reached {rows} rows")
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def faiss_rows(folder: Path) -> Any:
+    """A function giving the records a FAISS collection folder's sidecar holds, read while another
+    process writes it (0 while it cannot be read)."""
+    import sqlite3
+
+    def rows() -> int:
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{folder / 'records.db'}?mode=ro", uri=True,
+                                                    timeout=1)) as conn:
+                return conn.execute("SELECT count(*) FROM records").fetchone()[0]
+        except sqlite3.Error:
+            return 0
+    return rows

@@ -14,8 +14,10 @@ Printed and written to --out: records/s of both sides per round (whole child pro
 imports and, for vecflow, ledger and lock included), vecflow time ÷ native time per round and its
 median, peak RSS of each child (ru_maxrss from wait4), the vecflow step timings from its ledger;
 then one instrumented vecflow run per pair (tests/bench/counted.py: how many full reads of each
-side, seconds in copy / verification / digests), and the digest throughput
-(tests/bench/digests.py) on every source collection.
+side, seconds in copy / verification / digests; per step its seconds, verification seconds,
+runner digest seconds and the full reads it made and why, as a second table), and the digest
+throughput (tests/bench/digests.py) on every source collection. Each timed vecflow run's JSON
+also keeps the runner's `full reads:` note of every step.
 
 Stores live under a temporary folder on /dev/shm when there is one (fsync is free there, as on the
 issue's measurements); a redis-server of our own runs on a free loopback port. Data: tests/bench/data.py
@@ -93,9 +95,15 @@ def run_vecflow(base: Path, pair: str, tag: str, templates: dict, n: int, keep: 
         rows = [step["rows"] for step in timings.get("steps", [])]
         if not rows or any(r != n for r in rows):
             raise SystemExit(f"vecflow {pair}: steps did {rows} rows, expected {n} each\n{result.stdout}")
-        return {**result.to_dict(), "ledger": timings}
+        return {**result.to_dict(), "ledger": timings, "full_reads": full_reads_notes(result.stdout)}
     finally:
         harness.finish_run(run, keep)
+
+
+def full_reads_notes(stdout: str) -> list[str]:
+    """The runner's `full reads: ...` note of each step, as it printed them."""
+    prefix = "full reads: "
+    return [line.strip()[len(prefix):] for line in stdout.splitlines() if line.strip().startswith(prefix)]
 
 
 def run_instrumented(base: Path, pair: str, templates: dict, n: int, keep: bool) -> dict:
@@ -172,6 +180,27 @@ def digest_line(rate: dict) -> str:
             f" rec/s: logical {rate['hash_logical_rec_s']:,.0f}, native {rate['hash_native_rec_s']:,.0f})")
 
 
+def step_lines(counted: dict) -> list[str]:
+    """Per vecflow step of an instrumented run: seconds, verification, digests, full reads."""
+    return [f"{step['step']}: {step['seconds']:.1f} s, verification {step['verification_seconds']:.1f} s, "
+            f"runner digests {step['runner_digest_seconds'] or 0:.1f} s; {step['full_reads_note'] or 'no full reads'}"
+            for step in counted.get("steps", [])]
+
+
+def step_table(entries: dict) -> str:
+    """The steps of each pair's instrumented run: their verification time and full reads."""
+    lines = ["| pair | step | step s | verification (verify_copy) s | runner digests s "
+             "| full reads (collection, count, why) |",
+             "|---|---|---|---|---|---|"]
+    for pair, entry in entries.items():
+        for step in entry.get("instrumented", {}).get("steps", []):
+            reads = "; ".join(f"{r['collection']} {r['reads']} ({', '.join(dict.fromkeys(r['why']))})"
+                              for r in step["full_reads"]) or "none"
+            lines.append(f"| {harness.LABELS[pair]} | {step['step']} | {step['seconds']:.1f} | "
+                         f"{step['verification_seconds']:.1f} | {step['runner_digest_seconds'] or 0:.1f} | {reads} |")
+    return "\n".join(lines)
+
+
 def table(summaries: list[dict]) -> str:
     lines = ["| pair | N | native rec/s | vecflow rec/s | vecflow time ÷ native, per round | median "
              "| peak RSS native / vecflow (MB) |", "|---|---|---|---|---|---|---|"]
@@ -193,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=20_000, help="records per collection")
     parser.add_argument("--dim", type=int, default=768, help="vector dimension (384 or 768)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--pairs", default="all", help=f"all, or a comma list of {', '.join(harness.PAIRS)}")
+    parser.add_argument("--pairs", default="all", help=f"all, or a comma list of {', '.join(harness.COMPARED)}")
     parser.add_argument("--out", default="bench.json", help="JSON result file")
     parser.add_argument("--workdir", help="keep stores and templates here (default: a temporary folder on /dev/shm)")
     parser.add_argument("--keep", action="store_true", help="keep every run's folder")
@@ -234,6 +263,8 @@ def main(argv: list[str] | None = None) -> None:
                     reads = "; ".join(f"{side}: {r['scan_passes']} scan + {r['scan_native_passes']} digest passes,"
                                       f" {r['records_read_x_n']}× N read" for side, r in counted["full_reads"].items())
                     print(f"{'':<32} {reads}\n{'':<32} {phases}", flush=True)
+                    for text in step_lines(counted):
+                        print(f"{'':<32} {text}", flush=True)
                 result["pairs"][pair] = entry
                 result["summary"].append(entry["summary"])
                 Path(args.out).write_text(json.dumps(result, indent=1), encoding="utf-8")
@@ -248,6 +279,9 @@ def main(argv: list[str] | None = None) -> None:
             shutil.rmtree(base, ignore_errors=True)
     print()
     print(table(result["summary"]))
+    if any("instrumented" in entry for entry in result["pairs"].values()):
+        print()
+        print(step_table(result["pairs"]))
     print(f"\nwritten to {args.out}")
 
 

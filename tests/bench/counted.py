@@ -9,16 +9,23 @@ imported first and cProfile covers the CLI call only: the profile shows the run,
 Counters: records returned by scan / scan_native / get and records sent to upsert /
 update_metadata, per (backend, collection); scan passes started (cursor None) and whole (reached
 the end; a pass that stops early is a sample); query and count calls. Phase timers (seconds, wall
-clock): the copy loop, the copy's verification, the runner's digests before and after a step,
-dropping collections, and the field ops' steps. Wrappers are looked up by name and skipped when
-the code they wrap is gone, so the script keeps working while the engine changes.
+clock): the copy loop, the copy's verification (and inside it search parity and the FAISS index
+brought up to date for a query), the runner's digests before and after a step, dropping
+collections, and the field ops' steps. Per step (`steps`): its seconds, the seconds of each phase
+inside it, the runner's digest seconds, and the full reads it made and why (what the runner's
+`full reads:` note says). Peak RSS: the process's resident set sampled every 20 ms, its peak
+overall and while each phase and each step ran (`phase_peak_rss_mb`, `steps[].peak_rss_mb`).
+Wrappers are looked up by name and skipped when the code they wrap is gone, so the script keeps
+working while the engine changes.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
+import threading
 import time
 from collections import defaultdict
 from typing import Any
@@ -26,6 +33,25 @@ from typing import Any
 COUNTS: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
 PHASES: dict[str, float] = defaultdict(float)
 CALLS: dict[str, int] = defaultdict(int)
+STEPS: list[dict[str, Any]] = []
+VERIFICATION = "verification (verify_copy)"
+# Peak RSS (MB) per phase and overall, sampled by a thread while the phases in ACTIVE run.
+PEAK_RSS: dict[str, float] = defaultdict(float)
+ACTIVE: list[str] = []
+_PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm", encoding="ascii") as handle:
+        return int(handle.read().split()[1]) * _PAGE_MB
+
+
+def _sample_rss(interval: float = 0.02) -> None:
+    while True:
+        rss = _rss_mb()
+        for phase in ["(process)", *ACTIVE]:
+            PEAK_RSS[phase] = max(PEAK_RSS[phase], rss)
+        time.sleep(interval)
 
 
 def _records(result: Any) -> int:
@@ -85,13 +111,46 @@ def _timed(phase: str):
         @functools.wraps(function)
         def timed(*args, **kwargs):
             started = time.perf_counter()
+            ACTIVE.append(phase)
             try:
                 return function(*args, **kwargs)
             finally:
+                ACTIVE.remove(phase)
                 PHASES[phase] += time.perf_counter() - started
                 CALLS[phase] += 1
         return timed
     return wrap
+
+
+def _step_recorded(function):
+    """Runner.run_step, recording the step: seconds, phases inside it, full reads and why."""
+    @functools.wraps(function)
+    def recorded(self, step, index, total, *args, **kwargs):
+        label = f"[{index + 1}/{total}] {step.describe()}"
+        entry: dict[str, Any] = {"step": label, "op": step.op_name}
+        phases_before = dict(PHASES)
+        phase = f"step {label}"
+        ACTIVE.append(phase)
+        started = time.perf_counter()
+        try:
+            return function(self, step, index, total, *args, **kwargs)
+        finally:
+            ACTIVE.remove(phase)
+            entry["seconds"] = time.perf_counter() - started
+            entry["phases"] = {k: v - phases_before.get(k, 0.0) for k, v in PHASES.items()
+                               if v - phases_before.get(k, 0.0) > 0}
+            entry["verification_seconds"] = entry["phases"].get(VERIFICATION, 0.0)
+            entry["runner_digest_seconds"] = getattr(self, "_digest_seconds", None)
+            reads = list(getattr(self, "_reads", []))
+            full: dict[str, list[str]] = {}
+            for ref, purpose in reads:
+                full.setdefault(ref, []).append(purpose or step.op_name)
+            entry["full_reads"] = [{"collection": ref, "reads": len(why), "why": why} for ref, why in full.items()]
+            note = getattr(self, "_full_reads_note", None)
+            entry["full_reads_note"] = "; ".join(note(step)) if note else ""
+            entry["peak_rss_mb"] = PEAK_RSS.pop(phase, None)
+            STEPS.append(entry)
+    return recorded
 
 
 def _patch(owner: Any, attribute: str, wrapper) -> None:
@@ -116,8 +175,22 @@ def install() -> None:
     except ImportError:
         return
     _patch(moves.CopyCollectionOp, "copy", _timed("copy (read + write pages)"))
-    _patch(moves.CopyCollectionOp, "check", _timed("verification (verify_copy)"))
+    _patch(moves.CopyCollectionOp, "check", _timed(VERIFICATION))
     _patch(runner.Runner, "_digest", _timed("runner digests (before/after steps)"))
+    _patch(runner.Runner, "run_step", _step_recorded)
+    try:
+        from vecflow.runtime import verify
+    except ImportError:
+        verify = None
+    if verify is not None:
+        _patch(verify, "search_parity", _timed("verification: search parity"))
+        _patch(verify, "read_side", _timed("verification: reading a side whole"))
+    try:
+        from vecflow.backends import faiss_index
+    except ImportError:
+        faiss_index = None
+    if faiss_index is not None:
+        _patch(faiss_index, "synced_index", _timed("faiss index brought up to date (load, build, save)"))
     try:
         from vecflow.operations import fields
     except ImportError:
@@ -151,6 +224,7 @@ def main(argv: list[str]) -> int:
         profile_path, argv = argv[1], argv[2:]
     report, args = argv[0], argv[1:]
     started = time.perf_counter()
+    threading.Thread(target=_sample_rss, daemon=True).start()
     install()
     from vecflow.cli import main as cli_main
 
@@ -173,7 +247,9 @@ def main(argv: list[str]) -> int:
     with open(report, "w", encoding="utf-8") as handle:
         json.dump({"exit": code, "seconds": time.perf_counter() - started, "import_seconds": imported,
                    "counts": {k: dict(v) for k, v in COUNTS.items()},
-                   "phases": dict(PHASES), "phase_calls": dict(CALLS)}, handle, indent=1)
+                   "phases": dict(PHASES), "phase_calls": dict(CALLS), "steps": STEPS,
+                   "peak_rss_mb": PEAK_RSS.get("(process)"),
+                   "phase_peak_rss_mb": {k: v for k, v in PEAK_RSS.items() if k != "(process)"}}, handle, indent=1)
     return code
 
 

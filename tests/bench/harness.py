@@ -24,11 +24,16 @@ PAIRS: dict[str, tuple[str, str | None]] = {
     "chroma-qdrant": ("chroma", "qdrant"),
     "redis-qdrant": ("redis", "qdrant"),
     "chroma-fields": ("chroma", None),
+    # The memory benchmark's pairs (tests/bench/memory.py), not in compare.py's `all`.
+    "faiss-redis": ("faiss", "redis"),
+    "redis-faiss": ("redis", "faiss"),
 }
+COMPARED = ("chroma-faiss", "faiss-chroma", "redis-chroma", "chroma-qdrant", "redis-qdrant", "chroma-fields")
 LABELS = {
     "chroma-faiss": "Chroma → FAISS", "faiss-chroma": "FAISS → Chroma", "redis-chroma": "Redis → Chroma",
     "chroma-qdrant": "Chroma → Qdrant local", "redis-qdrant": "Redis → Qdrant local",
     "chroma-fields": "Chroma rename_field + set_field",
+    "faiss-redis": "FAISS → Redis", "redis-faiss": "Redis → FAISS",
 }
 REVISION = '''"""benchmark: {what}"""
 
@@ -44,11 +49,12 @@ FIELDS = ('    op.rename_field("src:docs", "author", "writer")\n'
           '    op.set_field("src:docs", "decade", "(year // 10) * 10")\n')
 
 
-def pairs_from(text: str) -> list[str]:
-    names = list(PAIRS) if text == "all" else [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in PAIRS]
+def pairs_from(text: str, known: tuple[str, ...] = COMPARED) -> list[str]:
+    """The pairs a --pairs value names: `all` (the known ones) or a comma list of known pairs."""
+    names = list(known) if text == "all" else [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in known]
     if unknown:
-        raise SystemExit(f"unknown pair(s) {', '.join(unknown)}; known: all, {', '.join(PAIRS)}")
+        raise SystemExit(f"unknown pair(s) {', '.join(unknown)}; known: all, {', '.join(known)}")
     return names
 
 
@@ -61,13 +67,16 @@ class Run:
     source: dict[str, str]
     target: dict[str, str]
     redis_prefix: str | None = None
+    target_prefix: str | None = None
 
     @property
     def project(self) -> Path:
         return self.folder / "project"
 
 
-def prepare_run(base: Path, pair: str, tag: str, templates: dict[str, Path | str]) -> Run:
+def prepare_run(base: Path, pair: str, tag: str, templates: dict[str, Path | str],
+                redis_url: str | None = None) -> Run:
+    """redis_url: the server a Redis target is written to (under a key prefix of this run's)."""
     source_backend, target_backend = PAIRS[pair]
     folder = base / "runs" / f"{pair}-{tag}"
     shutil.rmtree(folder, ignore_errors=True)
@@ -75,7 +84,11 @@ def prepare_run(base: Path, pair: str, tag: str, templates: dict[str, Path | str
     prefix = f"run-{tag}-{os.getpid()}:" if source_backend == "redis" else None
     source = stores.clone(templates[source_backend], source_backend, folder / "source", prefix or "")
     target = {"path": str(folder / "target")} if target_backend else {}
-    run = Run(folder, pair, source, target, prefix)
+    target_prefix = None
+    if target_backend == "redis":
+        target_prefix = f"dst-{tag}-{os.getpid()}:"
+        target = {"url": str(redis_url), "key_prefix": target_prefix}
+    run = Run(folder, pair, source, target, prefix, target_prefix)
     write_project(run)
     return run
 
@@ -96,6 +109,8 @@ def write_project(run: Run) -> None:
 def finish_run(run: Run, keep: bool = False) -> None:
     if run.redis_prefix:
         stores.forget_redis_prefix(run.source["url"], run.redis_prefix)
+    if run.target_prefix:
+        stores.forget_redis_prefix(run.target["url"], run.target_prefix)
     if not keep:
         shutil.rmtree(run.folder, ignore_errors=True)
 

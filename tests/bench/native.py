@@ -18,6 +18,9 @@ Read and write paths, chosen by measuring on the benchmark machine (see docs/per
   pages of 1000 (only the fields needed, not HGETALL).
 - Qdrant local, write: `upsert(points=[PointStruct...], wait=True)` in batches of 256 (faster than
   1000 or 3000 in local mode); uuid5 point ids, payload = metadata + `document` (the raw layout).
+- Redis, write: vecflow's raw hashes (`id`, `vector`, `text`, `metadata` JSON with sorted keys and
+  flat copies of the scalar values), one `HSET` per record in unacknowledged pipelines of 1000
+  (no MULTI/EXEC, no read before the write).
 A move drops the source at the end, as vecflow's does.
 """
 
@@ -37,7 +40,7 @@ import numpy as np
 
 COLLECTION = "docs"
 READ_PAGE = {"chroma": 1000, "faiss": 1000, "redis": 1000}
-WRITE_BATCH = {"chroma": 1000, "faiss": 5000, "qdrant": 256}
+WRITE_BATCH = {"chroma": 1000, "faiss": 5000, "qdrant": 256, "redis": 1000}
 CLIENT_MODULES = {"chroma": "chromadb", "faiss": "faiss", "redis": "redis", "qdrant": "qdrant_client"}
 QDRANT_NAMESPACE = uuid.UUID("5b0f3f3e-6c1d-5e0a-9a57-7665636c6f77")  # vecflow's, so point ids match
 
@@ -185,7 +188,32 @@ class QdrantTarget:
         return count
 
 
-TARGETS = {"chroma": ChromaTarget, "faiss": FaissTarget, "qdrant": QdrantTarget}
+class RedisTarget:
+    def __init__(self, options: dict, dim: int) -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(options["url"])
+        self.prefix = f"{options.get('key_prefix', '')}{COLLECTION}:"
+        self.written = 0
+
+    def write(self, page: Page) -> None:
+        ids, vectors, documents, metadatas = page
+        pipe = self.client.pipeline(transaction=False)
+        for i, rid in enumerate(ids):
+            flat = {k: ("1" if v else "0") if isinstance(v, bool) else v for k, v in metadatas[i].items()}
+            pipe.hset(self.prefix + rid, mapping={
+                "id": rid, "vector": vectors[i].tobytes(), "text": documents[i],
+                "metadata": json.dumps(metadatas[i], ensure_ascii=False, separators=(",", ":"), sort_keys=True),
+                **flat})
+        pipe.execute()
+        self.written += len(ids)
+
+    def finish(self) -> int:
+        self.client.close()
+        return self.written
+
+
+TARGETS = {"chroma": ChromaTarget, "faiss": FaissTarget, "qdrant": QdrantTarget, "redis": RedisTarget}
 
 
 def rebatch(pages: Iterator[Page], size: int) -> Iterator[Page]:

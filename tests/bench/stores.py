@@ -40,10 +40,18 @@ def ensure_template(base: Path, backend: str, n: int, dim: int, redis_url: str) 
     return folder
 
 
-def _seed(backend: str, folder: Path, n: int, dim: int, redis_url: str) -> None:
+def _seed(backend: str, folder: Path, n: int, dim: int, redis_url: str, records_from: Path | None = None) -> None:
     # In a child process: the parent stays free of the store clients (and of their memory).
-    subprocess.run([sys.executable, "-m", "tests.bench.stores", backend, str(folder), str(n), str(dim), redis_url],
-                   check=True)
+    subprocess.run([sys.executable, "-m", "tests.bench.stores", backend, str(folder), str(n), str(dim), redis_url,
+                    *([str(records_from)] if records_from else [])], check=True)
+
+
+def seed_redis_from(faiss_template: Path, n: int, dim: int, redis_url: str) -> str:
+    """The Redis template, its records read from a FAISS template of the same records (the same
+    data as ensure_template would generate, without generating it again: at 1M records that
+    takes ten minutes)."""
+    _seed("redis", Path(faiss_template), n, dim, redis_url, records_from=Path(faiss_template))
+    return redis_url
 
 
 def clone(template: Path | str, backend: str, into: Path, run_prefix: str) -> dict[str, str]:
@@ -54,10 +62,11 @@ def clone(template: Path | str, backend: str, into: Path, run_prefix: str) -> di
         client = redis.Redis.from_url(str(template))
         try:
             keys = list(client.scan_iter(match=f"{TEMPLATE_PREFIX}{COLLECTION}:*", count=2000))
-            pipe = client.pipeline(transaction=False)
-            for key in keys:
-                pipe.copy(key, run_prefix.encode() + key[len(TEMPLATE_PREFIX):], replace=True)
-            pipe.execute()
+            for start in range(0, len(keys), 10_000):  # pipelines of 10,000: bounded replies at 1M keys
+                pipe = client.pipeline(transaction=False)
+                for key in keys[start:start + 10_000]:
+                    pipe.copy(key, run_prefix.encode() + key[len(TEMPLATE_PREFIX):], replace=True)
+                pipe.execute()
         finally:
             client.close()
         return {"url": str(template), "key_prefix": run_prefix}
@@ -81,6 +90,18 @@ def forget_redis_prefix(url: str, prefix: str) -> None:
 def main(argv: list[str]) -> None:
     backend, folder, n, dim, redis_url = argv[0], Path(argv[1]), int(argv[2]), int(argv[3]), argv[4]
     from tests.bench.data import batches
+    from vecflow.backends import open_backend
+
+    def records():
+        if len(argv) < 6:
+            yield from batches(n, dim)
+            return
+        faiss = open_backend("faiss", {"path": argv[5]})
+        try:
+            for page, _ in faiss.pages(COLLECTION, 1000):
+                yield page
+        finally:
+            faiss.close()
 
     if backend == "chroma":
         import chromadb
@@ -92,7 +113,6 @@ def main(argv: list[str]) -> None:
             collection.add(ids=batch.ids, embeddings=batch.vectors, documents=batch.documents,
                            metadatas=batch.metadatas)
         return
-    from vecflow.backends import open_backend
 
     options = {"path": str(folder)} if backend == "faiss" else {"url": redis_url, "key_prefix": TEMPLATE_PREFIX}
     store = open_backend(backend, options)
@@ -100,7 +120,7 @@ def main(argv: list[str]) -> None:
         if store.has_collection(COLLECTION):
             store.drop_collection(COLLECTION)
         store.create_collection(COLLECTION, dim, "cosine")
-        for batch in batches(n, dim):
+        for batch in records():
             store.upsert(COLLECTION, batch)
     finally:
         store.close()

@@ -18,10 +18,10 @@ import logging
 import os
 import sqlite3
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import faiss
 import numpy as np
@@ -30,7 +30,8 @@ from vecflow.backends.helpers import fsync_directory
 
 INDEX_FILE = "index.faiss"
 INDEX_META = "index.json"
-_READ_CHUNK = 10_000
+_READ_CHUNK = 1_000  # rows per add to the index: small, so converting them to unit vectors costs little memory
+_IO_BLOCK = 1 << 20  # bytes per read or write of an index file
 
 _log = logging.getLogger(__name__)
 
@@ -139,8 +140,9 @@ def for_index(vectors: np.ndarray, metric: str) -> np.ndarray:
     return (wide / np.where(norms > 0, norms, 1)).astype(np.float32)
 
 
-def write_atomically(path: Path, data: bytes | memoryview) -> None:
-    """Temp file in the same directory, fsync, rename over path, fsync the directory."""
+def write_atomically(path: Path, data: bytes | memoryview | Callable[[BinaryIO], None]) -> None:
+    """Temp file in the same directory, fsync, rename over path, fsync the directory. data: the
+    bytes, or a function that writes them to the open file."""
     temp = write_temp(path, data)
     try:
         os.replace(temp, path)
@@ -151,12 +153,16 @@ def write_atomically(path: Path, data: bytes | memoryview) -> None:
     fsync_directory(path.parent)
 
 
-def write_temp(path: Path, data: bytes | memoryview) -> Path:
-    """data in a new fsynced temp file beside path (`.<name>.*.tmp`), ready to be renamed over it."""
+def write_temp(path: Path, data: bytes | memoryview | Callable[[BinaryIO], None]) -> Path:
+    """data (bytes, or a function writing them to the open file) in a new fsynced temp file beside
+    path (`.<name>.*.tmp`), ready to be renamed over it."""
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as file:
-            file.write(data)
+            if callable(data):
+                data(file)
+            else:
+                file.write(data)
             file.flush()
             os.fsync(file.fileno())
     except BaseException:
@@ -212,10 +218,16 @@ def _load_index_file(collection: OpenCollection) -> None:
     """Adopt the saved index if it is whole and matches its json; otherwise leave it alone."""
     try:
         meta = json.loads((collection.directory / INDEX_META).read_bytes())
-        data = np.fromfile(collection.directory / INDEX_FILE, dtype=np.uint8)
-        if _hash(data) != meta["blake2b"]:
-            return
-        index = faiss.deserialize_index(data)
+        # Streamed from one open file, hashed then read: the index is never held twice in memory
+        # (a 1M x 384 flat index is 1.5 GB), and a file replaced meanwhile is not mixed in.
+        with open(collection.directory / INDEX_FILE, "rb") as file:
+            digest = hashlib.blake2b(digest_size=16)
+            while block := file.read(_IO_BLOCK):
+                digest.update(block)
+            if digest.hexdigest() != meta["blake2b"]:
+                return
+            file.seek(0)
+            index = faiss.read_index(faiss.PyCallbackIOReader(file.read, _IO_BLOCK))
         version, max_fid = int(meta["version"]), int(meta["max_fid"])
     except (OSError, ValueError, KeyError, TypeError, RuntimeError):
         return
@@ -224,13 +236,18 @@ def _load_index_file(collection: OpenCollection) -> None:
 
 
 def _save_index_file(collection: OpenCollection) -> None:
-    """Write the index, then the json naming its version and hash, each atomically."""
-    data = faiss.serialize_index(collection.index)
+    """Write the index, then the json naming its version and hash, each atomically. The index is
+    streamed to its file and hashed on the way (serialising it first would hold it twice)."""
+    digest = hashlib.blake2b(digest_size=16)
+
+    def fill(file: BinaryIO) -> None:
+        def chunk(data: bytes) -> None:
+            digest.update(data)
+            file.write(data)
+
+        faiss.write_index(collection.index, faiss.PyCallbackIOWriter(chunk, _IO_BLOCK))
+
+    write_atomically(collection.directory / INDEX_FILE, fill)
     meta = {"version": collection.index_version, "max_fid": collection.index_max_fid,
-            "blake2b": _hash(data), "faiss": faiss.__version__}
-    write_atomically(collection.directory / INDEX_FILE, memoryview(data))
+            "blake2b": digest.hexdigest(), "faiss": faiss.__version__}
     write_atomically(collection.directory / INDEX_META, json.dumps(meta).encode())
-
-
-def _hash(data: np.ndarray) -> str:
-    return hashlib.blake2b(memoryview(data), digest_size=16).hexdigest()

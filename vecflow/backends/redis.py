@@ -428,6 +428,8 @@ class RedisBackend(Backend):
         start = 0 if cursor is None else bisect.bisect_right(suffixes, cursor.encode("utf-8", "surrogateescape"))
         chunk = suffixes[start:start + batch_size]
         more = start + batch_size < len(suffixes)
+        if not more:
+            self._snapshots.pop(shape.prefix, None)  # the pass is over: its id list is not held on
         return self._read(name, shape, chunk), shape.record_id(chunk[-1]) if more else None
 
     @_translated

@@ -37,6 +37,7 @@ LLAMAINDEX_INFIX = "/vector"  # LlamaIndex names its default prefix `llama_index
 VECTOR_FIELDS = ("vector", "embedding", "content_vector")
 TEXT_FIELDS = ("text", "content")
 _SCAN_COUNT = 2000  # keys SCAN examines per round trip
+_COUNT_CHUNK = 10_000  # keys per array while counting distinct keys
 _GLOB = re.compile(r"([*?\[\]\\])")
 
 
@@ -214,14 +215,28 @@ def scan_keys(client: redis.Redis, prefix: str) -> Iterator[bytes]:
 
 def snapshot(client: redis.Redis, prefix: str) -> list[bytes]:
     """The sorted, distinct key suffixes (record ids as bytes) under prefix: one walk of the key
-    space. Paging through it costs O(log n + page), whatever the position."""
+    space. Paging through it costs O(log n + page), whatever the position. Sorted as a list and
+    deduplicated in order (no set of every key on the way: ~30 MB less at 1M keys)."""
     cut = len(prefix.encode())
-    return sorted({key[cut:] for key in scan_keys(client, prefix)})
+    suffixes = [key[cut:] for key in scan_keys(client, prefix)]
+    suffixes.sort()
+    return [suffix for i, suffix in enumerate(suffixes) if not i or suffix != suffixes[i - 1]]
 
 
 def count_keys(client: redis.Redis, prefix: str) -> int:
-    """How many distinct hashes are under prefix (one walk of the key space)."""
-    return len(set(scan_keys(client, prefix)))
+    """How many distinct hashes are under prefix (one walk of the key space). Counted in fixed-width
+    arrays of the key suffixes, each ending in 0x01 so that the arrays' padding with NUL bytes
+    cannot make two suffixes equal: ~15 MB at 1M keys of 12 bytes, not the ~110 MB of a set."""
+    cut = len(prefix.encode())
+    chunks, pending = [], []
+    for key in scan_keys(client, prefix):
+        pending.append(key[cut:] + b"\x01")
+        if len(pending) == _COUNT_CHUNK:
+            chunks.append(np.array(pending, dtype=bytes))
+            pending = []
+    if pending:
+        chunks.append(np.array(pending, dtype=bytes))
+    return int(np.unique(np.concatenate(chunks)).size) if chunks else 0
 
 
 def first_keys(client: redis.Redis, prefix: str, limit: int) -> list[bytes]:
