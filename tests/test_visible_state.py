@@ -30,7 +30,8 @@ def test_current_and_check_show_a_failed_attempt_until_it_is_finished(project):
     lines = project.run("current")
     assert lines[0] == "r1"
     assert lines[1].startswith("unfinished: upgrade of r2 (failed), started ")
-    assert "step 2 (set_field docs: rank = {{ 1 / 0 }}) running at 0 rows" in lines[1] and "division by zero" in lines[1]
+    assert "step 2 (set_field docs: rank = {{ 1 / 0 }}) running at 0 rows" in lines[1]
+    assert "division by zero" in lines[1]
     checked = project.cli("check", check=False)
     assert checked.returncode == 1 and "error: unfinished: upgrade of r2 (failed)" in checked.stdout
     project.write_python("r2", "r1", 'op.drop_field("docs", "author")\nop.set_field("docs", "rank", "rank * 2")')
