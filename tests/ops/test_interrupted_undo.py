@@ -1,13 +1,12 @@
 """Undoing a step that stopped part-way: `reverse_interrupted` from every interruption point.
 
 Each test runs one op as a step through the real runner and stops it at a checkpoint (the batch
-before it written, the checkpoint not: what a SIGKILL there leaves), after the op returned, inside
-a backend or snapshot call, or by a failure the op raises itself. The ops `reverse_interrupted`
+before it written, the checkpoint not: what a SIGKILL there leaves), after the op returned, inside a
+backend or snapshot call, or by a failure the op raises itself. The ops `reverse_interrupted`
 returns then run as the steps of a new attempt, on new connections as after a restart, and every
 collection of the step must have the digest (logical and native) recorded before it ran. For the
-checkpoint kills the test walks every checkpoint of the step in turn, on the same store: each undo must leave it exactly as
-it was, or the next round starts from other data and fails.
-"""
+checkpoint kills the test walks every checkpoint of the step in turn, on the same store: each undo
+must leave it exactly as it was, or the next round starts from other data and fails. """
 
 from __future__ import annotations
 
