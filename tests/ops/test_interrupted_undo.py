@@ -6,7 +6,7 @@ backend or snapshot call, or by a failure the op raises itself. The ops `reverse
 returns then run as the steps of a new attempt, on new connections as after a restart, and every
 collection of the step must have the digest (logical and native) recorded before it ran. For the
 checkpoint kills the test walks every checkpoint of the step in turn, on the same store: each undo
-must leave it exactly as it was, or the next round starts from other data and fails. """
+must leave it exactly as it was, or the next round starts from other data and fails."""
 
 from __future__ import annotations
 
