@@ -3,7 +3,7 @@
     python -m tests.bench.resume --n 100000 --dim 384 --pairs faiss-redis,redis-faiss,chroma-faiss
 
 For each pair, `python -m vecflow upgrade head` moves a fresh copy of the source (vecflow's
-defaults: batches of 500, a checkpoint per batch, verification on) and is SIGKILLed once its step
+defaults but `batch_size = 500`: a checkpoint per batch, verification on) and is SIGKILLed once its step
 has checkpointed half the records: between writing a batch and checkpointing it when the target
 can be read from outside (a FAISS target's sidecar holds more records than the checkpoint, a
 Redis target holds the next batch's last record), else half a batch's time after a checkpoint.
@@ -29,7 +29,7 @@ from tests.conftest import running_redis
 from tests.project import faiss_rows, kill_mid_batch, step_progress
 from vecflow.backends import open_backend
 
-BATCH = 500  # vecflow's default batch_size, which the benchmark projects keep
+BATCH = 500  # the batch_size this benchmark's projects set (the kill is placed by batches of it)
 REVISION = "bench0001"
 MOVES = tuple(pair for pair, (_, target) in harness.PAIRS.items() if target)
 
@@ -61,6 +61,9 @@ def ahead_of_checkpoint(run: harness.Run, target_backend: str):
 def run_pair(base: Path, pair: str, templates: dict, redis_url: str, n: int, at: float) -> dict:
     source_backend, target_backend = harness.PAIRS[pair]
     run = harness.prepare_run(base, pair, "resume", templates, redis_url)
+    ini = run.project / "vecflow.ini"
+    ini.write_text(ini.read_text(encoding="utf-8").replace("[vecflow]\n", f"[vecflow]\nbatch_size = {BATCH}\n", 1),
+                   encoding="utf-8")
     try:
         kill_mid_batch(run.project, REVISION, int(n * at), BATCH, ahead_of_checkpoint(run, target_backend))
         checkpointed, status = step_progress(run.project / ".vecflow" / "ledger.db", REVISION)
