@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import shutil
 import uuid
@@ -94,6 +95,26 @@ class ChromaSpecifics:
         """Nothing of vecflow's in any record or the collection, as the plain client sees them."""
         assert private_traces(self.plain_records(backend, name), "records") == []
         assert private_traces(self.plain_collection_metadata(backend, name), "collection") == []
+
+    def test_a_closed_connection_keeps_no_file_or_socket_open(self, connect, tmp_path):
+        def open_files() -> list[str]:
+            found = [os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")]
+            return [path for path in found if path.startswith(str(tmp_path.resolve() / "chroma"))]
+
+        def use_and_close() -> int:
+            backend = connect()
+            backend.create_collection("alpha", DIM, "l2")
+            backend.write_marker("ledger 1")
+            assert backend.read_marker() == "ledger 1"
+            backend.drop_collection("alpha")
+            backend.close()
+            assert open_files() == []  # an embedded store's files close with its last connection
+            return len(os.listdir("/proc/self/fd"))
+
+        opened = use_and_close()  # the first connection may load what the process keeps anyway
+        counts = [use_and_close() for _ in range(4)]
+        # A leak grows with every connection; chromadb's own threads may hold a descriptor a moment longer.
+        assert counts[-1] - opened < len(counts), (opened, counts)
 
     # values ----------------------------------------------------------------------------------
 
