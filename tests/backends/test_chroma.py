@@ -23,7 +23,7 @@ from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
 from llama_index.vector_stores.chroma import ChromaVectorStore
 
 from tests.backends.contract import DIM, BackendContract, make_batch, private_traces, scan_all
-from tests.conftest import free_port
+from tests.conftest import closed_port
 from vecflow.backends import open_backend
 from vecflow.backends.chroma import ChromaBackend
 from vecflow.batch import Batch
@@ -601,8 +601,8 @@ class TestChromaServer(ChromaSpecifics, BackendContract):
 
 
 def test_an_unreachable_server_is_a_one_line_backend_error():
-    url = f"http://127.0.0.1:{free_port()}"
-    with pytest.raises(BackendError) as info:
+    with closed_port() as port, pytest.raises(BackendError) as info:
+        url = f"http://127.0.0.1:{port}"
         ChromaBackend(url=url)
     message = str(info.value)
     assert message.startswith(f"cannot reach Chroma at {url}: ") and "\n" not in message
