@@ -170,8 +170,10 @@ def on_a_terminal(args: list[str], cwd: Path) -> tuple[int, str, bytes]:
     master, slave = pty.openpty()
     try:
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 200, 0, 0))
+        # Without COLUMNS and LINES (pytest-xdist's workers set 80 and 24): the terminal's size decides.
+        env = {key: value for key, value in os.environ.items() if key not in ("COLUMNS", "LINES")}
         process = subprocess.Popen(args, cwd=cwd, stdin=slave, stdout=slave, stderr=subprocess.PIPE,
-                                   env={**os.environ, "TERM": "xterm"})
+                                   env={**env, "TERM": "xterm"})
     except BaseException:
         os.close(master)
         raise

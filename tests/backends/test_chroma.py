@@ -8,6 +8,7 @@ import math
 import os
 import re
 import shutil
+import time
 import uuid
 from typing import Any
 from urllib.parse import urlparse
@@ -98,8 +99,15 @@ class ChromaSpecifics:
 
     def test_a_closed_connection_keeps_no_file_or_socket_open(self, connect, tmp_path):
         def open_files() -> list[str]:
-            found = [os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")]
-            return [path for path in found if path.startswith(str(tmp_path.resolve() / "chroma"))]
+            """The store's files the process holds open, once chromadb let go of them: it closes its
+            SQLite pool from a thread of its own, a moment (milliseconds; longer under load) after close()."""
+            deadline = time.monotonic() + 10
+            while True:
+                found = [os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")]
+                held = [path for path in found if path.startswith(str(tmp_path.resolve() / "chroma"))]
+                if not held or time.monotonic() > deadline:
+                    return held
+                time.sleep(0.01)
 
         def use_and_close() -> int:
             backend = connect()
