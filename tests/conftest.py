@@ -80,7 +80,10 @@ def _process_tree(pid: int) -> list[int]:
 
 def listens(port: int, process: subprocess.Popen) -> bool:
     """Whether `process` (or a process it started) listens on 127.0.0.1:port: another server on
-    that port (a parallel test worker's) does not count."""
+    that port (a parallel test worker's) does not count. Without /proc (not Linux): anyone listening."""
+    if not Path("/proc/net/tcp").exists():
+        with socket.socket() as sock:
+            return sock.connect_ex(("127.0.0.1", port)) == 0
     sockets = _listening_sockets(port)
     if not sockets:
         return False
