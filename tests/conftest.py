@@ -14,8 +14,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,16 +36,91 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@contextlib.contextmanager
+def closed_port() -> Iterator[int]:
+    """A loopback port where nothing listens for as long as the block runs: it stays bound to a socket
+    that never listens, so connecting is refused and no other process (another test worker's
+    server) can take it meanwhile."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+class ServerExited(RuntimeError):
+    """The server ended before it listened (most often: its port was taken after free_port())."""
+
+
+def _listening_sockets(port: int) -> set[str]:
+    """The sockets listening on a loopback TCP port, as /proc/<pid>/fd names them."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table, encoding="ascii") as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                    found.add(f"socket:[{fields[9]}]")
+    return found
+
+
+def _process_tree(pid: int) -> list[int]:
+    """pid and every process it started, and they started (a server may listen from a child)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                parents.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += parents.get(tree[-1], [])
+    return tree
+
+
+def listens(port: int, process: subprocess.Popen) -> bool:
+    """Whether `process` (or a process it started) listens on 127.0.0.1:port: another server on
+    that port (a parallel test worker's) does not count. Without /proc (not Linux): anyone listening."""
+    if not Path("/proc/net/tcp").exists():
+        with socket.socket() as sock:
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+    sockets = _listening_sockets(port)
+    if not sockets:
+        return False
+    for pid in _process_tree(process.pid):
+        with contextlib.suppress(OSError):
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in sockets for fd in os.listdir(f"/proc/{pid}/fd")):
+                return True
+    return False
+
+
 def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Wait until `process` itself listens on the port (see listens)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited early with code {process.returncode}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
+            raise ServerExited(f"server exited early with code {process.returncode}")
+        if listens(port, process):
+            return
         time.sleep(0.1)
     raise RuntimeError(f"server did not listen on 127.0.0.1:{port} within {timeout}s")
+
+
+def start_server(argv: Callable[[int], list[str]], **popen: Any) -> tuple[subprocess.Popen, int]:
+    """Start a server on a free loopback port; on another one when the port was taken between the
+    probe and the server's own bind (parallel test workers each start their own servers)."""
+    for _ in range(5):
+        port = free_port()
+        process = subprocess.Popen(argv(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen)
+        try:
+            wait_for_port(port, process)
+            return process, port
+        except ServerExited:
+            continue
+        except BaseException:
+            stop(process)
+            raise
+    raise RuntimeError(f"{argv(0)[0]} exited early five times (last code {process.returncode})")
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -62,14 +138,9 @@ def running_redis(workdir: Path) -> Iterator[str]:
     binary = shutil.which("redis-server")
     if binary is None:
         unavailable("redis-server is not installed (apt-get install -y redis-server)")
-    port = free_port()
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    process, port = start_server(lambda port: [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                               "--appendonly", "no", "--dir", str(workdir)])
     try:
-        wait_for_port(port, process)
         yield f"redis://127.0.0.1:{port}"
     finally:
         stop(process)
@@ -101,14 +172,10 @@ def chroma_url(tmp_path_factory):
     binary = shutil.which("chroma") or str(Path(sys.executable).parent / "chroma")
     if not Path(binary).exists():
         unavailable("the `chroma` server command is not installed (pip install chromadb)")
-    port = free_port()
     workdir = tmp_path_factory.mktemp("chroma-server")
-    process = subprocess.Popen(
-        [binary, "run", "--path", str(workdir / "data"), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir,
-    )
+    process, port = start_server(lambda port: [binary, "run", "--path", str(workdir / "data"), "--host", "127.0.0.1",
+                                               "--port", str(port)], cwd=workdir)
     try:
-        wait_for_port(port, process)
         yield f"http://127.0.0.1:{port}"
     finally:
         stop(process)

@@ -71,18 +71,11 @@ def running_postgres() -> Iterator[str]:
     root = Path(tempfile.mkdtemp(prefix="vecflow-pg-", dir=base))
     if user is not None:
         os.chown(root, user.pw_uid, user.pw_gid)
-    data, port = root / "data", free_port()
-    options = (f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off -c full_page_writes=off "
-               "-c synchronous_commit=off -c max_connections=100")
+    data = root / "data"
     try:
         _run_as(user, [str(folder / "initdb"), "-D", str(data), "-U", USER, "--auth=trust", "-E", "UTF8",
                        "--no-sync"], root, 120)
-        _run_as(user, [str(folder / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(data), "-l",
-                       str(root / "server.log"), "-o", options], root, 90)
-    except subprocess.CalledProcessError as exc:
-        log = (root / "server.log").read_text(errors="replace")[-2000:] if (root / "server.log").exists() else ""
-        shutil.rmtree(root, ignore_errors=True)
-        raise RuntimeError(f"PostgreSQL did not start: {exc.stderr.decode(errors='replace')}\n{log}") from exc
+        port = _start(user, folder, root, data)
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise
@@ -92,6 +85,26 @@ def running_postgres() -> Iterator[str]:
         with contextlib.suppress(subprocess.SubprocessError):
             _run_as(user, [str(folder / "pg_ctl"), "stop", "-m", "immediate", "-D", str(data)], root, 60)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _start(user: pwd.struct_passwd | None, folder: Path, root: Path, data: Path) -> int:
+    """Start the cluster on a free loopback port, on another one when that port was taken between
+    the probe and the server's bind (parallel test workers each start their own server); its port."""
+    log = root / "server.log"
+    for _ in range(5):
+        port = free_port()
+        options = (f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off -c full_page_writes=off "
+                   "-c synchronous_commit=off -c max_connections=100")
+        try:
+            _run_as(user, [str(folder / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(data), "-l", str(log),
+                           "-o", options], root, 90)
+            return port
+        except subprocess.CalledProcessError as exc:
+            text = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            if "could not bind" not in text:
+                raise RuntimeError(f"PostgreSQL did not start: {exc.stderr.decode(errors='replace')}\n{text}") from exc
+            log.unlink()
+    raise RuntimeError(f"PostgreSQL found no free port in five tries:\n{text}")
 
 
 def fresh_schema(url: str) -> str:

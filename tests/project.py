@@ -145,7 +145,8 @@ def step_progress(ledger: Path, revision: str, step_index: int = 0) -> tuple[int
     import sqlite3
 
     try:
-        with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=1) as conn:
+        # closing(): a connection's own `with` only commits, and this runs in a polling loop.
+        with contextlib.closing(sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=1)) as conn:
             return conn.execute("SELECT s.rows_done, s.status FROM steps s JOIN attempts a ON a.id = s.attempt_id "
                                 "WHERE a.revision = ? AND s.step_index = ? ORDER BY a.id DESC",
                                 [revision, step_index]).fetchone()

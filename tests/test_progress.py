@@ -3,6 +3,7 @@ order, each naming its step."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import io
 import os
@@ -13,6 +14,7 @@ import struct
 import subprocess
 import sys
 import termios
+from pathlib import Path
 
 import pytest
 
@@ -157,30 +159,53 @@ def test_quiet_goes_before_or_after_the_command(argv):
     assert build_parser().parse_args([a for a in argv if a not in ("-q", "--quiet")]).quiet is False
 
 
+def on_a_terminal(args: list[str], cwd: Path) -> tuple[int, str, bytes]:
+    """Run a command with stdin and stdout on a new pseudo-terminal (40 rows, 200 columns) and
+    stderr on a pipe; return its exit code, its stderr and everything it wrote to the terminal.
+
+    The terminal is read with poll(), not select(): a test process that holds many descriptors
+    gets a master above FD_SETSIZE (1024), which select() refuses. It stays open until the child
+    has closed its side (the read fails with EIO once every slave descriptor is gone): closing it
+    earlier hangs the terminal up, and the child's next write fails with EIO."""
+    master, slave = pty.openpty()
+    try:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 200, 0, 0))
+        # Without COLUMNS and LINES (pytest-xdist's workers set 80 and 24): the terminal's size decides.
+        env = {key: value for key, value in os.environ.items() if key not in ("COLUMNS", "LINES")}
+        process = subprocess.Popen(args, cwd=cwd, stdin=slave, stdout=slave, stderr=subprocess.PIPE,
+                                   env={**env, "TERM": "xterm"})
+    except BaseException:
+        os.close(master)
+        raise
+    finally:
+        os.close(slave)
+    output = b""
+    try:
+        terminal = select.poll()
+        terminal.register(master, select.POLLIN)
+        while True:
+            assert terminal.poll(120_000), f"no output for 120 s: {output.decode(errors='replace')}"
+            try:
+                chunk = os.read(master, 65536)
+            except OSError as exc:
+                if exc.errno != errno.EIO:
+                    raise
+                break  # the child closed the terminal: everything it wrote has been read
+            if not chunk:
+                break
+            output += chunk
+        code = process.wait(60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(master)
+    return code, process.stderr.read().decode(errors="replace"), output
+
+
 def test_a_terminal_gets_a_live_bar(project):
     project.write_python("r2", "r1", "pass")
-    for attempt in range(3):  # a pty can drop the child's terminal under load (EIO): try again
-        master, slave = pty.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 200, 0, 0))  # 40 rows, 200 columns
-        # stderr to a pipe: an error line is kept even when the terminal's last output is lost on exit.
-        process = subprocess.Popen([sys.executable, "-m", "vecflow", "upgrade", "head"], cwd=project.root,
-                                   stdin=slave, stdout=slave, stderr=subprocess.PIPE, env={**os.environ, "TERM": "xterm"})
-        os.close(slave)
-        output = b""
-        try:
-            while select.select([master], [], [], 120)[0]:
-                try:
-                    chunk = os.read(master, 65536)
-                except OSError:  # the child closed the terminal
-                    break
-                if not chunk:
-                    break
-                output += chunk
-        finally:
-            os.close(master)
-            code, errors = process.wait(60), process.stderr.read().decode(errors="replace")
-        if code == 0 or "Input/output error" not in errors or attempt == 2:
-            break
+    code, errors, output = on_a_terminal([sys.executable, "-m", "vecflow", "upgrade", "head"], project.root)
     assert code == 0, (errors, output.decode(errors="replace"))
     text = output.decode()
     assert "\x1b[2K" in text  # redrawn in place, and erased when the step ends

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import shutil
+import time
 import uuid
 from typing import Any
 from urllib.parse import urlparse
@@ -22,7 +24,7 @@ from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
 from llama_index.vector_stores.chroma import ChromaVectorStore
 
 from tests.backends.contract import DIM, BackendContract, make_batch, private_traces, scan_all
-from tests.conftest import free_port
+from tests.conftest import closed_port
 from vecflow.backends import open_backend
 from vecflow.backends.chroma import ChromaBackend
 from vecflow.batch import Batch
@@ -94,6 +96,33 @@ class ChromaSpecifics:
         """Nothing of vecflow's in any record or the collection, as the plain client sees them."""
         assert private_traces(self.plain_records(backend, name), "records") == []
         assert private_traces(self.plain_collection_metadata(backend, name), "collection") == []
+
+    def test_a_closed_connection_keeps_no_file_or_socket_open(self, connect, tmp_path):
+        def open_files() -> list[str]:
+            """The store's files the process holds open, once chromadb let go of them: it closes its
+            SQLite pool from a thread of its own, a moment (milliseconds; longer under load) after close()."""
+            deadline = time.monotonic() + 10
+            while True:
+                found = [os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")]
+                held = [path for path in found if path.startswith(str(tmp_path.resolve() / "chroma"))]
+                if not held or time.monotonic() > deadline:
+                    return held
+                time.sleep(0.01)
+
+        def use_and_close() -> int:
+            backend = connect()
+            backend.create_collection("alpha", DIM, "l2")
+            backend.write_marker("ledger 1")
+            assert backend.read_marker() == "ledger 1"
+            backend.drop_collection("alpha")
+            backend.close()
+            assert open_files() == []  # an embedded store's files close with its last connection
+            return len(os.listdir("/proc/self/fd"))
+
+        opened = use_and_close()  # the first connection may load what the process keeps anyway
+        counts = [use_and_close() for _ in range(4)]
+        # A leak grows with every connection; chromadb's own threads may hold a descriptor a moment longer.
+        assert counts[-1] - opened < len(counts), (opened, counts)
 
     # values ----------------------------------------------------------------------------------
 
@@ -582,8 +611,8 @@ class TestChromaServer(ChromaSpecifics, BackendContract):
 
 
 def test_an_unreachable_server_is_a_one_line_backend_error():
-    url = f"http://127.0.0.1:{free_port()}"
-    with pytest.raises(BackendError) as info:
+    with closed_port() as port, pytest.raises(BackendError) as info:
+        url = f"http://127.0.0.1:{port}"
         ChromaBackend(url=url)
     message = str(info.value)
     assert message.startswith(f"cannot reach Chroma at {url}: ") and "\n" not in message

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from tests.backends.contract import BackendContract, make_batch
-from tests.conftest import free_port
+from tests.conftest import closed_port
 from vecflow.backends import open_backend, redis_schema
 from vecflow.backends import redis as redis_module
 from vecflow.backends.redis import RedisBackend
@@ -471,16 +471,16 @@ def test_the_state_scope_tells_key_prefixes_and_databases_apart(redis_url):
 
 
 def test_a_closed_port_gives_a_one_line_backend_error():
-    url = f"redis://127.0.0.1:{free_port()}"
-    with pytest.raises(BackendError) as caught:
+    with closed_port() as port, pytest.raises(BackendError) as caught:
+        url = f"redis://127.0.0.1:{port}"
         RedisBackend(url)
     message = str(caught.value)
     assert url in message and "\n" not in message
 
 
 def test_errors_do_not_show_the_password():
-    with pytest.raises(BackendError) as caught:
-        RedisBackend(f"redis://user:s3cret@127.0.0.1:{free_port()}")
+    with closed_port() as port, pytest.raises(BackendError) as caught:
+        RedisBackend(f"redis://user:s3cret@127.0.0.1:{port}")
     assert "s3cret" not in str(caught.value) and "user:***@" in str(caught.value)
 
 

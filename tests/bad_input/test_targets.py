@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import closed_port
 
 ADD = 'op.add_field("docs", "x", default=1)'
 
@@ -46,14 +46,10 @@ def test_a_target_that_resolves_to_nothing_or_too_much_is_refused(project, setup
     assert sorted(project.versions.iterdir()) == files
 
 
-def closed_port() -> int:
-    return free_port()  # nothing listens there once the probe socket is closed
-
-
 DOWN = {
-    "redis": lambda: {"backend": "redis", "url": f"redis://127.0.0.1:{closed_port()}"},
-    "chroma": lambda: {"backend": "chroma", "url": f"http://127.0.0.1:{closed_port()}"},
-    "qdrant": lambda: {"backend": "qdrant", "url": f"http://127.0.0.1:{closed_port()}"},
+    "redis": lambda port: {"backend": "redis", "url": f"redis://127.0.0.1:{port}"},
+    "chroma": lambda port: {"backend": "chroma", "url": f"http://127.0.0.1:{port}"},
+    "qdrant": lambda port: {"backend": "qdrant", "url": f"http://127.0.0.1:{port}"},
 }
 
 
@@ -64,10 +60,11 @@ def add_store(project, name: str, options: dict[str, str]) -> None:
 
 @pytest.mark.parametrize("kind", DOWN.keys())
 def test_a_store_that_is_down_is_refused_in_one_line(project, kind):
-    options = DOWN[kind]()
-    add_store(project, "remote", options)
-    project.revision("a1", 'op.create_collection("remote:more", dim=4)')
-    project.fails("-x", "retries=0", "upgrade", "head", expect=options["url"].split("//")[1])
+    with closed_port() as port:
+        options = DOWN[kind](port)
+        add_store(project, "remote", options)
+        project.revision("a1", 'op.create_collection("remote:more", dim=4)')
+        project.fails("-x", "retries=0", "upgrade", "head", expect=options["url"].split("//")[1])
 
 
 def test_a_store_missing_from_vecflow_ini_in_a_later_revision_stops_before_the_first_write(project):
@@ -78,11 +75,12 @@ def test_a_store_missing_from_vecflow_ini_in_a_later_revision_stops_before_the_f
 
 
 def test_a_store_that_is_down_in_a_later_revision_stops_before_the_first_write(project):
-    url = DOWN["redis"]()["url"]
-    add_store(project, "remote", {"backend": "redis", "url": url})
-    project.revision("a1", ADD)
-    project.revision("a2", 'op.copy_collection("docs", "remote:docs")', down="a1")
-    project.fails("-x", "retries=0", "upgrade", "head", expect=url.split("//")[1])
+    with closed_port() as port:
+        url = DOWN["redis"](port)["url"]
+        add_store(project, "remote", {"backend": "redis", "url": url})
+        project.revision("a1", ADD)
+        project.revision("a2", 'op.copy_collection("docs", "remote:docs")', down="a1")
+        project.fails("-x", "retries=0", "upgrade", "head", expect=url.split("//")[1])
     assert project.attempts("a1") == []
 
 

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -23,7 +24,7 @@ import numpy as np
 import pytest
 import redis
 
-from tests.conftest import free_port, stop, unavailable, wait_for_port
+from tests.conftest import start_server, stop, unavailable, wait_for_port
 from tests.project import Project, step_progress
 from vecflow.backends.faiss import FaissBackend
 from vecflow.backends.retry import BASE_SECONDS, RetryPolicy, is_transient
@@ -271,14 +272,18 @@ def test_a_primitive_that_calls_public_methods_is_retried_once_not_at_every_leve
 # real servers killed in the middle of a move ---------------------------------------------------
 
 class Server:
-    """A server on a fixed loopback port that a test can SIGKILL and start again."""
+    """A server on a loopback port of its own that a test can SIGKILL and start again on that port."""
 
-    def __init__(self, argv: list[str], port: int, cwd: Path) -> None:
-        self.argv, self.port, self.cwd = argv, port, cwd
+    def __init__(self, argv: Callable[[int], list[str]], cwd: Path) -> None:
+        self.argv, self.cwd = argv, cwd
+        self.port: int | None = None
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.argv, cwd=self.cwd, stdout=subprocess.DEVNULL,
+        if self.port is None:  # the first start picks the port
+            self.process, self.port = start_server(self.argv, cwd=self.cwd)
+            return
+        self.process = subprocess.Popen(self.argv(self.port), cwd=self.cwd, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
         wait_for_port(self.port, self.process)
 
@@ -300,21 +305,24 @@ def servers():
 
     def make(kind: str, folder: Path, persistent: bool = True) -> Server:
         folder.mkdir(parents=True, exist_ok=True)
-        port = free_port()
         if kind == "redis":
             binary = shutil.which("redis-server")
             if binary is None:
                 unavailable("redis-server is not installed (apt-get install -y redis-server)")
             durability = (["--appendonly", "yes", "--appendfsync", "always"] if persistent
                           else ["--appendonly", "no"])
-            argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", *durability,
-                    "--dir", str(folder)]
+
+            def argv(port: int) -> list[str]:
+                return [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", *durability,
+                        "--dir", str(folder)]
         else:
             binary = shutil.which("chroma") or str(Path(sys.executable).parent / "chroma")
             if not Path(binary).exists():
                 unavailable("the `chroma` server command is not installed (pip install chromadb)")
-            argv = [binary, "run", "--path", str(folder / "data"), "--host", "127.0.0.1", "--port", str(port)]
-        server = Server(argv, port, folder)
+
+            def argv(port: int) -> list[str]:
+                return [binary, "run", "--path", str(folder / "data"), "--host", "127.0.0.1", "--port", str(port)]
+        server = Server(argv, folder)
         started.append(server)
         server.start()
         return server

@@ -41,7 +41,7 @@ from vecflow.backends import chroma_order as order
 from vecflow.backends import chroma_values as values
 from vecflow.backends import exact, journal
 from vecflow.backends.base import Backend, CollectionInfo, Hit, NativePage
-from vecflow.backends.chroma_connect import FAILURES, connect, damage, location, read_marker, write_marker
+from vecflow.backends.chroma_connect import FAILURES, connect, damage, location, read_marker, release, write_marker
 from vecflow.backends.helpers import one_line
 from vecflow.batch import Batch
 from vecflow.errors import (
@@ -152,7 +152,7 @@ class ChromaBackend(Backend):
         self._opened.clear()
         self._ready.clear()
         if client is not None:
-            client.close()
+            release(client)
         if self._copy is not None:
             shutil.rmtree(self._copy, ignore_errors=True)
             self._copy = None

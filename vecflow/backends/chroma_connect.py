@@ -18,13 +18,16 @@ it when it first uses a collection and stops with `DamagedStoreError`, which is 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlparse
 
 import chromadb
 import httpx
+from chromadb.api.client import Client, SharedSystemClient
 from chromadb.errors import ChromaError
 
 from vecflow.backends.helpers import one_line, redacted, root_cause
@@ -77,7 +80,7 @@ def connect(path: str | None, url: str | None, tenant: str | None, database: str
         raise
     except FAILURES as exc:
         if client is not None:
-            client.close()
+            release(client)
         root = root_cause(exc)
         if url and isinstance(root, (httpx.TransportError, OSError)):
             raise BackendError(f"cannot reach Chroma at {redacted(url)}: {one_line(root)}") from exc
@@ -119,17 +122,46 @@ _MARKER_KEY = "vecflow_marker"
 
 def _marker_client(client: Any, create: bool) -> Any | None:
     tenant = client.tenant
+    with _admin(client) as admin:
+        try:
+            admin.get_database(MARKER_DATABASE, tenant=tenant)
+        except ChromaError:
+            if not create:
+                return None
+            try:
+                admin.create_database(MARKER_DATABASE, tenant=tenant)
+            except ChromaError:  # another runner created it a moment ago
+                admin.get_database(MARKER_DATABASE, tenant=tenant)
+    return chromadb.Client(client.get_settings(), tenant=tenant, database=MARKER_DATABASE)
+
+
+@contextlib.contextmanager
+def _admin(client: Any) -> Iterator[Any]:
+    """An AdminClient on the client's settings, released after use (see release)."""
     admin = chromadb.AdminClient(client.get_settings())
     try:
-        admin.get_database(MARKER_DATABASE, tenant=tenant)
-    except ChromaError:
-        if not create:
-            return None
-        try:
-            admin.create_database(MARKER_DATABASE, tenant=tenant)
-        except ChromaError:  # another runner created it a moment ago
-            admin.get_database(MARKER_DATABASE, tenant=tenant)
-    return chromadb.Client(client.get_settings(), tenant=tenant, database=MARKER_DATABASE)
+        yield admin
+    finally:
+        release(admin)
+
+
+def release(client: Any) -> None:
+    """Close a chromadb Client or AdminClient for good. chromadb 1.5.9's AdminClient has no close()
+    and holds a reference to the shared system of its settings, which keeps an embedded store's files
+    open after its last client closed (a later connection then reads stale state); and close() stops a
+    server client's systems but leaves their httpx connection pools open and the systems referenced
+    (chroma-core/chroma#2702), so each connection to a server would keep its sockets for the life of
+    the process."""
+    servers = [client._server]
+    if isinstance(client, Client):
+        servers.append(client._admin_client._server)
+        client.close()
+    else:
+        SharedSystemClient._release_system(client._identifier)
+    for server in servers:
+        session = getattr(server, "_session", None)  # a server's HTTP API; an embedded store has none
+        if session is not None:
+            session.close()
 
 
 def _marker_collection(client: Any) -> str:
@@ -144,7 +176,7 @@ def read_marker(client: Any) -> str | None:
         found = [c for c in marker.list_collections() if c.name == _marker_collection(client)]
         return (found[0].metadata or {}).get(_MARKER_KEY) if found else None
     finally:
-        marker.close()
+        release(marker)
 
 
 def write_marker(client: Any, text: str) -> None:
@@ -153,4 +185,4 @@ def write_marker(client: Any, text: str) -> None:
         collection = marker.get_or_create_collection(_marker_collection(client), embedding_function=None)
         collection.modify(metadata={_MARKER_KEY: text})
     finally:
-        marker.close()
+        release(marker)
