@@ -211,8 +211,9 @@ def test_a_terminal_gets_a_live_bar(project):
     assert "\x1b[2K" in text  # redrawn in place, and erased when the step ends
     plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)  # without colours and cursor moves
     frames = re.split(r"[\r\n]", plain)
-    assert any(re.fullmatch(rf"\[1/1\] create_collection docs \(dim of the data, cosine\) from data/docs\.jsonl +[━╸╺]+ "
-                            rf"\d+/{N} records \d+ records/s ETA \d+ s *", frame) for frame in frames), plain
+    bar = (rf"\[1/1\] create_collection docs \(dim of the data, cosine\) from data/docs\.jsonl +[━╸╺]+ "
+           rf"\d+/{N} records \d+ records/s ETA \d+ s *")
+    assert any(re.fullmatch(bar, frame) for frame in frames), plain
     # The step's own line once its bar is gone.
     assert any(re.fullmatch(rf"  \[1/1\] create_collection docs .*: {N} rows, .* s \(digests .* s\)", frame)
                for frame in frames), frames
