@@ -350,7 +350,7 @@ def test_name_reads_the_named_section_instead_of_vecflow_with_its_own_ledger(tmp
     default = load_config(ini)
     assert default.batch_size == 50 and default.ledger == tmp_path / ".vecflow" / "ledger.db"
     staging = load_config(ini, name="staging")
-    assert staging.batch_size == 500  # nothing is inherited from [vecflow]
+    assert staging.batch_size is None  # nothing is inherited from [vecflow]: the adapters choose
     assert staging.default_store == "other" and staging.script_location == tmp_path / "staging_versions"
     assert staging.ledger == tmp_path / ".vecflow" / "staging" / "ledger.db"
     assert load_config(ini, name="ci").ledger == tmp_path / "ci" / "ledger.db"
