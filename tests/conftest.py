@@ -181,19 +181,26 @@ def chroma_url(tmp_path_factory):
         stop(process)
 
 
-@pytest.fixture
-def fast_tmp_path(tmp_path):
-    """A scratch folder on tmpfs when the machine has one: fsync is free there, which spares the
-    heavy tests Qdrant local mode's commit per point. Durability is not what those tests check."""
+@contextlib.contextmanager
+def tmpfs_folder(fallback: Path, prefix: str = "vecflow-test-") -> Iterator[Path]:
+    """A scratch folder on tmpfs (removed afterwards) when the machine has one, else fallback."""
     shm = Path("/dev/shm")
     if not shm.is_dir() or not os.access(shm, os.W_OK):
-        yield tmp_path
+        yield fallback
         return
-    folder = Path(tempfile.mkdtemp(prefix="vecflow-test-", dir=shm))
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=shm))
     try:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def fast_tmp_path(tmp_path):
+    """A scratch folder on tmpfs when the machine has one: fsync is free there, which spares the
+    heavy tests Qdrant local mode's commit per point. Durability is not what those tests check."""
+    with tmpfs_folder(tmp_path) as folder:
+        yield folder
 
 
 BACKENDS = ["chroma", "faiss", "redis", "qdrant", "files"]

@@ -17,7 +17,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import tmpfs_folder
 from tests.project import REPO, Project
 from vecflow.backends.faiss import FaissBackend
 from vecflow.batch import Batch
@@ -48,15 +48,8 @@ def record_id(i: int) -> str:
 @pytest.fixture(scope="module")
 def scale_tmp(tmp_path_factory) -> Iterator[Path]:
     """Module-wide scratch on tmpfs when the machine has one (as fast_tmp_path, for the module)."""
-    shm = Path("/dev/shm")
-    if not shm.is_dir() or not shm.stat().st_mode & 0o200:
-        yield tmp_path_factory.mktemp("scale")
-        return
-    folder = Path(tempfile.mkdtemp(prefix="vecflow-scale-", dir=shm))
-    try:
+    with tmpfs_folder(tmp_path_factory.mktemp("scale"), prefix="vecflow-scale-") as folder:
         yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @dataclass

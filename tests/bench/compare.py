@@ -74,13 +74,7 @@ def scratch(workdir: str | None) -> Path:
 def run_native(base: Path, pair: str, tag: str, templates: dict, n: int, dim: int, keep: bool) -> dict:
     run = harness.prepare_run(base, pair, tag, templates)
     try:
-        result = harness.measure(harness.native_command(run, dim), run.folder, harness.repo_env())
-        if result.returncode != 0:
-            raise SystemExit(f"native {pair} failed:\n{result.stderr}")
-        inner = json.loads(result.stdout.strip().splitlines()[-1])
-        if inner["records"] != n:
-            raise SystemExit(f"native {pair} moved {inner['records']} records, expected {n}")
-        return {**result.to_dict(), "inner_seconds": inner["seconds"], "records": inner["records"]}
+        return harness.run_native_loop(run, pair, n, dim)
     finally:
         harness.finish_run(run, keep)
 

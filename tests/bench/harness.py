@@ -154,6 +154,27 @@ def native_command(run: Run, dim: int) -> list[str]:
             str(dim)]
 
 
+def run_native_loop(run: Run, pair: str, n: int, dim: int) -> dict:
+    """tests/bench/native.py over a prepared run: its measurement, the loop's own seconds and the
+    records it moved (SystemExit when it failed or moved another number)."""
+    result = measure(native_command(run, dim), run.folder, repo_env())
+    if result.returncode != 0:
+        raise SystemExit(f"native {pair} failed:\n{result.stderr}")
+    inner = json.loads(result.stdout.strip().splitlines()[-1])
+    if inner["records"] != n:
+        raise SystemExit(f"native {pair} moved {inner['records']} records, expected {n}")
+    return {**result.to_dict(), "inner_seconds": inner["seconds"], "records": inner["records"]}
+
+
+def write_result(result: dict, out: str, base: Path, workdir: str | None) -> None:
+    """A benchmark's last act, errors or not: the end load, the JSON result, and the scratch
+    folder removed unless the user named it (--workdir)."""
+    result["machine"]["loadavg_end"] = os.getloadavg()
+    Path(out).write_text(json.dumps(result, indent=1), encoding="utf-8")
+    if not workdir:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def vecflow_command() -> list[str]:
     return [sys.executable, "-m", "vecflow", "upgrade", "head"]
 

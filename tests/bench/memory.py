@@ -42,13 +42,7 @@ def run_side(side: str, base: Path, pair: str, tag: str, templates: dict, redis_
     run = harness.prepare_run(base, pair, tag, templates, redis_url)
     try:
         if side == "native":
-            result = harness.measure(harness.native_command(run, dim), run.folder, harness.repo_env())
-            if result.returncode != 0:
-                raise SystemExit(f"native {pair} failed:\n{result.stderr}")
-            inner = json.loads(result.stdout.strip().splitlines()[-1])
-            if inner["records"] != n:
-                raise SystemExit(f"native {pair} moved {inner['records']} records, expected {n}")
-            return {**result.to_dict(), "inner_seconds": inner["seconds"]}
+            return harness.run_native_loop(run, pair, n, dim)
         report = run.folder / "counted.json"
         command = ([sys.executable, "-m", "tests.bench.counted", str(report), "upgrade", "head"] if phases
                    else harness.vecflow_command())
@@ -145,10 +139,7 @@ def main(argv: list[str] | None = None) -> None:
                     _forget_template(base, source, n, args.dim, templates.pop(source))
                     Path(args.out).write_text(json.dumps(result, indent=1), encoding="utf-8")
     finally:
-        result["machine"]["loadavg_end"] = os.getloadavg()
-        Path(args.out).write_text(json.dumps(result, indent=1), encoding="utf-8")
-        if not args.workdir:
-            shutil.rmtree(base, ignore_errors=True)
+        harness.write_result(result, args.out, base, args.workdir)
     print()
     print(table(result["summary"]))
     print(f"\nwritten to {args.out}")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -115,10 +114,7 @@ def main(argv: list[str] | None = None) -> None:
                       flush=True)
                 Path(args.out).write_text(json.dumps(result, indent=1), encoding="utf-8")
     finally:
-        result["machine"]["loadavg_end"] = os.getloadavg()
-        Path(args.out).write_text(json.dumps(result, indent=1), encoding="utf-8")
-        if not args.workdir:
-            shutil.rmtree(base, ignore_errors=True)
+        harness.write_result(result, args.out, base, args.workdir)
     print(f"\nwritten to {args.out}")
 
 
