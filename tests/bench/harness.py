@@ -193,6 +193,8 @@ def ledger_timings(project: Path) -> dict:
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
         conn.row_factory = sqlite3.Row
         attempt = conn.execute("SELECT * FROM attempts ORDER BY id DESC LIMIT 1").fetchone()
+        if attempt is None:
+            return {}  # refused before its first attempt (the caller reports the output)
         steps = conn.execute("SELECT * FROM steps WHERE attempt_id = ? ORDER BY step_index", [attempt["id"]]).fetchall()
     return {
         "attempt_seconds": _seconds(attempt["started_at"], attempt["finished_at"]),

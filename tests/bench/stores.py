@@ -75,11 +75,15 @@ def clone(template: Path | str, backend: str, into: Path, run_prefix: str) -> di
 
 
 def forget_redis_prefix(url: str, prefix: str) -> None:
-    """Remove every key of one run (whatever is left of its source)."""
+    """Remove every key of one run (whatever is left of its source), and the store marker its
+    ledger left (which would make the next run's ledger refuse the store)."""
     import redis
+
+    from vecflow.backends.redis import MARKER_KEY
 
     client = redis.Redis.from_url(url)
     try:
+        client.unlink(f"{MARKER_KEY}{prefix}")
         keys = list(client.scan_iter(match=f"{prefix}*", count=2000))
         for start in range(0, len(keys), 1000):
             client.unlink(*keys[start:start + 1000])
