@@ -148,3 +148,24 @@ def test_digests_that_differ_come_with_the_records_and_parts_that_differ(stores)
     assert "digests differ" in problems and "vectors differ" not in problems
     assert "1 documents differ from the source's (e.g. ['r00007'])" in problems
     assert "1 records' metadata differ from the source's (e.g. ['r00500'])" in problems
+
+
+def test_a_copy_verified_in_the_run_that_copied_it_draws_its_queries_once(fast_tmp_path, monkeypatch):
+    """The ground truth the copy loop fed is the one verification uses: the queries are not drawn
+    from the source a second time (a sample read and a get by id), and the recall is the same as
+    from the truth saved in the step's state."""
+    from vecflow.operations import moves
+
+    project = Project(fast_tmp_path / "project", {"path": str(fast_tmp_path / "chroma")},
+                      extra_stores={"faiss": ("faiss", {"path": str(fast_tmp_path / "faiss")})})
+    backend = ChromaBackend(path=str(fast_tmp_path / "chroma"))
+    try:
+        fill(backend, "docs", random_batch(1000))
+    finally:
+        backend.close()
+    drawn, original = [], moves.parity_truth
+    monkeypatch.setattr(moves, "parity_truth", lambda *args: drawn.append(args) or original(*args))
+    project.write_python("m1", None, 'op.copy_collection("main:docs", "faiss:docs", parity_queries=10)')
+    verified = [line for line in project.run("upgrade", "head") if "verified faiss:docs" in line]
+    assert len(drawn) == 1
+    assert verified and "recall@10 target 1.000" in verified[0] and "over 10 queries" in verified[0]

@@ -19,7 +19,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
 from vecflow.backends import Backend
 from vecflow.backends.base import NativePage, gathered
@@ -62,6 +62,9 @@ class CopyCollectionOp(Op):
     target_metric: Literal["cosine", "l2", "ip"] | None = None
     # Read the source in this layout instead of the detected one.
     layout: str | None = None
+    # The ground truth this run's copy loop fed, for its verification (None: restore it from the
+    # step state, drawing the queries from the source again).
+    _fed_truth: GroundTruth | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _distinct(self) -> CopyCollectionOp:
@@ -204,6 +207,7 @@ class CopyCollectionOp(Op):
                     self._record_source_digest(ctx, source, source_name, side)
                 ctx.save(len(batch), copy_cursor=cursor, copied=cursor is None, source_side=side.to_dict(),
                          **({PARITY_TRUTH: truth.to_state()} if truth is not None else {}))
+        self._fed_truth = truth
 
     @staticmethod
     def _source_pages(source: Backend, source_name: str, target: Backend,
@@ -225,6 +229,16 @@ class CopyCollectionOp(Op):
         if truth is not None and ctx.state.get("copy_cursor"):
             truth.restore(ctx.state[PARITY_TRUTH])
         return truth
+
+    def _verified_truth(self, ctx: StepContext, source: Backend, source_name: str) -> GroundTruth | None:
+        """The ground truth the copy loop fed: as this run's loop left it, or restored from the step
+        state (the queries drawn again) when the copy ran in an earlier run."""
+        if PARITY_TRUTH not in ctx.state:
+            return None
+        if self._fed_truth is not None:
+            return self._fed_truth
+        truth = parity_truth(source, source_name, self.parity_queries)
+        return truth.restore(ctx.state[PARITY_TRUTH]) if truth is not None else None
 
     def digested_while_running(self) -> list[str]:
         # Read through another layout (layout=), the copy's digest is not the runner's.
@@ -276,9 +290,7 @@ class CopyCollectionOp(Op):
         if ctx.resumed:
             self.ensure_target_kept(ctx, target, target_name, written)
         retried = target.retried_calls
-        truth = parity_truth(source, source_name, self.parity_queries) if PARITY_TRUTH in ctx.state else None
-        if truth is not None:
-            truth.restore(ctx.state[PARITY_TRUTH])
+        truth = self._verified_truth(ctx, source, source_name)
         report = verify_copy(source, source_name, target, target_name, batch_size=ctx.batch_size,
                              queries=self.parity_queries, threshold=self.parity_threshold,
                              source_side=SideDigest.from_dict(side) if side else None, truth=truth,
