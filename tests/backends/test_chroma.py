@@ -340,6 +340,35 @@ class ChromaSpecifics:
         raw = backend.client.get_collection("beta").get(include=["metadatas"])["metadatas"]
         assert raw == [{"n": 1}, None, {"n": 2}, None]
 
+    @pytest.mark.parametrize("after_the_pass", ["nothing", "a write", "a pass from the middle"])
+    def test_a_drop_after_a_whole_pass_deletes_the_list_holders_it_found(self, backend, connect, monkeypatch,
+                                                                          after_the_pass):
+        # A move reads its source whole just before dropping it: the pass notes which records hold
+        # lists, so the drop need not read every record's metadata again (chroma_lists.py).
+        backend.create_collection("alpha", 2, "l2")
+        backend.upsert("alpha", Batch([f"r{i}" for i in range(7)], np.ones((7, 2), np.float32), [None] * 7,
+                                      [{"n": 0}, {"tags": ["x"]}, {}, {"n": 3}, {}, {"years": [1, 2]}, {"n": 6}]))
+        pages = list(backend.native_pages("alpha", 2))
+        if after_the_pass == "a write":
+            backend.upsert("alpha", Batch(["r2"], np.ones((1, 2), np.float32), [None], [{"late": ["y"]}]))
+        dropping = backend
+        if after_the_pass == "a pass from the middle":
+            dropping = connect()  # a new connection knows only the pass it made
+            list(dropping.native_pages("alpha", 2, pages[0][1]))
+        metadata_reads = []
+        get = Collection.get
+        monkeypatch.setattr(Collection, "get", lambda self, *args, **kwargs: metadata_reads.append(
+            kwargs.get("include")) or get(self, *args, **kwargs))
+        dropping.drop_collection("alpha")
+        monkeypatch.undo()
+        assert bool([include for include in metadata_reads if include]) == (after_the_pass != "nothing")
+        backend.create_collection("beta", 2, "l2")
+        backend.upsert("beta", Batch(["e", "f", "g"], np.ones((3, 2), np.float32), [None] * 3, [{"n": 1}, {}, {}]))
+        raw = backend.client.get_collection("beta").get(include=["metadatas"])["metadatas"]
+        assert raw == [{"n": 1}, None, None]
+        if dropping is not backend:
+            dropping.close()
+
     def test_describe_infers_shape_of_collections_created_elsewhere(self, backend):
         raw = backend.client.create_collection("foreign", embedding_function=None,
                                                metadata={"hnsw:space": "ip", "owner": "app"})

@@ -42,6 +42,7 @@ from vecflow.backends import chroma_values as values
 from vecflow.backends import exact, journal
 from vecflow.backends.base import Backend, CollectionInfo, Hit, NativePage
 from vecflow.backends.chroma_connect import FAILURES, connect, damage, location, read_marker, release, write_marker
+from vecflow.backends.chroma_lists import ListHolders, holds_list
 from vecflow.backends.helpers import one_line
 from vecflow.batch import Batch
 from vecflow.errors import (
@@ -94,6 +95,7 @@ class ChromaBackend(Backend):
                  database: str | None = None, headers: dict[str, str] | str | None = None) -> None:
         self._client: Any = None
         self._ids: dict[Any, list[str]] = {}  # sorted ids per collection uuid, for scans
+        self._lists = ListHolders()  # records holding list values, for drops
         self._opened: dict[str, Any] = {}  # the collection each existence check opened
         self._ready: set[str] = set()  # scopes this connection checked and repaired
         # Collections chromadb showed damaged (see chroma_connect.py): nothing but a drop reaches
@@ -201,15 +203,20 @@ class ChromaBackend(Backend):
                 # them to records written later, in any collection (chroma-core/chroma#7594);
                 # deleting those records first does not. Only records holding a list need it, and
                 # deleting every record made a move's drop take longer than its copy.
-                for chunk in _chunks(collection.get(include=[])["ids"], self._max_batch):
-                    if listed := _holding_lists(collection, chunk):
-                        collection.delete(ids=listed)
+                # A whole pass over the collection (a move's copy) may have found them already.
+                listed = self._lists.found(collection.id)
+                if listed is None:
+                    listed = {rid for chunk in _chunks(collection.get(include=[])["ids"], self._max_batch)
+                              for rid in _holding_lists(collection, chunk)}
+                for chunk in _chunks(sorted(listed), self._max_batch):
+                    collection.delete(ids=chunk)
         except DamagedStoreError:
             pass  # a damaged collection can still be dropped whole: its way out
         with self._errors(f"dropping collection {name!r}"):
             self._api.delete_collection(name)
         self._damaged.pop(name, None)
         self._ids.pop(collection.id, None)
+        self._lists.written(collection.id)
         self._opened.pop(name, None)
 
     def _rename_collection(self, old: str, new: str) -> bool:
@@ -261,8 +268,10 @@ class ChromaBackend(Backend):
         ids = self._sorted_ids(collection, refresh=cursor is None)
         start = 0 if cursor is None else bisect.bisect_right(ids, _decode_cursor(name, cursor))
         wanted = ids[start:start + batch_size]
-        more = start + batch_size < len(ids)
-        return self._read(collection, name, wanted), (json.dumps([wanted[-1]], ensure_ascii=False) if more else None)
+        after = json.dumps([wanted[-1]], ensure_ascii=False) if start + batch_size < len(ids) else None
+        page = self._read(collection, name, wanted)
+        self._lists.page_read(collection.id, cursor, zip(page.native_ids, (n.fields for n in page.natives)), after)
+        return page, after
 
     def _sample_natives(self, name: str, limit: int) -> list[tuple[str, Native]]:
         with self._errors(f"reading collection {name!r}"):
@@ -360,6 +369,7 @@ class ChromaBackend(Backend):
     def _write(self, collection: Any, name: str, plan: _Write, cosine: bool) -> None:
         """One chunk, between its write intents and their end (see the module docstring)."""
         ids, scope = plan.batch.ids, self.scope(name)
+        self._lists.written(collection.id)
         journal.begin_upsert(self.state, scope, plan.batch)
         with self._interrupted(scope):
             with self._ends_if_refused(scope, ids), self._errors(f"upsert into collection {name!r}"):
@@ -385,6 +395,7 @@ class ChromaBackend(Backend):
         """Metadata-only writes (Chroma's `update`) of the keys that change: vectors, documents
         and every other part of the native record are not touched."""
         collection, layout = self._collection(name), self._layout(name)
+        self._lists.written(collection.id)
         wanted = dict(zip(ids, metadatas))
         planned: list[tuple[str, values.Encoded]] = []  # all of them first: refused before writing
         orders: dict[str, bytes | None] = {}
@@ -445,6 +456,7 @@ class ChromaBackend(Backend):
 
     def _delete(self, name: str, ids: list[str]) -> None:
         collection = self._collection(name)
+        self._lists.written(collection.id)
         with self._errors(f"deleting from collection {name!r}"):
             for chunk in _chunks(ids, self._max_batch):
                 collection.delete(ids=chunk)
@@ -619,8 +631,7 @@ def _decode_cursor(collection: str, cursor: str) -> str:
 def _holding_lists(collection: Any, ids: list[str]) -> list[str]:
     """The ids among these whose metadata holds a list value."""
     result = collection.get(ids=ids, include=["metadatas"])
-    return [rid for rid, fields in zip(result["ids"], result["metadatas"])
-            if fields and any(isinstance(value, list) for value in fields.values())]
+    return [rid for rid, fields in zip(result["ids"], result["metadatas"]) if holds_list(fields)]
 
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
