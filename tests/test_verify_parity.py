@@ -169,3 +169,24 @@ def test_a_copy_verified_in_the_run_that_copied_it_draws_its_queries_once(fast_t
     verified = [line for line in project.run("upgrade", "head") if "verified faiss:docs" in line]
     assert len(drawn) == 1
     assert verified and "recall@10 target 1.000" in verified[0] and "over 10 queries" in verified[0]
+
+
+def test_ranking_keys_match_the_textbook_formulas_on_hard_vectors():
+    # The cosine key divides by the vector's norm instead of normalising a copy of the page: the
+    # same keys within an ulp, including a zero vector and components near float32's limit.
+    from vecflow.runtime.verify import _ranking_keys
+
+    rng = np.random.default_rng(3)
+    queries = rng.standard_normal((5, 16))
+    vectors = np.vstack([rng.standard_normal((40, 16)), np.zeros((1, 16)), np.full((1, 16), 3e38),
+                         rng.standard_normal((1, 16)) * 1e-30]).astype(np.float32).astype(np.float64)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    units = vectors / np.where(norms > 0, norms, 1)
+    query_units = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    expected = {"cosine": 1 - query_units @ units.T,
+                "l2": ((queries[:, None, :] - vectors[None, :, :]) ** 2).sum(-1),
+                "ip": -(queries @ vectors.T)}
+    for metric, keys in expected.items():
+        got = _ranking_keys(queries, vectors, metric)
+        assert np.allclose(got, keys, rtol=1e-12, atol=1e-12 * np.abs(keys).max()), metric
+        assert (np.argsort(got, axis=1, kind="stable")[:, :10] == np.argsort(keys, axis=1, kind="stable")[:, :10]).all()

@@ -274,14 +274,26 @@ def query_vectors(source: Backend, name: str, queries: int, seed: int) -> tuple[
     return np.vstack([own.reshape(-1, dim), directions * length]).astype(np.float32), len(own)
 
 
-def _ranking_keys(queries: np.ndarray, vectors: np.ndarray, metric: str) -> np.ndarray:
+def _ranking_keys(queries: np.ndarray, vectors: np.ndarray, metric: str,
+                  unit_queries: np.ndarray | None = None) -> np.ndarray:
     """(queries, vectors) keys that sort best first, as Backend.query ranks: squared L2 distance,
-    1 - cosine similarity, or the negated dot product (ip is larger-is-closer)."""
+    1 - cosine similarity, or the negated dot product (ip is larger-is-closer). unit_queries: the
+    queries at unit length, when the caller keeps them (cosine).
+
+    The cosine key divides each dot product with a unit query by the vector's norm instead of
+    normalising a copy of the page first: the same keys within an ulp, at a fifth of the time (the
+    normalised copy was most of a ground truth's cost, ~45 µs a 768-d record)."""
     if metric == "l2":
-        return (queries ** 2).sum(1)[:, None] - 2 * queries @ vectors.T + (vectors ** 2).sum(1)[None, :]
+        return _squared_norms(queries)[:, None] - 2 * queries @ vectors.T + _squared_norms(vectors)[None, :]
     if metric == "cosine":
-        return 1 - _units(queries) @ _units(vectors).T
+        units = _units(queries) if unit_queries is None else unit_queries
+        norms = np.sqrt(_squared_norms(vectors))
+        return 1 - (units @ vectors.T) / np.where(norms > 0, norms, 1)[None, :]
     return -(queries @ vectors.T)
+
+
+def _squared_norms(vectors: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->i", vectors, vectors)
 
 
 def _units(vectors: np.ndarray) -> np.ndarray:
@@ -297,6 +309,7 @@ class GroundTruth:
 
     def __init__(self, queries: np.ndarray, k: int, metric: str, own: int = 0):
         self.queries, self.k, self.metric, self.own = queries.astype(np.float64), k, metric, own
+        self.unit_queries = _units(self.queries)
         self.best: list[list[tuple[float, str]]] = [[] for _ in range(len(queries))]
 
     def to_state(self) -> list[list[list]]:
@@ -310,7 +323,7 @@ class GroundTruth:
     def add(self, page: Batch) -> None:
         if not len(page):
             return
-        keys = _ranking_keys(self.queries, page.vectors.astype(np.float64), self.metric)
+        keys = _ranking_keys(self.queries, page.vectors.astype(np.float64), self.metric, self.unit_queries)
         for best, row in zip(self.best, keys):
             cut = np.partition(row, self.k - 1)[self.k - 1] if len(row) > self.k else np.inf
             if len(best) == self.k:
