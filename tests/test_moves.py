@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -304,3 +305,55 @@ def test_a_store_held_read_only_refuses_writes(four_stores):
             backend.upsert(name, Batch(["a"], np.ones((1, 4), np.float32), [None], [{}]))
         backend.upsert(name, Batch(["a"], np.ones((1, 4), np.float32), [None], [{}]))
         assert backend.count(name) == 1
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_a_chroma_target_is_verified_from_the_read_back_of_its_writes(four_stores, metric):
+    # Chroma reads every write back anyway (exact bits of cosine vectors, float values it changes):
+    # fetched whole, that read-back is the target's digest, and verification does not read the
+    # target again. What it records is what a full read gives afterwards.
+    from tests.test_field_digests import step_row
+
+    project = four_stores(batch_size=200)
+    rng = np.random.default_rng(5)
+    batch = clustered_batch(900, 16)
+    # 16-17 digit floats: about one in ten comes back from Chroma 1 ulp off unless vecflow sends it again.
+    batch = batch.with_metadatas([{**m, "ratio": float(rng.random()) * 3.3 + 0.1} for m in batch.metadatas])
+    seed(project, "faiss:docs", batch, metric)
+    before = project.digest_pair("faiss:docs")
+    project.write_python("m1", None, 'op.move_collection("faiss:docs", "main:docs")')
+    output = project.run("upgrade", "head")
+    assert "      full reads: faiss:docs 1 (move_collection)" in output, output
+    row = step_row(project, "m1")
+    assert json.loads(row["digest_after"])["main:docs"] == project.digest_pair("main:docs")
+    # Moved back (a Chroma source, a FAISS target: read whole by verification), restored exactly.
+    output = project.run("downgrade", "base")
+    assert "      full reads: main:docs 1 (move_collection); faiss:docs 1 (verify (target records))" in output, output
+    assert project.digest_pair("faiss:docs") == before
+
+
+def test_a_record_the_chroma_target_loses_after_its_read_back_fails_the_move(four_stores, monkeypatch):
+    # The read-back stands for the target only while the target holds as many records: one lost
+    # later makes verification read the target whole, which names it; the source is kept.
+    from vecflow.backends.chroma import ChromaBackend
+
+    project = four_stores(batch_size=200)
+    seed(project, "faiss:docs", clustered_batch(600, 16))
+    read_back = ChromaBackend._upsert_read_back
+
+    def losing(self, name, batch):
+        page = read_back(self, name, batch)
+        if "chunk-000007" in batch.ids:
+            self.client.get_collection(name).delete(ids=["chunk-000007"])
+        return page
+
+    monkeypatch.setattr(ChromaBackend, "_upsert_read_back", losing)
+    project.write_python("m1", None, 'op.move_collection("faiss:docs", "main:docs")')
+    with pytest.raises(VerificationError, match=r"1 ids missing from the target \(e.g. \['chunk-000007'\]\)"):
+        project.run("upgrade", "head")
+    stores = Stores(project.config)
+    try:
+        faiss, name = stores.resolve("faiss:docs")
+        assert faiss.count(name) == 600
+    finally:
+        stores.close()

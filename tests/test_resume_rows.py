@@ -31,16 +31,16 @@ def project(fast_tmp_path, redis_url) -> Project:
 
 
 def count_writes(monkeypatch) -> Counter:
-    """Records sent to Backend.upsert from now on, per (backend name, collection)."""
+    """Records sent to Backend.upsert or upsert_read_back from now on, per (backend name, collection)."""
     written: Counter = Counter()
-    upsert = Backend.upsert
+    upsert = Backend._upsert_in_requests  # the one path of both
 
     @functools.wraps(upsert)
-    def counted(self, name, batch):
+    def counted(self, name, batch, write):
         written[(self.name, name)] += len(batch)
-        return upsert(self, name, batch)
+        return upsert(self, name, batch, write)
 
-    monkeypatch.setattr(Backend, "upsert", counted)
+    monkeypatch.setattr(Backend, "_upsert_in_requests", counted)
     return written
 
 

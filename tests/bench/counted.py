@@ -164,7 +164,8 @@ def install() -> None:
 
     for method in ("scan", "scan_native", "get"):
         _patch(Backend, method, _count_reads(method))
-    _patch(Backend, "upsert", _count_writes("upsert", 0))
+    # Every upsert and upsert_read_back (which writes through it), counted once.
+    _patch(Backend, "_upsert_in_requests", _count_writes("upsert", 0))
     _patch(Backend, "update_metadata", _count_writes("update_metadata", 0))
     for method in ("query", "count"):
         _patch(Backend, method, _count_calls(method))

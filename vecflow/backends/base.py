@@ -67,6 +67,12 @@ class NativePage:
     native_ids: list[str]
     natives: list[Native]
 
+    @classmethod
+    def concat(cls, pages: list[NativePage]) -> NativePage:
+        """The records of these pages (at least one), in order, as one page."""
+        return cls(Batch.concat([page.batch for page in pages]), [rid for page in pages for rid in page.native_ids],
+                   [native for page in pages for native in page.natives])
+
 
 # One query hit: (record id, score). Scores follow the metric: distance for l2 (squared
 # Euclidean) and cosine (1 - cosine similarity), smaller is closer; similarity (dot product) for
@@ -442,6 +448,23 @@ class Backend(ABC):
         requests of that size, in order, after `_check_upsert` found nothing the store refuses in
         any of them; a failure part-way (the store down) leaves the earlier requests written,
         which a checkpointed loop writes again on resume (idempotent)."""
+        self._upsert_in_requests(name, batch, self._upsert)
+
+    def upsert_read_back(self, name: str, batch: Batch) -> NativePage | None:
+        """upsert, then the written records as the store now holds them (a native page, ids as
+        upsert keeps them), where the adapter reads its writes back anyway (`_upsert_read_back`:
+        Chroma reads every write back for the exact bits of cosine vectors and for its float
+        values), so a copy can digest its target as it writes it; None where it does not, and the
+        caller reads the target itself."""
+        if type(self)._upsert_read_back is Backend._upsert_read_back:
+            self.upsert(name, batch)
+            return None
+        pages: list[NativePage] = []
+        self._upsert_in_requests(name, batch, lambda name, part: pages.append(self._upsert_read_back(name, part)))
+        return NativePage.concat(pages) if pages else NativePage(batch.take([]), [], [])
+
+    def _upsert_in_requests(self, name: str, batch: Batch, write: Callable[[str, Batch], None]) -> None:
+        """The checks of upsert, then `write` of each request's records (retried as one call)."""
         self._before_write()
         self._require(name)
         if not len(batch):
@@ -456,7 +479,7 @@ class Backend(ABC):
             if start:
                 self._before_write()  # a long batch: a runner that lost its lease stops between requests
             part = unique if size >= len(unique) else unique.take(list(range(start, min(start + size, len(unique)))))
-            self._retried(f"upsert {name!r}", lambda part=part: self._upsert(name, part))
+            self._retried(f"upsert {name!r}", lambda part=part: write(name, part))
 
     def update_metadata(self, name: str, ids: list[str], metadatas: list[dict[str, Any]]) -> None:
         """Replace the whole metadata of existing records, leaving vectors and documents untouched.
@@ -602,6 +625,11 @@ class Backend(ABC):
     def _upsert(self, name: str, batch: Batch) -> None:
         """Non-empty, finite, unique ids, at most write_batch_size(name) records when called by
         upsert; check the dimension against the collection's."""
+
+    def _upsert_read_back(self, name: str, batch: Batch) -> NativePage:
+        """_upsert, then the written records as the store holds them now, in the batch's order
+        (optional: adapters that read their writes back anyway; see upsert_read_back)."""
+        raise NotImplementedError
 
     def _check_upsert(self, name: str, batch: Batch) -> None:  # noqa: B027 (optional hook)
         """Raise InvalidDataError for what the store would refuse in these records, writing

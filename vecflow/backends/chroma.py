@@ -301,12 +301,18 @@ class ChromaBackend(Backend):
                     vector = known[rid] if read is None else read[i]
                     rows[rid] = (vector, Native(result["documents"][i], result["metadatas"][i] or {}))
         present = [rid for rid in ids if rid in rows]
-        natives = [rows[rid][1] for rid in present]
+        vectors = np.stack([rows[rid][0] for rid in present]) if present else None
+        return self._page(collection, name, present, vectors, [rows[rid][1] for rid in present],
+                          exact_bits=known is None)
+
+    def _page(self, collection: Any, name: str, present: list[str], vectors: np.ndarray | None,
+              natives: list[Native], exact_bits: bool = True) -> NativePage:
+        """Records as Chroma returned them (vectors as returned, natives) read through vecflow's
+        state (exact_bits: the written bits of cosine vectors) and the collection's layout."""
         if not present:
             return NativePage(Batch.empty(self._dim(collection, name)), [], [])
-        vectors = np.stack([rows[rid][0] for rid in present])
         scope = self.scope(name)
-        if _metric(collection) == "cosine" and known is None:
+        if _metric(collection) == "cosine" and exact_bits:
             vectors = exact.apply_bits(self.state, scope, present, vectors)
         entries = self._entries(scope, present)
         layout = self._layout(name)
@@ -327,6 +333,14 @@ class ChromaBackend(Backend):
         """Replace records whole, by id, in the collection's layout: keys absent from the new
         fields are removed and a None document clears the old one (Chroma alone would merge
         both); fields the layout does not own are kept."""
+        self._upsert_chunks(name, batch, read_back=False)
+
+    def _upsert_read_back(self, name: str, batch: Batch) -> NativePage:
+        """_upsert, whose read-back (made anyway for cosine vectors and float values) fetches the
+        records whole: the page as a full read would give it right after the write."""
+        return NativePage.concat(self._upsert_chunks(name, batch, read_back=True))
+
+    def _upsert_chunks(self, name: str, batch: Batch, read_back: bool) -> list[NativePage]:
         collection = self._collection(name)
         self._check_dim(collection, name, batch.dim, "the batch has")
         layout, step = self._layout(name), self._max_batch
@@ -336,8 +350,7 @@ class ChromaBackend(Backend):
         # (Backend.upsert checks a batch it splits into several calls with _check_upsert).
         plans = [self._plan(collection, name, layout, chunk) for chunk in chunks]
         cosine = _metric(collection) == "cosine"
-        for plan in plans:
-            self._write(collection, name, plan, cosine)
+        return [page for plan in plans if (page := self._write(collection, name, plan, cosine, read_back)) is not None]
 
     def _check_upsert(self, name: str, batch: Batch) -> None:
         """The keys and values Chroma refuses (as _plan finds them), before any request is written."""
@@ -366,8 +379,9 @@ class ChromaBackend(Backend):
                 orders[rid] = order.entry(native.fields)
         return _Write(chunk, texts, encoded, cleared, [rid for rid in chunk.ids if rid not in held], orders)
 
-    def _write(self, collection: Any, name: str, plan: _Write, cosine: bool) -> None:
-        """One chunk, between its write intents and their end (see the module docstring)."""
+    def _write(self, collection: Any, name: str, plan: _Write, cosine: bool, read_back: bool) -> NativePage | None:
+        """One chunk, between its write intents and their end (see the module docstring); with
+        read_back, the chunk's records as Chroma then holds them."""
         ids, scope = plan.batch.ids, self.scope(name)
         self._lists.written(collection.id)
         journal.begin_upsert(self.state, scope, plan.batch)
@@ -378,18 +392,27 @@ class ChromaBackend(Backend):
                 collection.upsert(ids=ids, embeddings=plan.batch.vectors, documents=plan.texts,
                                   metadatas=[e.sent or None for e in plan.encoded])
             pending = [rid for rid, e in zip(ids, plan.encoded) if e.pending]
-            include = (["embeddings"] if cosine else []) + (["metadatas"] if pending else [])
+            include = (["embeddings"] if cosine or read_back else []) + (
+                ["metadatas"] if pending or read_back else []) + (["documents"] if read_back else [])
             with self._errors(f"reading back collection {name!r}"):
-                back = collection.get(ids=ids if cosine else pending, include=include) if include else None
+                back = collection.get(ids=ids if cosine or read_back else pending, include=include) if include else None
+            position = {rid: i for i, rid in enumerate(back["ids"])} if back is not None else {}
             if cosine:
-                position = {rid: i for i, rid in enumerate(back["ids"])}
                 returned = np.asarray(back["embeddings"], dtype=np.float32)[[position[rid] for rid in ids]]
                 exact.record_bits(self.state, scope, ids, plan.batch.vectors, returned)
-            self._settle(collection, name, dict(zip(ids, plan.encoded)), back if pending else None,
-                         fresh=set(plan.new_ids))
+            held = self._settle(collection, name, dict(zip(ids, plan.encoded)), back if pending else None,
+                                fresh=set(plan.new_ids))
             self.state.put_records(scope, order.KIND, plan.orders)
             journal.end(self.state, scope, ids)
         self._remember_ids(collection, plan.new_ids)
+        if not read_back:
+            return None
+        present = [rid for rid in ids if rid in position]
+        rows = [position[rid] for rid in present]
+        natives = [Native(back["documents"][i], held.get(rid, back["metadatas"][i] or {}))
+                   for rid, i in zip(present, rows)]
+        vectors = np.asarray(back["embeddings"], dtype=np.float32)[rows] if rows else None
+        return self._page(collection, name, present, vectors, natives)
 
     def _update_metadata(self, name: str, ids: list[str], metadatas: list[dict[str, Any]]) -> None:
         """Metadata-only writes (Chroma's `update`) of the keys that change: vectors, documents
@@ -432,11 +455,12 @@ class ChromaBackend(Backend):
                 for rid, text, fields in zip(old["ids"], old["documents"], old["metadatas"])}
 
     def _settle(self, collection: Any, name: str, encoded: dict[str, values.Encoded],
-                back: dict[str, Any] | None, fresh: set[str] | None = None) -> None:
+                back: dict[str, Any] | None, fresh: set[str] | None = None) -> dict[str, dict[str, Any]]:
         """Record the `values` entries of written records that changed, once every float sent as a
         neighbour Chroma did not read as the original was sent again (chroma_values.converge);
         always those of `fresh` records (written anew: entries a record deleted behind vecflow's
-        back left must not apply to them)."""
+        back left must not apply to them). Returns what Chroma then holds for the metadata of the
+        records read back."""
         returned = {rid: fields or {} for rid, fields in zip(back["ids"], back["metadatas"])} if back else {}
         returned = values.converge(encoded, returned, lambda sends: self._resend(collection, name, sends))
         changes = {}
@@ -445,6 +469,7 @@ class ChromaBackend(Backend):
             if entries != record.previous or (fresh and rid in fresh):
                 changes[rid] = values.pack(entries)
         self.state.put_records(self.scope(name), values.KIND, changes)
+        return returned
 
     def _resend(self, collection: Any, name: str, sends: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """A metadata-only write of these keys, then what Chroma holds for those records."""

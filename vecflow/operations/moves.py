@@ -42,6 +42,8 @@ from vecflow.runtime.verify import GroundTruth, SideDigest, copy_normalises, par
 COERCION_SAMPLE = 1000
 # The step-state key of the search-parity ground truth the copy loop accumulates.
 PARITY_TRUTH = "parity_truth"
+# The step-state key of the target's digest, as the store read back what the copy wrote.
+WRITTEN_SIDE = "target_side"
 
 
 class CopyCollectionOp(Op):
@@ -184,6 +186,7 @@ class CopyCollectionOp(Op):
         side = SideDigest.from_dict(ctx.state["source_side"]) if "source_side" in ctx.state else SideDigest.empty()
         if ctx.resumed:
             self.ensure_target_kept(ctx, target, target_name, side.records.count or 0)
+        written = self._written_side(ctx)
         truth = self._parity_truth(ctx, source, source_name)
         retried = before = target.retried_calls
         pages = self._source_pages(source, source_name, target, ctx)
@@ -193,7 +196,12 @@ class CopyCollectionOp(Op):
                 batch = Batch.concat([native.batch for native in natives])
                 if len(batch):
                     batch.check_finite(f"{self.op_name} {self.source}")
-                    target.upsert(target_name, batch)
+                    if written is None:
+                        target.upsert(target_name, batch)
+                    elif (stored := target.upsert_read_back(target_name, batch)) is None:
+                        written = None  # not read back: verification reads the target
+                    else:
+                        written = written.add(stored, normalise)
                     for native in natives:
                         side = side.add(native, normalise)
                         if truth is not None:
@@ -206,7 +214,8 @@ class CopyCollectionOp(Op):
                 if cursor is None:
                     self._record_source_digest(ctx, source, source_name, side)
                 ctx.save(len(batch), copy_cursor=cursor, copied=cursor is None, source_side=side.to_dict(),
-                         **({PARITY_TRUTH: truth.to_state()} if truth is not None else {}))
+                         **({PARITY_TRUTH: truth.to_state()} if truth is not None else {}),
+                         **{WRITTEN_SIDE: written.to_dict() if written is not None else None})
         self._fed_truth = truth
 
     @staticmethod
@@ -218,6 +227,17 @@ class CopyCollectionOp(Op):
         if source is target:
             return source.native_pages(source_name, ctx.batch_size, cursor)
         return source.native_pages_ahead(source_name, ctx.batch_size, cursor)
+
+    def _written_side(self, ctx: StepContext) -> SideDigest | None:
+        """The target's digest as the store read back what the copy wrote, so far (restored from
+        the checkpoint on resume); None when it is not taken: no verification, or a page was not
+        read back (then verification reads the target whole)."""
+        if not (self.verify and ctx.verify):
+            return None
+        if not ctx.state.get("copy_cursor"):
+            return SideDigest.empty()
+        kept = ctx.state.get(WRITTEN_SIDE)
+        return SideDigest.from_dict(kept) if kept else None
 
     def _parity_truth(self, ctx: StepContext, source: Backend, source_name: str) -> GroundTruth | None:
         """The search-parity ground truth the copy loop feeds (so verification does not read the
@@ -274,7 +294,7 @@ class CopyCollectionOp(Op):
         if held is not None and held >= written:
             return
         ctx.rows_done = 0
-        ctx.save(copy_cursor=None, copied=False, source_side=SideDigest.empty().to_dict())
+        ctx.save(copy_cursor=None, copied=False, source_side=SideDigest.empty().to_dict(), **{WRITTEN_SIDE: None})
         now = "is gone" if held is None else f"holds {held}"
         raise BackendError(
             f"{self.describe()}: {self.target} {now} but {written} records had been written into it: the "
@@ -291,10 +311,11 @@ class CopyCollectionOp(Op):
             self.ensure_target_kept(ctx, target, target_name, written)
         retried = target.retried_calls
         truth = self._verified_truth(ctx, source, source_name)
+        kept = ctx.state.get(WRITTEN_SIDE)
         report = verify_copy(source, source_name, target, target_name, batch_size=ctx.batch_size,
                              queries=self.parity_queries, threshold=self.parity_threshold,
                              source_side=SideDigest.from_dict(side) if side else None, truth=truth,
-                             track=ctx.track)
+                             target_side=SideDigest.from_dict(kept) if kept else None, track=ctx.track)
         ctx.save(verification=report.to_dict())
         if report.problems and target.retried_calls != retried:
             self.ensure_target_kept(ctx, target, target_name, written)
