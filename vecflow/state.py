@@ -85,15 +85,20 @@ class VecflowState:
 
     def put_records(self, scope: str, kind: str, values: dict[str, bytes | None]) -> None:
         """Set entries; a None value removes that id's entry."""
-        if not values:
+        self.put_kinds(scope, {kind: values})
+
+    def put_kinds(self, scope: str, kinds: dict[str, dict[str, bytes | None]]) -> None:
+        """Set entries of several kinds (kind -> id -> value, None removes) in one transaction."""
+        keep = [(scope, kind, rid, value) for kind, values in kinds.items() for rid, value in values.items()
+                if value is not None]
+        drop = [(scope, kind, rid) for kind, values in kinds.items() for rid, value in values.items()
+                if value is None]
+        if not keep and not drop:
             return
-        keep = [(scope, kind, rid, value) for rid, value in values.items() if value is not None]
-        drop = [rid for rid, value in values.items() if value is None]
         with self._lock, self._transaction():
             if drop:
                 # Bound ids, not json_each (which cuts a string at a NUL character).
-                self._db.executemany("DELETE FROM record_state WHERE scope=? AND kind=? AND id=?",
-                                       [(scope, kind, rid) for rid in drop])
+                self._db.executemany("DELETE FROM record_state WHERE scope=? AND kind=? AND id=?", drop)
             if keep:
                 self._db.executemany(_PUT_RECORD, keep)
 

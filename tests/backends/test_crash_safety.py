@@ -25,7 +25,6 @@ import numpy as np
 import pytest
 from chromadb.api.models.Collection import Collection
 from chromadb.errors import InvalidArgumentError
-from qdrant_client import QdrantClient
 
 from tests.damaged_chroma import damaged_chroma_folder
 from vecflow.backends import exact, faiss_langchain, journal
@@ -129,9 +128,9 @@ KILL_POINTS: dict[str, tuple[Any, str, str]] = {
     "chroma: written, exact bits not kept": (exact, "record_bits", "before"),
     "chroma: all done but the intents": (journal, "end", "before"),
     "chroma: metadata updated, nothing kept": (Collection, "update", "after"),
-    # Qdrant keeps the written vector of a cosine collection in vecflow's state.
-    "qdrant: staged, nothing sent": (QdrantClient, "batch_update_points", "before"),
-    "qdrant: written, exact vector not kept": (exact, "record_written", "before"),
+    # Qdrant keeps the written vector of a cosine collection in vecflow's state, put before the write.
+    "qdrant: entries put, nothing sent": (QdrantBackend, "_send", "before"),
+    "qdrant: written, nothing after": (QdrantBackend, "_send", "after"),
     # FAISS LangChain folders: the files, then the exact bits and the records without text.
     "faiss: staged, files not written": (faiss_langchain, "_commit", "before"),
     "faiss: files written, bits not kept": (faiss_langchain, "_commit", "after"),
@@ -229,8 +228,8 @@ def test_a_write_chroma_refuses_leaves_nothing_to_finish(fast_tmp_path, monkeypa
         backend.close()
 
 
-@pytest.mark.parametrize(("point", "meant"), [("qdrant: staged, nothing sent", initial),
-                                               ("qdrant: written, exact vector not kept", replacement)])
+@pytest.mark.parametrize(("point", "meant"), [("qdrant: entries put, nothing sent", initial),
+                                               ("qdrant: written, nothing after", replacement)])
 def test_qdrant_cosine_vectors_stay_exact_across_a_kill(forkserver, fast_tmp_path, point, meant):
     seeded("qdrant", fast_tmp_path)
     kill_child(forkserver, "qdrant", fast_tmp_path, point, "replace")

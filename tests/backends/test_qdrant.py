@@ -584,8 +584,8 @@ def test_wide_batches_are_written_in_several_requests(backend, monkeypatch):
     backend.create_collection("wide", 4096, "cosine")
     batch = make_batch(200, dim=4096, seed=4)
     requests = []
-    real = backend.client.batch_update_points
-    monkeypatch.setattr(backend.client, "batch_update_points", lambda *a, **kw: requests.append(1) or real(*a, **kw))
+    real = backend.client.upsert  # new points only: plain upserts
+    monkeypatch.setattr(backend.client, "upsert", lambda *a, **kw: requests.append(1) or real(*a, **kw))
     backend.upsert("wide", batch)
     assert backend.count("wide") == 200 and len(requests) > 1
     assert collection_digest(backend, "wide", batch_size=500) == batch_digest(batch)
