@@ -40,6 +40,7 @@ _TABLES = {
 _PUT_RECORD = upsert_sql("record_state", ("scope", "kind", "id", "value"), ("scope", "kind", "id"))
 _PUT_COLLECTION = upsert_sql("collection_state", ("scope", "kind", "value"), ("scope", "kind"))
 _CHUNK = 500  # ids per IN (...) query, below SQLite's variable limit
+_PAGE_BYTES = 16384
 
 
 class VecflowState:
@@ -53,6 +54,10 @@ class VecflowState:
         self._db = open_database(location, "state", read_only=read_only)
         self._lock = threading.Lock()
         if isinstance(self._db, SQLiteDatabase):
+            # Entries of a few KB (a Qdrant record's written vector, 3 KB at dim 768) fit a 16 KB
+            # page whole; in 4 KB pages they spill to overflow pages: a quarter more file, a third
+            # slower to write. Applies to a new file only (an existing one keeps its pages).
+            self._db.execute(f"PRAGMA page_size = {_PAGE_BYTES}")
             self._db.durable()
         with self._db.transaction(lock=True):  # two runners creating the tables at once wait in turn
             for table, (columns, key) in _TABLES.items():

@@ -148,9 +148,15 @@ def _child(kind: str, root: str, point: str, action: str, redis_url: str) -> Non
     os._exit(3)  # the kill point was not reached: the case is wrong
 
 
+def _first_write(backend: Backend) -> None:
+    backend.create_collection("docs", DIM, "cosine")
+    backend.upsert("docs", initial())
+
+
 ACTIONS: dict[str, Callable[[Backend], None]] = {
     "replace": lambda backend: backend.upsert("docs", replacement()),
     "update metadata": lambda backend: backend.update_metadata("docs", initial().ids, new_metadata()),
+    "first write": lambda backend: _first_write(backend),
     "rename": lambda backend: backend.rename_collection("docs", "moved"),
     "create langchain": lambda backend: backend.create_collection("docs", DIM, "cosine", layout="langchain"),
 }
@@ -238,6 +244,15 @@ def test_qdrant_cosine_vectors_stay_exact_across_a_kill(forkserver, fast_tmp_pat
         assert_reads(backend, "docs", meant())
         backend.upsert("docs", replacement())
         assert_reads(backend, "docs", replacement())
+    finally:
+        backend.close()
+
+
+def test_qdrant_first_write_killed_after_the_store_wrote_reads_exactly(forkserver, fast_tmp_path):
+    kill_child(forkserver, "qdrant", fast_tmp_path, "qdrant: written, nothing after", "first write")
+    backend = open_store("qdrant", str(fast_tmp_path))
+    try:
+        assert_reads(backend, "docs", initial())
     finally:
         backend.close()
 
