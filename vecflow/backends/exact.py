@@ -34,8 +34,12 @@ entry is known before the write, it is put first:
   drops the record's staged one, which its previous already accounts for.
 
 A store that holds the written vector and the previous one in the same direction reads as the
-written one, whichever it holds (the store cannot tell them apart either). Chroma's returned
-vectors are known only after the write: its writes are redone whole instead
+written one, whichever it holds (the store cannot tell them apart either). The previous vector
+stays in the entry after the write landed: a vector the application writes later in its
+direction (in practice, that very vector again) reads as it, as one in the written vector's
+direction always did; trimming it would take the second state write per request this saves.
+
+Chroma's returned vectors are known only after the write: its writes are redone whole instead
 (vecflow/backends/journal.py).
 """
 
