@@ -25,7 +25,6 @@ import numpy as np
 import pytest
 from chromadb.api.models.Collection import Collection
 from chromadb.errors import InvalidArgumentError
-from qdrant_client import QdrantClient
 
 from tests.damaged_chroma import damaged_chroma_folder
 from vecflow.backends import exact, faiss_langchain, journal
@@ -129,9 +128,9 @@ KILL_POINTS: dict[str, tuple[Any, str, str]] = {
     "chroma: written, exact bits not kept": (exact, "record_bits", "before"),
     "chroma: all done but the intents": (journal, "end", "before"),
     "chroma: metadata updated, nothing kept": (Collection, "update", "after"),
-    # Qdrant keeps the written vector of a cosine collection in vecflow's state.
-    "qdrant: staged, nothing sent": (QdrantClient, "batch_update_points", "before"),
-    "qdrant: written, exact vector not kept": (exact, "record_written", "before"),
+    # Qdrant keeps the written vector of a cosine collection in vecflow's state, put before the write.
+    "qdrant: entries put, nothing sent": (QdrantBackend, "_send", "before"),
+    "qdrant: written, nothing after": (QdrantBackend, "_send", "after"),
     # FAISS LangChain folders: the files, then the exact bits and the records without text.
     "faiss: staged, files not written": (faiss_langchain, "_commit", "before"),
     "faiss: files written, bits not kept": (faiss_langchain, "_commit", "after"),
@@ -149,9 +148,15 @@ def _child(kind: str, root: str, point: str, action: str, redis_url: str) -> Non
     os._exit(3)  # the kill point was not reached: the case is wrong
 
 
+def _first_write(backend: Backend) -> None:
+    backend.create_collection("docs", DIM, "cosine")
+    backend.upsert("docs", initial())
+
+
 ACTIONS: dict[str, Callable[[Backend], None]] = {
     "replace": lambda backend: backend.upsert("docs", replacement()),
     "update metadata": lambda backend: backend.update_metadata("docs", initial().ids, new_metadata()),
+    "first write": lambda backend: _first_write(backend),
     "rename": lambda backend: backend.rename_collection("docs", "moved"),
     "create langchain": lambda backend: backend.create_collection("docs", DIM, "cosine", layout="langchain"),
 }
@@ -229,8 +234,8 @@ def test_a_write_chroma_refuses_leaves_nothing_to_finish(fast_tmp_path, monkeypa
         backend.close()
 
 
-@pytest.mark.parametrize(("point", "meant"), [("qdrant: staged, nothing sent", initial),
-                                               ("qdrant: written, exact vector not kept", replacement)])
+@pytest.mark.parametrize(("point", "meant"), [("qdrant: entries put, nothing sent", initial),
+                                               ("qdrant: written, nothing after", replacement)])
 def test_qdrant_cosine_vectors_stay_exact_across_a_kill(forkserver, fast_tmp_path, point, meant):
     seeded("qdrant", fast_tmp_path)
     kill_child(forkserver, "qdrant", fast_tmp_path, point, "replace")
@@ -239,6 +244,15 @@ def test_qdrant_cosine_vectors_stay_exact_across_a_kill(forkserver, fast_tmp_pat
         assert_reads(backend, "docs", meant())
         backend.upsert("docs", replacement())
         assert_reads(backend, "docs", replacement())
+    finally:
+        backend.close()
+
+
+def test_qdrant_first_write_killed_after_the_store_wrote_reads_exactly(forkserver, fast_tmp_path):
+    kill_child(forkserver, "qdrant", fast_tmp_path, "qdrant: written, nothing after", "first write")
+    backend = open_store("qdrant", str(fast_tmp_path))
+    try:
+        assert_reads(backend, "docs", initial())
     finally:
         backend.close()
 

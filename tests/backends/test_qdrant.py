@@ -228,6 +228,65 @@ def test_a_vector_rewritten_by_another_tool_wins_over_the_recorded_bits(backend,
     assert got.vectors.tolist() == [[0.0, 1.0], [1.0, 1.0]]
 
 
+def _refusing(backend: QdrantBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every write request of the backend's client fail as a store that refuses it."""
+    def refuse(*args, **kwargs):
+        raise ValueError("the store refused the write")
+
+    for method in ("upsert", "batch_update_points"):
+        monkeypatch.setattr(backend.client, method, refuse)
+
+
+def test_refused_writes_keep_the_previous_vectors_exact(store_path, state, monkeypatch):
+    backend = _open(store_path, state)
+    backend.create_collection("cos", DIM, "cosine")
+    first = make_batch(6, seed=1)
+    backend.upsert("cos", first)
+    second, third = make_batch(6, seed=2), make_batch(6, seed=3)
+    with monkeypatch.context() as patch:
+        _refusing(backend, patch)
+        for refused in (second, third):  # the second refusal's entry is built from the first's
+            with pytest.raises(BackendError, match="refused the write"):
+                backend.upsert("cos", refused)
+            assert backend.get("cos", first.ids).vectors.tobytes() == first.vectors.tobytes()
+    backend.close()
+    reopened = _open(store_path, state)  # local mode re-reads the store: other bits, same answer
+    try:
+        assert reopened.get("cos", first.ids).vectors.tobytes() == first.vectors.tobytes()
+        reopened.upsert("cos", second)
+        assert reopened.get("cos", second.ids).vectors.tobytes() == second.vectors.tobytes()
+    finally:
+        reopened.close()
+
+
+def test_a_refused_first_write_leaves_nothing_to_read(backend, monkeypatch):
+    backend.create_collection("cos", DIM, "cosine")
+    batch = make_batch(4, seed=1)
+    with monkeypatch.context() as patch:
+        _refusing(backend, patch)
+        with pytest.raises(BackendError):
+            backend.upsert("cos", batch)
+    assert backend.count("cos") == 0 and backend.get("cos", batch.ids).ids == []
+    backend.upsert("cos", batch)
+    assert backend.get("cos", batch.ids).vectors.tobytes() == batch.vectors.tobytes()
+
+
+def test_entries_an_older_vecflow_staged_still_read_and_a_write_replaces_them(backend, state):
+    """Before one entry held both vectors, a write staged the written vector (kind vector_staged),
+    wrote, then recorded it (kind vector): a kill before the record left both."""
+    backend.create_collection("cos", DIM, "cosine")
+    old, staged = make_batch(5, seed=1), make_batch(5, seed=2)
+    backend.upsert("cos", staged)  # the store holds the staged vectors
+    scope, texts = backend.scope("cos"), [str(point_id(rid)) for rid in staged.ids]
+    state.put_kinds(scope, {"vector": {t: v.tobytes() for t, v in zip(texts, old.vectors)},
+                            "vector_staged": {t: v.tobytes() for t, v in zip(texts, staged.vectors)}})
+    assert backend.get("cos", staged.ids).vectors.tobytes() == staged.vectors.tobytes()
+    newer = make_batch(5, seed=3)
+    backend.upsert("cos", newer)
+    assert not state.has_records(scope, "vector_staged")
+    assert backend.get("cos", newer.ids).vectors.tobytes() == newer.vectors.tobytes()
+
+
 # raw payloads ----------------------------------------------------------------------------------
 
 def test_raw_payload_is_the_metadata_plus_document_with_types_kept(backend, store_path):
@@ -584,8 +643,8 @@ def test_wide_batches_are_written_in_several_requests(backend, monkeypatch):
     backend.create_collection("wide", 4096, "cosine")
     batch = make_batch(200, dim=4096, seed=4)
     requests = []
-    real = backend.client.batch_update_points
-    monkeypatch.setattr(backend.client, "batch_update_points", lambda *a, **kw: requests.append(1) or real(*a, **kw))
+    real = backend.client.upsert  # new points only: plain upserts
+    monkeypatch.setattr(backend.client, "upsert", lambda *a, **kw: requests.append(1) or real(*a, **kw))
     backend.upsert("wide", batch)
     assert backend.count("wide") == 200 and len(requests) > 1
     assert collection_digest(backend, "wide", batch_size=500) == batch_digest(batch)

@@ -27,17 +27,18 @@ from vecflow.backends.base import Backend, CollectionInfo, Hit, NativePage
 from vecflow.backends.helpers import option_bool, redacted
 from vecflow.backends.qdrant_points import (
     CLIENT_ERRORS,
+    ID_KIND,
     VECFLOW_NAMESPACE,
     LocalStore,
     PointId,
     VectorSlot,
     id_entries,
+    ids_to_remember,
     local_stores,
     parse_cursor,
     point_id,
     reason,
     record_ids,
-    remember_ids,
     same_payload,
     vector_slot,
 )
@@ -333,15 +334,19 @@ class QdrantBackend(Backend):
 
     def _vectors(self, name: str, slot: VectorSlot, points: list[Any], texts: list[str]) -> np.ndarray:
         """The record vectors of points, as written where vecflow knows the bits Qdrant changed."""
+        vectors = self._stored_vectors(name, slot, points, texts)
+        if slot.params.distance == models.Distance.COSINE and len(texts):
+            vectors = exact.apply_written(self.state, self.scope(name), texts, vectors)
+        return vectors
+
+    def _stored_vectors(self, name: str, slot: VectorSlot, points: list[Any], texts: list[str]) -> np.ndarray:
+        """The record vectors of points, as Qdrant returned them."""
         rows = [slot.pick(point.vector) for point in points]
         for text, row in zip(texts, rows):
             if row is None:
                 raise BackendError(f"point {text} of collection {name!r} in qdrant store at {self._where} "
                                    f"has no {slot.label}")
-        vectors = np.array(rows, dtype=np.float32).reshape(len(rows), slot.params.size)
-        if slot.params.distance == models.Distance.COSINE and len(rows):
-            vectors = exact.apply_written(self.state, self.scope(name), texts, vectors)
-        return vectors
+        return np.array(rows, dtype=np.float32).reshape(len(rows), slot.params.size)
 
     # writing -----------------------------------------------------------------------------------
 
@@ -359,11 +364,13 @@ class QdrantBackend(Backend):
         scope = self.scope(name)
         pids = [point_id(rid) for rid in part.ids]
         texts = [str(pid) for pid in pids]
-        remember_ids(self.state, scope, part.ids, pids)  # first: a point never outlives its id entry
         old = {str(point.id): point for point in self._retrieve(name, pids, slot.selector)}
         # a point may lack the record's vector (named vectors are optional): it gets one
         have = [text for text in old if slot.pick(old[text].vector) is not None]
-        old_vectors = dict(zip(have, self._vectors(name, slot, [old[text] for text in have], have)))
+        stored = self._stored_vectors(name, slot, [old[text] for text in have], have)
+        cosine = slot.params.distance == models.Distance.COSINE
+        known = exact.known_written(self.state, scope, have, stored) if cosine and have else {}
+        old_vectors = {text: known.get(text, stored[i]) for i, text in enumerate(have)}
         new_points, payloads, vectors, written = [], [], [], []
         whole = exact.has_written(self.state, scope, list(old)) if self._rewrites_whole_points(slot) else set()
         for i, rid in enumerate(part.ids):
@@ -390,25 +397,36 @@ class QdrantBackend(Backend):
             if texts[i] not in old_vectors or old_vectors[texts[i]].tobytes() != vector.tobytes():
                 vectors.append(models.PointVectors(id=pids[i], vector=slot.struct(vector.tolist())))
                 written.append(i)
-        operations: list[Any] = list(payloads)
-        if new_points:
-            operations.append(models.UpsertOperation(upsert=models.PointsList(points=new_points)))
-        if vectors:
-            operations.append(models.UpdateVectorsOperation(update_vectors=models.UpdateVectors(points=vectors)))
-        if not operations:
-            return
-        # Qdrant keeps cosine vectors normalised (and local mode re-normalises them again when
-        # queried): the written bits are kept in vecflow's state, given back while the stored
-        # vector points the same way. Staged before the write, so a kill after it loses nothing
-        # (see vecflow/backends/exact.py).
-        exact_bits = bool(written) and slot.params.distance == models.Distance.COSINE
-        if exact_bits:
-            exact.stage_written(self.state, scope, [texts[i] for i in written], part.vectors[written])
-        self._call("write to", name, self.client.batch_update_points, name, operations, wait=True)
+        # One state transaction before the write: a point never outlives its id entry, and, as
+        # Qdrant keeps cosine vectors normalised (local mode re-normalises them again when
+        # queried), the written vectors with the ones vecflow gives back now, so whether a kill
+        # or a refusal stops the write or not, reads give back what the store holds exactly
+        # (see vecflow/backends/exact.py). Nothing is written to the state after the write.
+        entries = {ID_KIND: ids_to_remember(self.state, scope, part.ids, pids)}
+        if written and cosine:
+            changed = [texts[i] for i in written]
+            previous = {text: known[text] for text in changed if text in known}
+            entries.update(exact.written_entries(self.state, scope, changed, part.vectors[written], previous))
+        self.state.put_kinds(scope, entries)
+        if payloads or vectors:
+            operations: list[Any] = list(payloads)
+            if new_points:
+                operations.append(models.UpsertOperation(upsert=models.PointsList(points=new_points)))
+            if vectors:
+                operations.append(models.UpdateVectorsOperation(update_vectors=models.UpdateVectors(points=vectors)))
+            self._send(name, operations)
+        elif new_points:
+            self._send(name, new_points)
         if new_points:
             self._forget_order(name)
-        if exact_bits:
-            exact.record_written(self.state, scope, [texts[i] for i in written], part.vectors[written])
+
+    def _send(self, name: str, request: list[Any]) -> None:
+        """One write request: whole points as a plain upsert (local mode checks every point of a
+        batch of operations twice), other operations as one batch."""
+        if isinstance(request[0], models.PointStruct):
+            self._call("write to", name, self.client.upsert, name, request, wait=True)
+        else:
+            self._call("write to", name, self.client.batch_update_points, name, request, wait=True)
 
     def _rewrites_whole_points(self, slot: VectorSlot) -> bool:
         """Whether a changed point vecflow wrote must be written whole. qdrant-client's local mode

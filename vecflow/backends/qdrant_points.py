@@ -15,6 +15,7 @@ payload comparison, client errors, and local mode's shared clients and scan orde
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 import threading
 import uuid
@@ -32,6 +33,7 @@ from vecflow.state import VecflowState
 
 # Fixed forever: changing it would orphan every point vecflow has written.
 VECFLOW_NAMESPACE = uuid.UUID("5b0f3f3e-6c1d-5e0a-9a57-7665636c6f77")
+_NAMESPACE_BYTES = VECFLOW_NAMESPACE.bytes
 ID_KIND = "id"
 _UINT64_MAX = 2**64 - 1
 
@@ -56,7 +58,17 @@ def canonical_point_id(text: str) -> PointId | None:
 def point_id(record_id: str) -> PointId:
     """The Qdrant point id of a record id: itself when canonical, else its uuid5."""
     canonical = canonical_point_id(record_id)
-    return str(uuid.uuid5(VECFLOW_NAMESPACE, record_id)) if canonical is None else canonical
+    return _uuid5_text(record_id) if canonical is None else canonical
+
+
+def _uuid5_text(name: str) -> str:
+    """str(uuid.uuid5(VECFLOW_NAMESPACE, name)), in half the time (it runs once per record read
+    or written)."""
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name.encode("utf-8")).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    text = digest.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def parse_cursor(collection: str, cursor: str) -> PointId:
@@ -67,15 +79,17 @@ def parse_cursor(collection: str, cursor: str) -> PointId:
     return pid
 
 
-def remember_ids(state: VecflowState, scope: str, record_ids: list[str], pids: list[PointId]) -> None:
-    """Keep the record id behind each mapped point id; forget stale entries of canonical ones."""
+def ids_to_remember(state: VecflowState, scope: str, record_ids: list[str],
+                    pids: list[PointId]) -> dict[str, bytes | None]:
+    """The id entries (kind ID_KIND) to put before writing these points: the record id behind
+    each mapped point id; None (forget) for stale entries of canonical ones."""
     entries: dict[str, bytes | None] = {}
     for record_id, pid in zip(record_ids, pids):
         if str(pid) != record_id:
             entries[str(pid)] = record_id.encode("utf-8")
     if len(entries) < len(record_ids) and state.has_records(scope, ID_KIND):
         entries.update((rid, None) for rid, pid in zip(record_ids, pids) if str(pid) == rid)
-    state.put_records(scope, ID_KIND, entries)
+    return entries
 
 
 def id_entries(state: VecflowState, scope: str, point_texts: list[str]) -> dict[str, str]:
