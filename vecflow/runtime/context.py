@@ -161,16 +161,19 @@ class StepContext:
                 before = tally.page_before(native) if tally is not None else None
                 changed = transform(page) if len(page) else None
                 written = list(changed.ids) if changed is not None else []
+                back = None  # the rewritten records read back, when the write did it
                 if written:
                     if tally is not None and tally.hold(before, native, cursor):
                         tally.save_into(self.state, key)
                         self.save()
-                    if metadata_only:
+                    if metadata_only and tally is not None and tally.after is not None:
+                        back = backend.rewrite_metadata(name, native, changed.ids, changed.metadatas)
+                    elif metadata_only:
                         backend.update_metadata(name, changed.ids, changed.metadatas)
                     else:
                         backend.upsert(name, changed)
                 if tally is not None:
-                    tally.fold(before, tally.page_after(backend, name, native, written, metadata_only))
+                    tally.fold(before, tally.page_after(backend, name, native, written, back))
                     tally.save_into(self.state, key)
                     if cursor is None:
                         self._digested(ref, tally)
