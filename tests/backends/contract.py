@@ -564,12 +564,16 @@ class BackendContract:
         backend.create_collection("small", DIM, "l2")
         for name in ("alpha", "small", "not-created-yet"):  # a size is known before a target exists
             read, write = backend.read_batch_size(name), backend.write_batch_size(name)
-            assert isinstance(read, int) and isinstance(write, int)
+            rewrite = backend.rewrite_batch_size(name)
+            assert isinstance(read, int) and isinstance(write, int) and isinstance(rewrite, int)
             assert 100 <= read <= 20_000 and 100 <= write <= 100_000, (name, read, write)
+            assert 100 <= rewrite <= 20_000, (name, rewrite)
             assert backend.read_batch_size(name, 7) == 7 and backend.write_batch_size(name, 7) == 7
+            assert backend.rewrite_batch_size(name, 7) == 7
         chosen = backend.read_batch_size("alpha")
         backend.set_batch_size(7)
-        assert (backend.batch_size, backend.read_batch_size("alpha"), backend.write_batch_size("alpha")) == (7, 7, 7)
+        assert (backend.batch_size, backend.read_batch_size("alpha"), backend.write_batch_size("alpha"),
+                backend.rewrite_batch_size("alpha")) == (7, 7, 7, 7)
         assert backend.read_batch_size("alpha", 9) == 9  # a caller's own size comes first
         backend.set_batch_size(None)
         assert backend.batch_size is None and backend.read_batch_size("alpha") == chosen

@@ -98,6 +98,9 @@ class Backend(ABC):
     # depend on the collection, _write_batch_limit is a limit the store enforces.
     preferred_read_batch: ClassVar[int] = 1000
     preferred_write_batch: ClassVar[int] = 1000
+    # Records per page of a pass that rewrites a collection in place (rewrite_batch_size); None:
+    # the read size.
+    preferred_rewrite_batch: ClassVar[int | None] = None
 
     _state: VecflowState | None = None
     _state_root: Path | None = None
@@ -220,6 +223,15 @@ class Backend(ABC):
             if size is not None:
                 return check_batch_size(self.name, name, size, "batch_size", "read")
         return check_batch_size(self.name, name, self._read_batch_size(name), "the adapter's read batch size", "read")
+
+    def rewrite_batch_size(self, name: str, configured: int | None = None) -> int:
+        """Records per page, and so per checkpoint, of a pass that reads collection `name` and
+        writes each page back into it (StepContext.rewrite_records): as read_batch_size, with the
+        size this adapter rewrites best when neither is set (its writes weigh there too)."""
+        if configured is not None or self._batch_size is not None or self.preferred_rewrite_batch is None:
+            return self.read_batch_size(name, configured)
+        return check_batch_size(self.name, name, self.preferred_rewrite_batch, "the adapter's rewrite batch size",
+                                "rewrite")
 
     def write_batch_size(self, name: str, configured: int | None = None) -> int:
         """Records per write request when upserting into collection `name`: `configured` when

@@ -87,6 +87,9 @@ class ChromaBackend(Backend):
     # (docs/performance.md#batch-sizes).
     preferred_read_batch = 256
     preferred_write_batch = 1000
+    # A field step's pass reads a page, then `update`s it and reads its metadata back: there pages
+    # of 1,000 took about 25% less CPU than pages of 256 (docs/performance.md#batch-sizes).
+    preferred_rewrite_batch = 1000
     # The temporary copy of an embedded store opened read only (see open_read_only).
     _copy: str | None = None
 

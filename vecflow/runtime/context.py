@@ -146,8 +146,8 @@ class StepContext:
             self.record_digest_before(ref, "absent")
             self.save()
         backend, name = self.require(ref)
-        tally = (RewriteTally.load(self.state, key, self.stores.canonical(ref), self.page_size(ref), self.verify)
-                 if digest else None)
+        size = backend.rewrite_batch_size(name, self.batch_size)
+        tally = RewriteTally.load(self.state, key, self.stores.canonical(ref), size, self.verify) if digest else None
         if self.state.get(f"{key}_done"):
             if tally is not None:
                 self._digested(ref, tally)
@@ -155,8 +155,7 @@ class StepContext:
         if self.state.get(key) is None:
             self.expect(lambda: backend.count(name))
         try:
-            for native, cursor in backend.native_pages(name, tally.size if tally else self.page_size(ref),
-                                                       self.state.get(key)):
+            for native, cursor in backend.native_pages(name, tally.size if tally else size, self.state.get(key)):
                 page = native.batch
                 before = tally.page_before(native) if tally is not None else None
                 changed = transform(page) if len(page) else None
