@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vecflow.backends.base import Backend, NativePage
-from vecflow.runtime.digest import Digest, DigestPair, batch_digest, native_digest
+from vecflow.runtime.digest import Digest, DigestPair, page_digests
 
 # The step-state key of the tallies, one per rewrite loop key.
 TALLIES = "rewrite_digests"
@@ -36,9 +36,7 @@ TALLIES = "rewrite_digests"
 
 def pair_of(page: NativePage, positions: list[int] | None = None) -> DigestPair:
     """The digest pair of a native page, or of the records at these positions of it."""
-    if positions is not None:
-        page = page.take(positions)
-    return DigestPair(batch_digest(page.batch), native_digest(page))
+    return page_digests(page if positions is None else page.take(positions))
 
 
 def _add(one: DigestPair | None, other: DigestPair | None) -> DigestPair | None:
