@@ -417,6 +417,8 @@ class ChromaBackend(Backend):
             self._update_metadata(name, changed, [wanted[rid] for rid in changed])
             with self._errors(f"reading back collection {name!r}"):
                 holding.update(_fields_of(collection.get(ids=changed, include=["metadatas"])))
+            # Deleted before the second write could see them: nothing is left to finish.
+            journal.end(self.state, self.scope(name), [rid for rid in changed if rid not in holding])
         kept = [i for i, rid in enumerate(ids) if rid in holding]
         return self._page(name, [ids[i] for i in kept], held.batch.vectors[kept],
                           [Native(held.natives[i].text, holding[ids[i]]) for i in kept])
