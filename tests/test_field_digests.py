@@ -79,6 +79,39 @@ def test_each_field_step_reads_its_collection_once_and_records_what_a_full_read_
     assert project.digest_pair("docs") == digests[0]
 
 
+def test_a_chroma_field_step_reads_each_record_whole_once_and_reads_back_only_its_metadata(tmp_path, monkeypatch):
+    """The pass reads each page whole (vectors for the digest before), writes what changed without
+    reading it again first, and reads back only the metadata: `update` leaves vectors and
+    documents, so the digest after takes them from the page as read. It is still the digest a full
+    read gives, with the floats Chroma holds 1 ulp off."""
+    from chromadb.api.models.Collection import Collection
+
+    project = field_project(tmp_path)
+    project.write_python("r1", None, STEPS["set_field"])
+    reads, get = [], Collection.get
+
+    def counted(collection, *args, **kwargs):
+        if kwargs.get("ids") is not None:
+            reads.append((tuple(sorted(kwargs.get("include", ()))), len(kwargs["ids"])))
+        return get(collection, *args, **kwargs)
+
+    monkeypatch.setattr(Collection, "get", counted)
+    project.run("upgrade", "head")
+    monkeypatch.undo()
+    whole = ("documents", "embeddings", "metadatas")
+    assert sum(n for include, n in reads if include == whole) == N
+    rewritten = sum(1 for m in records().metadatas if m["rank"] > 1)
+    assert sum(n for include, n in reads if include == ("metadatas",)) >= rewritten
+    assert {include for include, _ in reads} == {whole, ("metadatas",)}
+    assert json.loads(step_row(project, "r1")["digest_after"]) == {"main:docs": project.digest_pair("docs")}
+    scores = {rid: r.metadata["score"] for rid, r in project.records("docs").items()}
+    assert scores == {rid: m["score"] * 3.3 + 0.1 if m["rank"] > 1 else m["score"]
+                      for rid, m in zip(records().ids, records().metadatas)}
+    with project.opened() as (backend, name):
+        held = backend.client.get_collection(name).get(include=["metadatas"])
+    assert any(fields["score"] != scores[rid] for rid, fields in zip(held["ids"], held["metadatas"]))
+
+
 @pytest.mark.parametrize("then", ["rerun", "rollback", "stamp"])
 def test_a_field_step_killed_after_writing_a_page_before_its_checkpoint_records_the_digest_before(tmp_path, then):
     project = field_project(tmp_path)

@@ -129,6 +129,10 @@ class Batch:
                 raise InvalidDataError(f"{where}: record {rid!r}: {problem}")
 
 
+# Metadata values metadata_problem has nothing to check in.
+_SCALARS = (int, float, bool, type(None))
+
+
 def metadata_problem(value: Any, path: str = "metadata") -> str | None:
     """Why a metadata value cannot be written (a key that is not a string, a string UTF-8 cannot
     encode), or None."""
@@ -138,6 +142,8 @@ def metadata_problem(value: Any, path: str = "metadata") -> str | None:
         for key, item in value.items():
             if not isinstance(key, str):
                 return f"{path} key {key!r} is not a string"
+            if key.isascii() and (type(item) in _SCALARS or (type(item) is str and item.isascii())):
+                continue  # nothing to check (the common case, without building a path)
             problem = _unencodable(key, f"{path} key") or metadata_problem(item, f"{path}[{key!r}]")
             if problem:
                 return problem

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from vecflow.backends import Backend
-from vecflow.backends.base import READ_AHEAD_PAGES
+from vecflow.backends.base import READ_AHEAD_PAGES, NativePage
 from vecflow.batch import Batch
 from vecflow.errors import (
     CollectionExistsError,
@@ -66,6 +66,18 @@ def scan_all(backend: Backend, name: str, batch_size: int = 7) -> Batch:
     dim = backend.describe(name).dim
     stacked = np.concatenate([v for v in vectors if v.size] or [np.zeros((0, dim), np.float32)])
     return Batch(ids, stacked.reshape(len(ids), dim), docs, metas)
+
+
+def assert_as_scanned(backend: Backend, name: str, page: NativePage) -> None:
+    """Each record of page is exactly as a scan of the collection reads it."""
+    scanned = {}
+    for read, _ in backend.native_pages(name, 5):
+        for i, rid in enumerate(read.batch.ids):
+            scanned[rid] = (read.native_ids[i], read.natives[i], read.batch.take([i]))
+    for i, rid in enumerate(page.batch.ids):
+        native_id, native, logical = scanned[rid]
+        assert (page.native_ids[i], page.natives[i]) == (native_id, native)
+        assert batch_digest(page.batch.take([i])) == batch_digest(logical)
 
 
 def by_id(batch: Batch) -> dict:
@@ -456,29 +468,44 @@ class BackendContract:
         assert backend.get("alpha", []).ids == []
 
     def test_get_native_reads_records_as_scan_native_does(self, backend):
-        """A rewrite digests what it wrote from get_native (runtime/rewrite_digest.py): it must
+        """A rewrite digests what it upserted from get_native (runtime/rewrite_digest.py): it must
         give each record exactly as a scan would, after a metadata-only write too; or None."""
         backend.create_collection("alpha", DIM, "cosine")
         batch = make_batch(12)
         backend.upsert("alpha", batch)
         backend.update_metadata("alpha", ["r00003", "r00005"], [{"score": 0.1 * 3, "x": 1 / 3}, {}])
-        wanted = ["r00005", "missing", "r00003", "r00008"]
-        got = backend.get_native("alpha", wanted)
+        got = backend.get_native("alpha", ["r00005", "missing", "r00003", "r00008"])
         if got is None:
             return  # the runner reads the collection after such a rewrite
-        scanned = {}
-        for page, _ in backend.native_pages("alpha", 5):
-            for i, rid in enumerate(page.batch.ids):
-                scanned[rid] = (page.native_ids[i], page.natives[i], page.batch.take([i]))
-        # Given the vectors it read (after a metadata-only write), the same records.
-        present = ["r00005", "r00003", "r00008"]
-        known = backend.get_native("alpha", present, np.stack([scanned[rid][2].vectors[0] for rid in present]))
-        for page in (got, known):
-            assert page.batch.ids == present
-            for i, rid in enumerate(page.batch.ids):
-                native_id, native, logical = scanned[rid]
-                assert (page.native_ids[i], page.natives[i]) == (native_id, native)
-                assert batch_digest(page.batch.take([i])) == batch_digest(logical)
+        assert got.batch.ids == ["r00005", "r00003", "r00008"]
+        assert_as_scanned(backend, "alpha", got)
+
+    def test_rewrite_metadata_writes_as_update_metadata_and_reads_back_as_scan_native_does(self, backend):
+        """A field step's metadata-only write hands over the page it read and digests what this
+        returns: the records as a scan then reads them (floats a store changes included), and
+        the metadata asked for even where another writer changed or removed a record after the
+        page was read; or None, with the write done."""
+        backend.create_collection("alpha", DIM, "cosine")
+        batch = make_batch(12)
+        backend.upsert("alpha", batch)
+        page, _ = next(backend.native_pages("alpha", 12))
+        # Another writer, after the page was read: a key added, a value changed, a record deleted.
+        backend.update_metadata("alpha", ["r00004"], [{**batch.metadatas[4], "n": -4, "added": "later"}])
+        backend.delete("alpha", ["r00006"])
+        ids = ["r00005", "r00003", "r00004", "r00006", "r00002"]
+        wanted = [{"score": 0.1 * 3, "x": 1 / 3, "tag": "new"}, {}, batch.metadatas[4],
+                  {"gone": True}, {**batch.metadatas[2], "y": 2 / 3}]
+        got = backend.rewrite_metadata("alpha", page, ids, wanted)
+        current = by_id(scan_all(backend, "alpha"))
+        expected = {rid: (batch.vectors[i].tobytes(), batch.documents[i], batch.metadatas[i])
+                    for i, rid in enumerate(batch.ids) if rid != "r00006"}
+        expected.update((rid, expected[rid][:2] + (metadata,)) for rid, metadata in zip(ids, wanted) if rid != "r00006")
+        assert current == expected
+        if got is not None:
+            assert got.batch.ids == ["r00005", "r00003", "r00004", "r00002"]
+            assert_as_scanned(backend, "alpha", got)
+        with pytest.raises(InvalidDataError, match="not in the page"):
+            backend.rewrite_metadata("alpha", page.take([0]), ["r00001"], [{}])
 
     def test_delete_removes_only_the_named_records(self, backend):
         backend.create_collection("alpha", DIM, "l2")
@@ -537,12 +564,16 @@ class BackendContract:
         backend.create_collection("small", DIM, "l2")
         for name in ("alpha", "small", "not-created-yet"):  # a size is known before a target exists
             read, write = backend.read_batch_size(name), backend.write_batch_size(name)
-            assert isinstance(read, int) and isinstance(write, int)
+            rewrite = backend.rewrite_batch_size(name)
+            assert isinstance(read, int) and isinstance(write, int) and isinstance(rewrite, int)
             assert 100 <= read <= 20_000 and 100 <= write <= 100_000, (name, read, write)
+            assert 100 <= rewrite <= 20_000, (name, rewrite)
             assert backend.read_batch_size(name, 7) == 7 and backend.write_batch_size(name, 7) == 7
+            assert backend.rewrite_batch_size(name, 7) == 7
         chosen = backend.read_batch_size("alpha")
         backend.set_batch_size(7)
-        assert (backend.batch_size, backend.read_batch_size("alpha"), backend.write_batch_size("alpha")) == (7, 7, 7)
+        assert (backend.batch_size, backend.read_batch_size("alpha"), backend.write_batch_size("alpha"),
+                backend.rewrite_batch_size("alpha")) == (7, 7, 7, 7)
         assert backend.read_batch_size("alpha", 9) == 9  # a caller's own size comes first
         backend.set_batch_size(None)
         assert backend.batch_size is None and backend.read_batch_size("alpha") == chosen

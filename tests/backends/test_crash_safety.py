@@ -157,6 +157,9 @@ ACTIONS: dict[str, Callable[[Backend], None]] = {
     "replace": lambda backend: backend.upsert("docs", replacement()),
     "update metadata": lambda backend: backend.update_metadata("docs", initial().ids, new_metadata()),
     "first write": lambda backend: _first_write(backend),
+    # A field step's write: the page it read handed over (StepContext.rewrite_records).
+    "rewrite metadata": lambda backend: backend.rewrite_metadata("docs", next(backend.native_pages("docs", N))[0],
+                                                                 initial().ids, new_metadata()),
     "rename": lambda backend: backend.rename_collection("docs", "moved"),
     "create langchain": lambda backend: backend.create_collection("docs", DIM, "cosine", layout="langchain"),
 }
@@ -209,6 +212,24 @@ def test_chroma_metadata_update_killed_before_its_bookkeeping_is_finished(forkse
         assert_reads(backend, "docs", expected)
         backend.update_metadata("docs", expected.ids, new_metadata())
         assert_reads(backend, "docs", expected)
+    finally:
+        backend.close()
+
+
+@pytest.mark.parametrize("point", ["chroma: metadata updated, nothing kept", "chroma: all done but the intents"])
+def test_chroma_metadata_rewrite_from_a_page_read_killed_anywhere_is_finished_on_next_use(forkserver, fast_tmp_path,
+                                                                                           point):
+    seeded("chroma", fast_tmp_path)
+    kill_child(forkserver, "chroma", fast_tmp_path, point, "rewrite metadata")
+    backend = open_store("chroma", str(fast_tmp_path))
+    try:
+        expected = initial().with_metadatas(new_metadata())
+        assert_reads(backend, "docs", expected)
+        assert backend.state.all_records(backend.scope("docs"), journal.KIND) == {}
+        page, _ = next(backend.native_pages("docs", N))
+        back = backend.rewrite_metadata("docs", page, expected.ids, new_metadata())
+        assert_reads(backend, "docs", expected)
+        assert back is not None and back.batch.metadatas == expected.metadatas
     finally:
         backend.close()
 

@@ -7,8 +7,8 @@ With --profile, every adapter and op module (and so chromadb, faiss, qdrant_clie
 imported first and cProfile covers the CLI call only: the profile shows the run, not the imports.
 
 Counters: records returned by scan / scan_native / get and records sent to upsert /
-update_metadata, per (backend, collection); scan passes started (cursor None) and whole (reached
-the end; a pass that stops early is a sample); query and count calls. Phase timers (seconds, wall
+update_metadata / rewrite_metadata, per (backend, collection); scan passes started (cursor None)
+and whole (reached the end; a pass that stops early is a sample); query and count calls. Phase timers (seconds, wall
 clock): the copy loop, the copy's verification (and inside it search parity and the FAISS index
 brought up to date for a query), the runner's digests before and after a step, dropping
 collections, and the field ops' steps. Per step (`steps`): its seconds, the seconds of each phase
@@ -167,6 +167,7 @@ def install() -> None:
     # Every upsert and upsert_read_back (which writes through it), counted once.
     _patch(Backend, "_upsert_in_requests", _count_writes("upsert", 0))
     _patch(Backend, "update_metadata", _count_writes("update_metadata", 0))
+    _patch(Backend, "rewrite_metadata", _count_writes("rewrite_metadata", 1))
     for method in ("query", "count"):
         _patch(Backend, method, _count_calls(method))
     _patch(Backend, "drop_collection", _timed("drop_collection"))

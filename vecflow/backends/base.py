@@ -73,6 +73,11 @@ class NativePage:
         return cls(Batch.concat([page.batch for page in pages]), [rid for page in pages for rid in page.native_ids],
                    [native for page in pages for native in page.natives])
 
+    def take(self, positions: list[int]) -> NativePage:
+        """The records at these positions, in that order."""
+        return NativePage(self.batch.take(positions), [self.native_ids[i] for i in positions],
+                          [self.natives[i] for i in positions])
+
 
 # One query hit: (record id, score). Scores follow the metric: distance for l2 (squared
 # Euclidean) and cosine (1 - cosine similarity), smaller is closer; similarity (dot product) for
@@ -99,6 +104,9 @@ class Backend(ABC):
     # depend on the collection, _write_batch_limit is a limit the store enforces.
     preferred_read_batch: ClassVar[int] = 1000
     preferred_write_batch: ClassVar[int] = 1000
+    # Records per page of a pass that rewrites a collection in place (rewrite_batch_size); None:
+    # the read size.
+    preferred_rewrite_batch: ClassVar[int | None] = None
 
     _state: VecflowState | None = None
     _state_root: Path | None = None
@@ -221,6 +229,15 @@ class Backend(ABC):
             if size is not None:
                 return check_batch_size(self.name, name, size, "batch_size", "read")
         return check_batch_size(self.name, name, self._read_batch_size(name), "the adapter's read batch size", "read")
+
+    def rewrite_batch_size(self, name: str, configured: int | None = None) -> int:
+        """Records per page, and so per checkpoint, of a pass that reads collection `name` and
+        writes each page back into it (StepContext.rewrite_records): as read_batch_size, with the
+        size this adapter rewrites best when neither is set (its writes weigh there too)."""
+        if configured is not None or self._batch_size is not None or self.preferred_rewrite_batch is None:
+            return self.read_batch_size(name, configured)
+        return check_batch_size(self.name, name, self.preferred_rewrite_batch, "the adapter's rewrite batch size",
+                                "rewrite")
 
     def write_batch_size(self, name: str, configured: int | None = None) -> int:
         """Records per write request when upserting into collection `name`: `configured` when
@@ -486,17 +503,47 @@ class Backend(ABC):
 
         Unknown ids are ignored. Field operations use this, so they never rewrite vectors (some
         stores, e.g. Chroma cosine collections, change vector bits on every write)."""
-        self._before_write()
-        self._require(name)
-        if len(ids) != len(metadatas):
-            raise InvalidDataError(f"update_metadata on {name!r}: {len(ids)} ids but {len(metadatas)} metadatas")
-        wanted = dict(zip(ids, metadatas))
-        for rid, metadata in wanted.items():
-            if problem := metadata_problem(metadata):
-                raise InvalidDataError(f"update_metadata on {self.name} collection {name!r}, record {rid!r}: {problem}")
+        wanted = self._metadata_to_write("update_metadata", name, ids, metadatas)
         if wanted:
             self._retried(f"update_metadata {name!r}",
                           lambda: self._update_metadata(name, list(wanted), list(wanted.values())))
+
+    def rewrite_metadata(self, name: str, page: NativePage, ids: list[str],
+                         metadatas: list[dict[str, Any]]) -> NativePage | None:
+        """update_metadata of records of `page`, then those records as the store reads them after
+        the write (as get_native gives them; records gone meanwhile left out), or None when the
+        adapter cannot read native records by id. A rewrite pass digests what it wrote with it
+        (StepContext.rewrite_records).
+
+        page: the records as the caller read them just before (native_pages). The adapter may
+        take it as what the store holds instead of reading the records again before the write,
+        provided it finds and rewrites a record another writer changed since; and it may take
+        the vectors and document texts, which a metadata-only write leaves, from it instead of
+        reading them back. The metadata is always read back from the store: it may hold values
+        other than those sent (Chroma changes float ulps), and a digest hashes what the
+        application reads."""
+        wanted = self._metadata_to_write("rewrite_metadata", name, ids, metadatas)
+        position = {rid: i for i, rid in enumerate(page.batch.ids)}
+        if outside := next((rid for rid in wanted if rid not in position), None):
+            raise InvalidDataError(f"rewrite_metadata on {name!r}: record {outside!r} is not in the page given")
+        held = page.take([position[rid] for rid in wanted])
+        if not wanted:
+            return held
+        return self._retried(f"update_metadata {name!r}",
+                             lambda: self._rewrite_metadata(name, held, list(wanted.values())))
+
+    def _metadata_to_write(self, method: str, name: str, ids: list[str],
+                           metadatas: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """What a metadata-only write was asked for, checked (the last of a repeated id wins)."""
+        self._before_write()
+        self._require(name)
+        if len(ids) != len(metadatas):
+            raise InvalidDataError(f"{method} on {name!r}: {len(ids)} ids but {len(metadatas)} metadatas")
+        wanted = dict(zip(ids, metadatas))
+        for rid, metadata in wanted.items():
+            if problem := metadata_problem(metadata):
+                raise InvalidDataError(f"{method} on {self.name} collection {name!r}, record {rid!r}: {problem}")
+        return wanted
 
     def delete(self, name: str, ids: list[str]) -> None:
         """Delete records by id; unknown ids are ignored."""
@@ -513,19 +560,14 @@ class Backend(ABC):
         wanted = list(ids)
         return self._retried(f"get {name!r}", lambda: self._get(name, wanted))
 
-    def get_native(self, name: str, ids: list[str], vectors: np.ndarray | None = None) -> NativePage | None:
+    def get_native(self, name: str, ids: list[str]) -> NativePage | None:
         """The records with these ids that exist, as scan_native reads them (native parts and the
         logical batch); None when the adapter cannot read native records by id. A rewrite reads
-        back what it wrote with it, for the digest after the step (StepContext.rewrite_records).
-
-        vectors: the records' vectors (one row per id) when the caller read them and knows they
-        have not changed since (it wrote only metadata, `update_metadata`): the adapter may use
-        them instead of reading the vectors again."""
+        back what it upserted with it, for the digest after the step (StepContext.rewrite_records;
+        after a metadata-only write, `rewrite_metadata` reads them back)."""
         self._require(name)
         wanted = list(ids)
-        if vectors is not None and len(vectors) != len(wanted):
-            raise InvalidDataError(f"get_native on {name!r}: {len(wanted)} ids but {len(vectors)} vectors")
-        return self._retried(f"get {name!r}", lambda: self._get_native(name, wanted, vectors))
+        return self._retried(f"get {name!r}", lambda: self._get_native(name, wanted))
 
     def query(self, name: str, vectors: np.ndarray, k: int) -> list[list[Hit]]:
         """The k nearest records of each query vector, best first."""
@@ -612,7 +654,7 @@ class Backend(ABC):
         page, _ = self._scan_native(name, limit, None)
         return list(zip(page.native_ids, page.natives))
 
-    def _get_native(self, name: str, ids: list[str], vectors: np.ndarray | None = None) -> NativePage | None:
+    def _get_native(self, name: str, ids: list[str]) -> NativePage | None:
         """Stores without framework layouts (the native record is the logical one) read them with
         _get; an adapter with its own _scan_native overrides this too, or reads none by id."""
         if type(self)._scan_native is not Backend._scan_native:
@@ -654,6 +696,13 @@ class Backend(ABC):
         current = self._get(name, ids)
         if len(current):
             self._upsert(name, current.with_metadatas([wanted[rid] for rid in current.ids]))
+
+    def _rewrite_metadata(self, name: str, held: NativePage, metadatas: list[dict[str, Any]]) -> NativePage | None:
+        """held: the records to write (unique ids, as the caller read them), one metadata each.
+        Default: _update_metadata, then _get_native (the whole records read back)."""
+        ids = list(held.batch.ids)
+        self._update_metadata(name, ids, metadatas)
+        return self._get_native(name, ids)
 
     @abstractmethod
     def _delete(self, name: str, ids: list[str]) -> None: ...

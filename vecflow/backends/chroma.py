@@ -88,6 +88,9 @@ class ChromaBackend(Backend):
     # (docs/performance.md#batch-sizes).
     preferred_read_batch = 256
     preferred_write_batch = 1000
+    # A field step's pass reads a page, then `update`s it and reads its metadata back: there pages
+    # of 1,000 took about 25% less CPU than pages of 256 (docs/performance.md#batch-sizes).
+    preferred_rewrite_batch = 1000
     # The temporary copy of an embedded store opened read only (see open_read_only).
     _copy: str | None = None
 
@@ -282,50 +285,43 @@ class ChromaBackend(Backend):
     def _get(self, name: str, ids: list[str]) -> Batch:
         return self._read(self._collection(name), name, ids).batch
 
-    def _get_native(self, name: str, ids: list[str], vectors: np.ndarray | None = None) -> NativePage:
-        known = None if vectors is None else dict(zip(ids, np.asarray(vectors, dtype=np.float32)))
-        return self._read(self._collection(name), name, ids, known)
+    def _get_native(self, name: str, ids: list[str]) -> NativePage:
+        return self._read(self._collection(name), name, ids)
 
-    def _read(self, collection: Any, name: str, ids: list[str],
-              known: dict[str, np.ndarray] | None = None) -> NativePage:
+    def _read(self, collection: Any, name: str, ids: list[str]) -> NativePage:
         """The records with these ids that exist, in the order asked: natives as Chroma returns
-        them, and the logical batch the layout reads from them. known: the vectors (as vecflow
-        reads them) of records whose vectors have not changed since: not read again."""
+        them, and the logical batch the layout reads from them."""
         rows: dict[str, tuple[np.ndarray, Native]] = {}
-        include = ["documents", "metadatas"] if known is not None else ["embeddings", "documents", "metadatas"]
         with self._errors(f"reading collection {name!r}"):
             for chunk in _chunks(list(dict.fromkeys(ids)), self._max_batch):
-                result = collection.get(ids=chunk, include=include)
-                read = None if known is not None else np.asarray(result["embeddings"], dtype=np.float32)
+                result = collection.get(ids=chunk, include=["embeddings", "documents", "metadatas"])
+                read = np.asarray(result["embeddings"], dtype=np.float32)
                 for i, rid in enumerate(result["ids"]):
-                    vector = known[rid] if read is None else read[i]
-                    rows[rid] = (vector, Native(result["documents"][i], result["metadatas"][i] or {}))
+                    rows[rid] = (read[i], Native(result["documents"][i], result["metadatas"][i] or {}))
         present = [rid for rid in ids if rid in rows]
-        vectors = np.stack([rows[rid][0] for rid in present]) if present else None
-        return self._page(collection, name, present, vectors, [rows[rid][1] for rid in present],
-                          exact_bits=known is None)
-
-    def _page(self, collection: Any, name: str, present: list[str], vectors: np.ndarray | None,
-              natives: list[Native], exact_bits: bool = True) -> NativePage:
-        """Records as Chroma returned them (vectors as returned, natives) read through vecflow's
-        state (exact_bits: the written bits of cosine vectors) and the collection's layout."""
         if not present:
             return NativePage(Batch.empty(self._dim(collection, name)), [], [])
+        vectors = np.stack([rows[rid][0] for rid in present])
+        if _metric(collection) == "cosine":
+            vectors = exact.apply_bits(self.state, self.scope(name), present, vectors)
+        return self._page(name, present, vectors, [rows[rid][1] for rid in present])
+
+    def _page(self, name: str, ids: list[str], vectors: np.ndarray, natives: list[Native]) -> NativePage:
+        """Records as Chroma holds them (vectors as vecflow reads them) with the logical batch the
+        layout reads from them: vecflow's entries applied (original values, key order)."""
         scope = self.scope(name)
-        if _metric(collection) == "cosine" and exact_bits:
-            vectors = exact.apply_bits(self.state, scope, present, vectors)
-        entries = self._entries(scope, present)
+        entries = self._entries(scope, ids)
         layout = self._layout(name)
-        orders = self.state.get_records(scope, order.KIND, present) if layout.name in order.ORDERED_LAYOUTS else None
+        orders = self.state.get_records(scope, order.KIND, ids) if layout.name in order.ORDERED_LAYOUTS else None
         logicals = []
-        for rid, native in zip(present, natives):
+        for rid, native in zip(ids, natives):
             fields = values.decode(native.fields, entries.get(rid, {}))
             if orders is not None:
                 fields = order.restore(fields, orders.get(rid))
             logicals.append(layout.read(Native(native.text, fields), True))
-        batch = Batch(present, vectors, [r.document for r in logicals], [r.metadata for r in logicals],
+        batch = Batch(ids, vectors, [r.document for r in logicals], [r.metadata for r in logicals],
                       [r.extras for r in logicals])
-        return NativePage(batch, present, natives)
+        return NativePage(batch, list(ids), natives)
 
     # writing ---------------------------------------------------------------------------------
 
@@ -400,7 +396,7 @@ class ChromaBackend(Backend):
             if cosine:
                 returned = np.asarray(back["embeddings"], dtype=np.float32)[[position[rid] for rid in ids]]
                 exact.record_bits(self.state, scope, ids, plan.batch.vectors, returned)
-            held = self._settle(collection, name, dict(zip(ids, plan.encoded)), back if pending else None,
+            held = self._settle(collection, name, dict(zip(ids, plan.encoded)), _fields_of(back) if pending else {},
                                 fresh=set(plan.new_ids))
             self.state.put_records(scope, order.KIND, plan.orders)
             journal.end(self.state, scope, ids)
@@ -411,40 +407,99 @@ class ChromaBackend(Backend):
         rows = [position[rid] for rid in present]
         natives = [Native(back["documents"][i], held.get(rid, back["metadatas"][i] or {}))
                    for rid, i in zip(present, rows)]
-        vectors = np.asarray(back["embeddings"], dtype=np.float32)[rows] if rows else None
-        return self._page(collection, name, present, vectors, natives)
+        if not present:
+            return NativePage(Batch.empty(plan.batch.dim), [], [])
+        vectors = np.asarray(back["embeddings"], dtype=np.float32)[rows]
+        if cosine:
+            vectors = exact.apply_bits(self.state, scope, present, vectors)
+        return self._page(name, present, vectors, natives)
 
     def _update_metadata(self, name: str, ids: list[str], metadatas: list[dict[str, Any]]) -> None:
         """Metadata-only writes (Chroma's `update`) of the keys that change: vectors, documents
         and every other part of the native record are not touched."""
-        collection, layout = self._collection(name), self._layout(name)
-        self._lists.written(collection.id)
+        collection = self._collection(name)
         wanted = dict(zip(ids, metadatas))
-        planned: list[tuple[str, values.Encoded]] = []  # all of them first: refused before writing
-        orders: dict[str, bytes | None] = {}
+        held: dict[str, values.Held] = {}
         for chunk in _chunks(list(wanted), self._max_batch):
-            for rid, old in self._held(collection, name, chunk).items():
-                new = layout.with_metadata(old.decoded(), wanted[rid], True)
-                planned.append((rid, values.encode(new.fields, rid, name, old, self._float_passes)))
-                if layout.name in order.ORDERED_LAYOUTS:
-                    orders[rid] = order.entry(new.fields)
-        scope = self.scope(name)
+            held.update(self._held(collection, name, chunk))
+        planned, orders = self._plan_metadata(name, wanted, held)
         for lo in range(0, len(planned), self._max_batch):
-            chunk = planned[lo:lo + self._max_batch]
-            changed = [(rid, encoded) for rid, encoded in chunk if encoded.sent]
-            pending = [rid for rid, encoded in changed if encoded.pending]
-            journal.begin_metadata(self.state, scope, {rid: wanted[rid] for rid, _ in chunk})
-            with self._interrupted(scope):
-                if changed:
-                    with self._ends_if_refused(scope, [rid for rid, _ in chunk]), \
-                            self._errors(f"updating metadata in collection {name!r}"):
-                        collection.update(ids=[rid for rid, _ in changed], metadatas=[e.sent for _, e in changed])
-                with self._errors(f"reading back collection {name!r}"):
-                    back = collection.get(ids=pending, include=["metadatas"]) if pending else None
-                self._settle(collection, name, dict(chunk), back)
-                # A new order of the same keys changes nothing in Chroma, only this entry.
-                self.state.put_records(scope, order.KIND, {rid: orders[rid] for rid, _ in chunk if rid in orders})
-                journal.end(self.state, scope, [rid for rid, _ in chunk])
+            self._write_metadata(collection, name, wanted, planned[lo:lo + self._max_batch], orders)
+
+    def _rewrite_metadata(self, name: str, held: NativePage, metadatas: list[dict[str, Any]]) -> NativePage:
+        """As _update_metadata, planned from the records as the caller read them (no read before
+        the write), then one metadata read-back of them all: it settles the floats Chroma decides
+        and checks each record holds what the plan meant it to (a record another writer changed
+        since the caller read it is written again the ordinary way, from what Chroma holds then).
+        The page returned has the vectors and texts the caller read: `update` leaves them."""
+        collection, ids = self._collection(name), list(held.batch.ids)
+        wanted = dict(zip(ids, metadatas))
+        entries = self._entries(self.scope(name), ids)
+        olds = {rid: values.Held(native, entries.get(rid, {})) for rid, native in zip(ids, held.natives)}
+        planned, orders = self._plan_metadata(name, wanted, olds)
+        holding: dict[str, dict[str, Any]] = {}
+        changed: list[str] = []
+        for lo in range(0, len(planned), self._max_batch):
+            fields, others = self._write_metadata(collection, name, wanted, planned[lo:lo + self._max_batch],
+                                                  orders, olds)
+            holding.update(fields)
+            changed += others
+        if changed:
+            self._update_metadata(name, changed, [wanted[rid] for rid in changed])
+            with self._errors(f"reading back collection {name!r}"):
+                holding.update(_fields_of(collection.get(ids=changed, include=["metadatas"])))
+            # Deleted before the second write could see them: nothing is left to finish.
+            journal.end(self.state, self.scope(name), [rid for rid in changed if rid not in holding])
+        kept = [i for i, rid in enumerate(ids) if rid in holding]
+        return self._page(name, [ids[i] for i in kept], held.batch.vectors[kept],
+                          [Native(held.natives[i].text, holding[ids[i]]) for i in kept])
+
+    def _plan_metadata(self, name: str, wanted: dict[str, dict[str, Any]], held: dict[str, values.Held]
+                       ) -> tuple[list[tuple[str, values.Encoded]], dict[str, bytes | None]]:
+        """What to send to each held record, all planned before anything is written (a value
+        Chroma refuses stops the write first), and the records' `order` entries."""
+        layout = self._layout(name)
+        planned: list[tuple[str, values.Encoded]] = []
+        orders: dict[str, bytes | None] = {}
+        for rid, old in held.items():
+            new = layout.with_metadata(old.decoded(), wanted[rid], True)
+            planned.append((rid, values.encode(new.fields, rid, name, old, self._float_passes)))
+            if layout.name in order.ORDERED_LAYOUTS:
+                orders[rid] = order.entry(new.fields)
+        return planned, orders
+
+    def _write_metadata(self, collection: Any, name: str, wanted: dict[str, dict[str, Any]],
+                        chunk: list[tuple[str, values.Encoded]], orders: dict[str, bytes | None],
+                        held: dict[str, values.Held] | None = None) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        """One chunk of a metadata-only write, between its write intents and their end.
+
+        With held (what the plan took Chroma to hold), every record is read back: returns what
+        Chroma holds of those that hold what the plan meant, and the ids of those that do not
+        (another writer changed them: their intents are left for the caller to write them
+        again). Records gone meanwhile are left out of both. Without held, only records with
+        floats Chroma decides are read back, and nothing is returned."""
+        scope = self.scope(name)
+        ids = [rid for rid, _ in chunk]
+        self._lists.written(collection.id)
+        changed = [(rid, encoded) for rid, encoded in chunk if encoded.sent]
+        read = ids if held is not None else [rid for rid, encoded in changed if encoded.pending]
+        journal.begin_metadata(self.state, scope, {rid: wanted[rid] for rid in ids})
+        with self._interrupted(scope):
+            if changed:
+                with self._ends_if_refused(scope, ids), self._errors(f"updating metadata in collection {name!r}"):
+                    collection.update(ids=[rid for rid, _ in changed], metadatas=[e.sent for _, e in changed])
+            with self._errors(f"reading back collection {name!r}"):
+                returned = _fields_of(collection.get(ids=read, include=["metadatas"]) if read else None)
+            others = set() if held is None else {
+                rid for rid, encoded in chunk if rid in returned and not _as_planned(held[rid], encoded, returned[rid])}
+            written = {rid: encoded for rid, encoded in chunk
+                       if rid not in others and (held is None or rid in returned)}
+            holding = self._settle(collection, name, written, returned)
+            # A new order of the same keys changes nothing in Chroma, only this entry.
+            self.state.put_records(scope, order.KIND, {rid: orders[rid] for rid in written if rid in orders})
+            journal.end(self.state, scope, [rid for rid in ids if rid not in others])
+        kept = {rid: holding[rid] for rid in written} if held is not None else {}
+        return kept, [rid for rid in ids if rid in others]
 
     def _held(self, collection: Any, name: str, ids: list[str]) -> dict[str, values.Held]:
         """The records with these ids that exist, as Chroma holds them (no vectors)."""
@@ -455,13 +510,12 @@ class ChromaBackend(Backend):
                 for rid, text, fields in zip(old["ids"], old["documents"], old["metadatas"])}
 
     def _settle(self, collection: Any, name: str, encoded: dict[str, values.Encoded],
-                back: dict[str, Any] | None, fresh: set[str] | None = None) -> dict[str, dict[str, Any]]:
+                returned: dict[str, dict[str, Any]], fresh: set[str] | None = None) -> dict[str, dict[str, Any]]:
         """Record the `values` entries of written records that changed, once every float sent as a
         neighbour Chroma did not read as the original was sent again (chroma_values.converge);
         always those of `fresh` records (written anew: entries a record deleted behind vecflow's
-        back left must not apply to them). Returns what Chroma then holds for the metadata of the
-        records read back."""
-        returned = {rid: fields or {} for rid, fields in zip(back["ids"], back["metadatas"])} if back else {}
+        back left must not apply to them). returned: the written records' metadata read back
+        (at least those with floats Chroma decides). Returns what Chroma then holds of them."""
         returned = values.converge(encoded, returned, lambda sends: self._resend(collection, name, sends))
         changes = {}
         for rid, record in encoded.items():
@@ -657,6 +711,27 @@ def _holding_lists(collection: Any, ids: list[str]) -> list[str]:
     """The ids among these whose metadata holds a list value."""
     result = collection.get(ids=ids, include=["metadatas"])
     return [rid for rid, fields in zip(result["ids"], result["metadatas"]) if holds_list(fields)]
+
+
+def _fields_of(result: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """The metadata of each record a `get(include=["metadatas", ...])` returned."""
+    if not result:
+        return {}
+    return {rid: fields or {} for rid, fields in zip(result["ids"], result["metadatas"])}
+
+
+def _as_planned(held: values.Held, encoded: values.Encoded, fields: dict[str, Any]) -> bool:
+    """Whether a record read back after `update` holds what the keys sent make of the record as
+    held before: another writer's change in between shows here (floats Chroma decides, the
+    pending keys, need only be there)."""
+    expected = dict(held.native.fields)
+    for key, value in encoded.sent.items():
+        if value is None:
+            expected.pop(key, None)
+        else:
+            expected[key] = value
+    return expected.keys() == fields.keys() and all(
+        key in encoded.pending or values.same(fields[key], value) for key, value in expected.items())
 
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:

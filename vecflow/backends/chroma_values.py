@@ -63,6 +63,8 @@ _NEIGHBOURS = 4
 _POW10 = [float(f"1e{i}") for i in range(309)]  # serde_json's table
 _LIST_ITEM_TYPES = (str, int, float, bool)
 _MISSING = object()
+# Types whose JSON text is equal exactly when the values are (same() compares them directly).
+_PLAIN = (str, int, bool, type(None))
 
 
 @dataclass(frozen=True)
@@ -294,6 +296,12 @@ def normalised(value: Any, record_id: str, collection: str, key: str) -> Any:
 
 def same(a: Any, b: Any) -> bool:
     """Equal as JSON: 1, 1.0 and True differ, and so do 0.0 and -0.0."""
+    kind = type(a)
+    if kind is type(b):  # the common cases, without encoding (a field op compares every key)
+        if kind in _PLAIN:
+            return a == b
+        if kind is float:  # the shortest repr: equal values of one sign, or both NaN
+            return (a == b and math.copysign(1, a) == math.copysign(1, b)) or (a != a and b != b)
     return json.dumps(a, sort_keys=True, default=json_default) == json.dumps(b, sort_keys=True, default=json_default)
 
 

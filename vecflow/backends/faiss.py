@@ -364,7 +364,7 @@ class FaissBackend(Backend):
             conn.executemany("DELETE FROM records WHERE fid = ?", fids)
 
     @_sqlite_errors
-    def _get_native(self, name: str, ids: list[str], vectors: np.ndarray | None = None) -> NativePage:
+    def _get_native(self, name: str, ids: list[str]) -> NativePage:
         if folder := self._folder(name):
             return folder.get(ids)
         batch = self._get(name, ids)

@@ -231,7 +231,7 @@ class FilesBackend(Backend):
             return row
         return bisect.bisect_right(view.codec.read_ids(view.folder / part.file), last)
 
-    def _get_native(self, name: str, ids: list[str], vectors: np.ndarray | None = None) -> None:
+    def _get_native(self, name: str, ids: list[str]) -> None:
         """None: a read by id reads the whole part files holding the ids, so a rewrite reading back
         its pages this way would read them once per page; the runner's one pass after is cheaper."""
         return None

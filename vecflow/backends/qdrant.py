@@ -302,7 +302,7 @@ class QdrantBackend(Backend):
     def _get(self, name: str, ids: list[str]) -> Batch:
         return self._get_native(name, ids).batch
 
-    def _get_native(self, name: str, ids: list[str], vectors: np.ndarray | None = None) -> NativePage:
+    def _get_native(self, name: str, ids: list[str]) -> NativePage:
         slot = self._slot(name)
         pids = [point_id(rid) for rid in ids]
         found = {str(point.id): point for point in self._retrieve(name, pids, slot.selector)}

@@ -437,7 +437,7 @@ class RedisBackend(Backend):
         return self._get_native(name, ids).batch
 
     @_translated
-    def _get_native(self, name: str, ids: list[str], vectors: np.ndarray | None = None) -> NativePage:
+    def _get_native(self, name: str, ids: list[str]) -> NativePage:
         return self._read(name, self._existing(name), [rid.encode("utf-8", "surrogateescape") for rid in ids])
 
     def _suffixes(self, shape: Shape, refresh: bool) -> list[bytes]:

@@ -146,8 +146,8 @@ class StepContext:
             self.record_digest_before(ref, "absent")
             self.save()
         backend, name = self.require(ref)
-        tally = (RewriteTally.load(self.state, key, self.stores.canonical(ref), self.page_size(ref), self.verify)
-                 if digest else None)
+        size = backend.rewrite_batch_size(name, self.batch_size)
+        tally = RewriteTally.load(self.state, key, self.stores.canonical(ref), size, self.verify) if digest else None
         if self.state.get(f"{key}_done"):
             if tally is not None:
                 self._digested(ref, tally)
@@ -155,22 +155,24 @@ class StepContext:
         if self.state.get(key) is None:
             self.expect(lambda: backend.count(name))
         try:
-            for native, cursor in backend.native_pages(name, tally.size if tally else self.page_size(ref),
-                                                       self.state.get(key)):
+            for native, cursor in backend.native_pages(name, tally.size if tally else size, self.state.get(key)):
                 page = native.batch
                 before = tally.page_before(native) if tally is not None else None
                 changed = transform(page) if len(page) else None
                 written = list(changed.ids) if changed is not None else []
+                back = None  # the rewritten records read back, when the write did it
                 if written:
                     if tally is not None and tally.hold(before, native, cursor):
                         tally.save_into(self.state, key)
                         self.save()
-                    if metadata_only:
+                    if metadata_only and tally is not None and tally.after is not None:
+                        back = backend.rewrite_metadata(name, native, changed.ids, changed.metadatas)
+                    elif metadata_only:
                         backend.update_metadata(name, changed.ids, changed.metadatas)
                     else:
                         backend.upsert(name, changed)
                 if tally is not None:
-                    tally.fold(before, tally.page_after(backend, name, native, written, metadata_only))
+                    tally.fold(before, tally.page_after(backend, name, native, written, back))
                     tally.save_into(self.state, key)
                     if cursor is None:
                         self._digested(ref, tally)

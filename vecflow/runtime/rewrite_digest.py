@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vecflow.backends.base import Backend, NativePage
-from vecflow.runtime.digest import Digest, DigestPair, batch_digest, native_digest
+from vecflow.runtime.digest import Digest, DigestPair, page_digests
 
 # The step-state key of the tallies, one per rewrite loop key.
 TALLIES = "rewrite_digests"
@@ -36,10 +36,7 @@ TALLIES = "rewrite_digests"
 
 def pair_of(page: NativePage, positions: list[int] | None = None) -> DigestPair:
     """The digest pair of a native page, or of the records at these positions of it."""
-    if positions is not None:
-        page = NativePage(page.batch.take(positions), [page.native_ids[i] for i in positions],
-                          [page.natives[i] for i in positions])
-    return DigestPair(batch_digest(page.batch), native_digest(page))
+    return page_digests(page if positions is None else page.take(positions))
 
 
 def _add(one: DigestPair | None, other: DigestPair | None) -> DigestPair | None:
@@ -117,18 +114,18 @@ class RewriteTally:
         return True
 
     def page_after(self, backend: Backend, name: str, page: NativePage, written: list[str],
-                   metadata_only: bool) -> DigestPair | None:
-        """The page's digest after its write: untouched records as read, rewritten ones read back
-        (after a metadata-only write, with the vectors as read: `update_metadata` leaves them)."""
+                   back: NativePage | None) -> DigestPair | None:
+        """The page's digest after its write: untouched records as read, rewritten ones as the
+        store reads them back: `back` when the write read them (`Backend.rewrite_metadata`),
+        else read now (`Backend.get_native`)."""
         if self.after is None:
             return None
         if not written:
             return pair_of(page)
         rewritten = set(written)
         kept = [i for i, rid in enumerate(page.batch.ids) if rid not in rewritten]
-        positions = [i for i, rid in enumerate(page.batch.ids) if rid in rewritten]
-        back = backend.get_native(name, [page.batch.ids[i] for i in positions],
-                                  page.batch.vectors[positions] if metadata_only else None)
+        if back is None:
+            back = backend.get_native(name, [rid for rid in page.batch.ids if rid in rewritten])
         if back is None:
             self.after = None
             return None
