@@ -63,6 +63,10 @@ def test_unset_batch_size_lets_each_adapter_choose_and_a_set_one_is_used_everywh
         main, kv = opened.backend("main"), opened.backend("kv")
         chosen = {(b.name, b.read_batch_size("docs"), b.write_batch_size("docs")) for b in (main, kv)}
         assert chosen == {(b.name, type(b).preferred_read_batch, type(b).preferred_write_batch) for b in (main, kv)}
+        # A copy reads no more per page than the target writes per request, or 1,000 records.
+        assert type(main).preferred_read_batch == 5000
+        assert [main.copy_batch_size("docs", writes) for writes in (256, 1000, 3000, 8000)] == [1000, 1000, 3000, 5000]
+        assert main.copy_batch_size("docs", 256, configured=300) == 300
     finally:
         opened.close()
     path = write(tmp_path, "[vecflow]\nbatch_size = 300\n" + stores)
@@ -70,6 +74,7 @@ def test_unset_batch_size_lets_each_adapter_choose_and_a_set_one_is_used_everywh
     try:
         for backend in (opened.backend("main"), opened.backend("kv")):
             assert (backend.read_batch_size("docs"), backend.write_batch_size("docs")) == (300, 300)
+            assert backend.copy_batch_size("docs", 5000) == 300
     finally:
         opened.close()
     # `auto` says "unset" where a file or the environment set one.

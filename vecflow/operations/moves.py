@@ -189,7 +189,7 @@ class CopyCollectionOp(Op):
         written = self._written_side(ctx)
         truth = self._parity_truth(ctx, source, source_name)
         retried = before = target.retried_calls
-        pages = self._source_pages(source, source_name, target, ctx)
+        pages = self._source_pages(source, source_name, target, target_name, ctx)
         with contextlib.closing(pages):  # stops a read-ahead thread when a write fails
             # Pages are gathered to the target's write size: one write and one checkpoint each.
             for natives, cursor in gathered(pages, target.write_batch_size(target_name, ctx.batch_size)):
@@ -219,14 +219,15 @@ class CopyCollectionOp(Op):
         self._fed_truth = truth
 
     @staticmethod
-    def _source_pages(source: Backend, source_name: str, target: Backend,
+    def _source_pages(source: Backend, source_name: str, target: Backend, target_name: str,
                       ctx: StepContext) -> Iterator[tuple[NativePage, str | None]]:
         """The source's pages from the checkpoint on: read ahead of the writes when the target is
         another store (its writes cannot change what is being read)."""
         cursor = ctx.state.get("copy_cursor")
+        size = source.copy_batch_size(source_name, target.write_batch_size(target_name, ctx.batch_size), ctx.batch_size)
         if source is target:
-            return source.native_pages(source_name, ctx.batch_size, cursor)
-        return source.native_pages_ahead(source_name, ctx.batch_size, cursor)
+            return source.native_pages(source_name, size, cursor)
+        return source.native_pages_ahead(source_name, size, cursor)
 
     def _written_side(self, ctx: StepContext) -> SideDigest | None:
         """The target's digest as the store read back what the copy wrote, so far (restored from
