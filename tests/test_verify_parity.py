@@ -120,18 +120,29 @@ def test_same_kind_of_index_with_equal_digests_skips_the_queries(stores):
         in report.summary()
 
 
-def test_copy_collection_op_notes_the_recalls_and_saves_them(fast_tmp_path):
-    project = Project(fast_tmp_path / "project", {"path": str(fast_tmp_path / "chroma")},
-                      extra_stores={"faiss": ("faiss", {"path": str(fast_tmp_path / "faiss")})})
-    backend = ChromaBackend(path=str(fast_tmp_path / "chroma"))
+def chroma_to_faiss_copy(tmp_path) -> Project:
+    """A project whose one revision copies 1,000 records from Chroma to FAISS, 10 parity queries."""
+    project = Project(tmp_path / "project", {"path": str(tmp_path / "chroma")},
+                      extra_stores={"faiss": ("faiss", {"path": str(tmp_path / "faiss")})})
+    backend = ChromaBackend(path=str(tmp_path / "chroma"))
     try:
         fill(backend, "docs", random_batch(1000))
     finally:
         backend.close()
     project.write_python("m1", None, 'op.copy_collection("main:docs", "faiss:docs", parity_queries=10)')
-    lines = project.run("upgrade", "head")
-    verified = [line for line in lines if "verified faiss:docs" in line]
-    assert verified and "recall@10 target 1.000, source" in verified[0] and "over 10 queries" in verified[0]
+    return project
+
+
+def verified_note(project: Project) -> str:
+    """The `verified faiss:docs: ...` note of `upgrade head`."""
+    verified = [line for line in project.run("upgrade", "head") if "verified faiss:docs" in line]
+    assert verified
+    return verified[0]
+
+
+def test_copy_collection_op_notes_the_recalls_and_saves_them(fast_tmp_path):
+    note = verified_note(chroma_to_faiss_copy(fast_tmp_path))
+    assert "recall@10 target 1.000, source" in note and "over 10 queries" in note
 
 
 def test_digests_that_differ_come_with_the_records_and_parts_that_differ(stores):
@@ -152,23 +163,15 @@ def test_digests_that_differ_come_with_the_records_and_parts_that_differ(stores)
 
 def test_a_copy_verified_in_the_run_that_copied_it_draws_its_queries_once(fast_tmp_path, monkeypatch):
     """The ground truth the copy loop fed is the one verification uses: the queries are not drawn
-    from the source a second time (a sample read and a get by id), and the recall is the same as
-    from the truth saved in the step's state."""
+    from the source a second time (a sample read and a get by id)."""
     from vecflow.operations import moves
 
-    project = Project(fast_tmp_path / "project", {"path": str(fast_tmp_path / "chroma")},
-                      extra_stores={"faiss": ("faiss", {"path": str(fast_tmp_path / "faiss")})})
-    backend = ChromaBackend(path=str(fast_tmp_path / "chroma"))
-    try:
-        fill(backend, "docs", random_batch(1000))
-    finally:
-        backend.close()
+    project = chroma_to_faiss_copy(fast_tmp_path)
     drawn, original = [], moves.parity_truth
     monkeypatch.setattr(moves, "parity_truth", lambda *args: drawn.append(args) or original(*args))
-    project.write_python("m1", None, 'op.copy_collection("main:docs", "faiss:docs", parity_queries=10)')
-    verified = [line for line in project.run("upgrade", "head") if "verified faiss:docs" in line]
+    note = verified_note(project)
     assert len(drawn) == 1
-    assert verified and "recall@10 target 1.000" in verified[0] and "over 10 queries" in verified[0]
+    assert "recall@10 target 1.000" in note and "over 10 queries" in note
 
 
 def test_ranking_keys_match_the_textbook_formulas_on_hard_vectors():
