@@ -21,10 +21,33 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from vecflow.errors import IrreversibleError, OperationError
 
 if TYPE_CHECKING:
+    from vecflow.batch import Batch
     from vecflow.runtime.context import StepContext
     from vecflow.runtime.stores import Stores
 
 OP_REGISTRY: dict[str, type[Op]] = {}
+
+
+@dataclass(frozen=True)
+class FieldAccess:
+    """The metadata fields a one-pass metadata step (`Op.metadata_pass`) reads and writes. reads
+    None: any field (a user function, an expression that uses `metadata`)."""
+
+    reads: frozenset[str] | None
+    writes: frozenset[str]
+
+    @property
+    def touched(self) -> frozenset[str] | None:
+        return None if self.reads is None else self.reads | self.writes
+
+    def independent_of(self, other: FieldAccess) -> bool:
+        """Neither step writes a field the other reads or writes: their order does not matter, and
+        each gives the same result on a page the other already rewrote."""
+        return _disjoint(self.writes, other.touched) and _disjoint(other.writes, self.touched)
+
+
+def _disjoint(writes: frozenset[str], touched: frozenset[str] | None) -> bool:
+    return not writes if touched is None else not writes & touched
 
 
 @dataclass(frozen=True)
@@ -76,6 +99,19 @@ class Op(BaseModel):
         reads them anyway (a copy's source, in its copy loop; StepContext.record_digest_before):
         the runner does not read them a first time before the step."""
         return []
+
+    def field_access(self) -> FieldAccess | None:
+        """For an op whose whole work is one metadata-only rewrite pass over its one collection
+        (`metadata_pass`): the fields it reads and writes. The runner runs consecutive such steps
+        on the same collection that do not touch each other's fields in one pass
+        (runtime/fused_pass.py). None: the step runs alone."""
+        return None
+
+    def metadata_pass(self, ctx: StepContext) -> Callable[[Batch], Batch | None]:
+        """For an op with a `field_access`: begin what it keeps (its snapshot) and return its page
+        transform for `StepContext.rewrite_records` (metadata_only, digest): its run() is that
+        pass over its collection."""
+        raise NotImplementedError
 
     def describe(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.model_dump(exclude_defaults=True).items())

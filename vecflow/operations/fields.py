@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from jinja2 import TemplateSyntaxError
+from jinja2 import meta as jinja_meta
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import Field, field_validator, model_validator
 
 from vecflow.batch import Batch
 from vecflow.errors import InvalidDataError, IrreversibleError, OperationError
-from vecflow.operations.base import CollectionOp, Op, StepRecord, register_op
+from vecflow.operations.base import CollectionOp, FieldAccess, Op, StepRecord, register_op
 from vecflow.operations.user_code import USER_ERRORS, failure, import_user_module
 from vecflow.runtime.context import StepContext
 from vecflow.runtime.estimate import count_matching, sample
@@ -54,6 +55,16 @@ def compile_expression(value: str) -> Callable[..., Any]:
 def record_scope(rid: str, meta: dict, document: str | None) -> dict[str, Any]:
     """The names an expression sees: every metadata key, then id, document and metadata."""
     return {**meta, "id": rid, "document": document, "metadata": meta}
+
+
+def expression_fields(*expressions: str | None) -> frozenset[str] | None:
+    """The metadata fields these expressions can read (the names of record_scope they use); None
+    when one uses the whole `metadata`."""
+    names: set[str] = set()
+    for expression in expressions:
+        if expression is not None:
+            names |= jinja_meta.find_undeclared_variables(_JINJA.parse(f"{{{{ {expression} }}}}"))
+    return None if "metadata" in names else frozenset(names - {"id", "document"})
 
 
 def check_function(value: UserFunction | None) -> UserFunction | None:
@@ -116,7 +127,21 @@ def wrote_nothing(ctx: StepContext, interrupted: bool, snapshot: str) -> bool:
 
 
 class FieldOp(CollectionOp):
+    """An op that gives one field a new value on every record where that differs, snapshotting
+    prior values first (subclasses say which value: `new_value`)."""
+
     field: str
+
+    def new_value(self, ctx: StepContext) -> Callable[[str, dict, str | None], Any]:
+        """new_value(id, metadata, document): the field's value, ABSENT (remove the field) or SKIP
+        (leave the record alone)."""
+        raise NotImplementedError
+
+    def run(self, ctx: StepContext) -> None:
+        ctx.rewrite_records(self.collection, self.metadata_pass(ctx), metadata_only=True, digest=True)
+
+    def metadata_pass(self, ctx: StepContext) -> Callable[[Batch], Batch | None]:
+        return self.snapshot_values_pass(ctx, self.new_value(ctx))
 
     def digested_while_running(self) -> list[str]:
         # The rewrite pass takes the digests before and after (StepContext.rewrite_records).
@@ -148,10 +173,9 @@ class FieldOp(CollectionOp):
 
         return [f"{what}; records affected: {sampled.extrapolate(count_matching(sampled, changes))}"]
 
-    def rewrite_with_snapshot(self, ctx: StepContext, new_value: Any) -> None:
-        """Give the field new_value(id, metadata, document) on every record where that differs,
-        snapshotting prior values first. new_value returns a value, ABSENT (remove the field) or
-        SKIP (leave the record alone).
+    def snapshot_values_pass(self, ctx: StepContext, new_value: Any) -> Callable[[Batch], Batch | None]:
+        """Begin the values snapshot; the page transform giving the field new_value(id, metadata,
+        document) on every record where that differs, adding prior values to the snapshot first.
 
         A record already in the snapshot was rewritten before a crash: new_value sees its
         original metadata again, so the result is the same as if the page ran once."""
@@ -174,7 +198,7 @@ class FieldOp(CollectionOp):
             ctx.snapshots.add_values(ctx.snapshot, priors)
             return page.take(positions).with_metadatas(metadatas)
 
-        ctx.rewrite_records(self.collection, transform, metadata_only=True, digest=True)
+        return transform
 
 
 def _with_field(meta: dict, field: str, value: Any, position: int | None = None) -> dict:
@@ -254,9 +278,15 @@ class AddFieldOp(FieldOp):
         return self.preview_changes(stores, lambda rid, meta, doc: SKIP if self.field in meta else self.default,
                                     f"field added: {self.field}")
 
-    def run(self, ctx: StepContext) -> None:
+    def field_access(self) -> FieldAccess:
+        if self.function is not None:
+            return FieldAccess(None, frozenset({self.field}))
+        reads = expression_fields(self.expression)
+        return FieldAccess(None if reads is None else reads | {self.field}, frozenset({self.field}))
+
+    def new_value(self, ctx: StepContext) -> Callable[[str, dict, str | None], Any]:
         value_of = self._value_function(ctx)
-        self.rewrite_with_snapshot(ctx, lambda rid, meta, doc: SKIP if self.field in meta else value_of(rid, meta, doc))
+        return lambda rid, meta, doc: SKIP if self.field in meta else value_of(rid, meta, doc)
 
     def _value_function(self, ctx: StepContext) -> Callable[[str, dict, str | None], Any]:
         where = f"add_field {self.collection}.{self.field}"
@@ -298,8 +328,11 @@ class DropFieldOp(FieldOp):
         return self.preview_changes(stores, lambda rid, meta, doc: ABSENT if self.field in meta else SKIP,
                                     f"fields dropped: {self.field}")
 
-    def run(self, ctx: StepContext) -> None:
-        self.rewrite_with_snapshot(ctx, lambda rid, meta, doc: ABSENT if self.field in meta else SKIP)
+    def field_access(self) -> FieldAccess:
+        return FieldAccess(frozenset({self.field}), frozenset({self.field}))
+
+    def new_value(self, ctx: StepContext) -> Callable[[str, dict, str | None], Any]:
+        return lambda rid, meta, doc: ABSENT if self.field in meta else SKIP
 
 
 @register_op
@@ -327,7 +360,7 @@ class SetFieldOp(FieldOp):
         return f"set_field {self.collection}: {self.field} = {{{{ {self.expression} }}}}{where}"
 
     def value_function(self) -> Any:
-        """new_value(id, metadata, document) for rewrite_with_snapshot; an expression that fails
+        """new_value(id, metadata, document) for snapshot_values_pass; an expression that fails
         raises InvalidDataError naming the record (the dry run's preview reports it as a refusal)."""
         expression = compile_expression(self.expression)
         condition = compile_expression(self.where) if self.where else None
@@ -350,8 +383,12 @@ class SetFieldOp(FieldOp):
         except InvalidDataError as exc:
             return [f"refused: {exc}"]
 
-    def run(self, ctx: StepContext) -> None:
-        self.rewrite_with_snapshot(ctx, self.value_function())
+    def field_access(self) -> FieldAccess:
+        reads = expression_fields(self.expression, self.where)
+        return FieldAccess(None if reads is None else reads | {self.field}, frozenset({self.field}))
+
+    def new_value(self, ctx: StepContext) -> Callable[[str, dict, str | None], Any]:
+        return self.value_function()
 
 
 @register_op
@@ -402,7 +439,14 @@ class RenameFieldOp(CollectionOp):
         return [UnrenameFieldOp(collection=self.collection, old=self.old, new=self.new, snapshot=record.snapshot,
                                 interrupted=True)]
 
+    def field_access(self) -> FieldAccess:
+        names = frozenset({self.old, self.new})
+        return FieldAccess(names, names)
+
     def run(self, ctx: StepContext) -> None:
+        ctx.rewrite_records(self.collection, self.metadata_pass(ctx), metadata_only=True, digest=True)
+
+    def metadata_pass(self, ctx: StepContext) -> Callable[[Batch], Batch | None]:
         ctx.snapshots.begin_values(ctx.snapshot, self.old)
 
         def transform(page: Batch) -> Batch | None:
@@ -421,7 +465,7 @@ class RenameFieldOp(CollectionOp):
             ctx.snapshots.add_values(ctx.snapshot, [(page.ids[i], page.metadatas[i][self.old]) for i in positions])
             return page.take(positions).with_metadatas(metadatas)
 
-        ctx.rewrite_records(self.collection, transform, metadata_only=True, digest=True)
+        return transform
 
 
 @register_op

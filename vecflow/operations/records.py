@@ -21,7 +21,7 @@ from pydantic import field_validator
 from vecflow.backends import Backend
 from vecflow.batch import Batch
 from vecflow.errors import InvalidDataError, IrreversibleError, OperationError, VecflowError
-from vecflow.operations.base import CollectionOp, Op, StepRecord, register_op
+from vecflow.operations.base import CollectionOp, FieldAccess, Op, StepRecord, register_op
 from vecflow.operations.fields import (
     SKIP,
     FieldOp,
@@ -209,8 +209,11 @@ class CastFieldOp(FieldOp):
                          f"(first: {first}); {outcome}")
         return lines
 
-    def run(self, ctx: StepContext) -> None:
-        self.rewrite_with_snapshot(ctx, self.value_function())
+    def field_access(self) -> FieldAccess:
+        return FieldAccess(frozenset({self.field}), frozenset({self.field}))
+
+    def new_value(self, ctx: StepContext) -> Callable[[str, dict, str | None], Any]:
+        return self.value_function()
 
 
 # records snapshots -----------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from vecflow.runtime.context import DIGESTS_BEFORE, StepContext, finish_rewrite_
 from vecflow.runtime.digest import VERSION as DIGEST_VERSION
 from vecflow.runtime.digest import Digest, DigestPair, collection_digests
 from vecflow.runtime.digest import version_of as digest_version
+from vecflow.runtime.fused_pass import run_in_one_pass, steps_in_one_pass
 from vecflow.runtime.ledger import DONE, FAILED, ROLLBACK, RUNNING, Ledger, Owner
 from vecflow.runtime.simulate import simulate
 from vecflow.runtime.snapshots import SnapshotStore, snapshot_name
@@ -326,8 +327,13 @@ class Runner:
             self.ledger.resume_attempt(attempt_id, owner)
             self.announce(heading or f"Resuming {item.direction} {item.label}")
         try:
-            for index, step in enumerate(item.steps):
-                self.run_step(step, index, len(item.steps), attempt_id, owner, rev, verify)
+            index = 0
+            while index < len(item.steps):
+                count = steps_in_one_pass(item.steps, index, lambda i: self.ledger.step(attempt_id, i),
+                                          self.stores.canonical)
+                self.run_step(item.steps[index], index, len(item.steps), attempt_id, owner, rev, verify,
+                              carried=item.steps[index + 1:index + count])
+                index += count
             if item.direction != UPGRADE and verify:
                 self._verify_restored(item)
             self.ledger.close_revision(attempt_id, item.direction, rev.revision, checksum, rev.path or "")
@@ -344,11 +350,14 @@ class Runner:
         self.progress.ready("scripts, ledger, lock and stores opened")
 
     def run_step(self, step: Op, index: int, total: int, attempt_id: int, owner: Owner, rev: Revision,
-                 verify: bool) -> None:
+                 verify: bool, carried: list[Op] | None = None) -> None:
         """Run one step: digests before, the op, digests after, each shown as progress. Its line
-        comes when it ends, with its notes (target created, verified, ...) after it."""
+        comes when it ends, with its notes (target created, verified, ...) after it. With carried
+        steps (the steps after it, runtime/fused_pass.py), it runs them all in one pass."""
+        carried = carried or []
         row = self.ledger.step(attempt_id, index)
-        label = f"[{index + 1}/{total}] {step.describe()}"
+        numbers = f"{index + 1}-{index + 1 + len(carried)}" if carried else f"{index + 1}"
+        label = f"[{numbers}/{total}] {'; '.join(s.describe() for s in [step, *carried])}"
         if row is not None and row["status"] == DONE:
             self.out(f"  {label}: already done")
             return
@@ -370,23 +379,47 @@ class Runner:
                 snapshot, state = row["snapshot"], json.loads(row["cursor"] or "{}")
                 rows_done, resumed = row["rows_done"], True
                 self.out(f"  {label}: resuming at {rows_done} rows")
-            ctx = StepContext(
-                stores=self.stores, ledger=self.ledger, snapshots=self.snapshots, owner=owner,
-                lease_seconds=self.config.lock_lease_seconds, attempt_id=attempt_id, step_index=index,
-                batch_size=self.config.batch_size, snapshot=snapshot, state=state, rows_done=rows_done,
-                resumed=resumed, script_dir=Path(rev.path).parent if rev.path else self.scripts.location,
-                verify=verify, note=notes.append, progress=self.progress,
-            )
+            ctx = self._context(attempt_id, index, owner, rev, verify, snapshot, state, rows_done, resumed, notes)
+            contexts = [ctx, *(self._carried_context(attempt_id, index + k, carried_step, owner, rev, verify, notes)
+                               for k, carried_step in enumerate(carried, 1))]
+            run = (lambda: run_in_one_pass([step, *carried], contexts)) if carried else (lambda: step.run(ctx))
             try:
-                after = self._run_op(step, ctx, refs, before, verify)
+                after = self._run_op(step, ctx, refs, before, verify, run)
             except BaseException:
                 self.out(f"  {label}: stopped at {ctx.rows_done} rows after {time.monotonic() - started:.2f} s")
                 self._out_notes(notes)
                 raise
-        self.ledger.finish_step(attempt_id, index, after)
+        self.ledger.finish_step(attempt_id, index, {} if carried else after)
+        for carried_ctx in contexts[1:]:
+            self.ledger.checkpoint(attempt_id, carried_ctx.step_index, json.dumps(carried_ctx.state), ctx.rows_done)
+            self.ledger.finish_step(attempt_id, carried_ctx.step_index, after if carried_ctx is contexts[-1] else {})
+        if carried:
+            notes.append(f"steps {numbers} ran as one pass over {refs[0]}")
         self.out(f"  {label}: {ctx.rows_done} rows, {time.monotonic() - started:.2f} s "
                  f"(digests {self._digest_seconds:.2f} s)")
         self._out_notes([*notes, *self._full_reads_note(step)])
+
+    def _context(self, attempt_id: int, index: int, owner: Owner, rev: Revision, verify: bool, snapshot: str | None,
+                 state: dict, rows_done: int, resumed: bool, notes: list[str]) -> StepContext:
+        return StepContext(
+            stores=self.stores, ledger=self.ledger, snapshots=self.snapshots, owner=owner,
+            lease_seconds=self.config.lock_lease_seconds, attempt_id=attempt_id, step_index=index,
+            batch_size=self.config.batch_size, snapshot=snapshot, state=state, rows_done=rows_done,
+            resumed=resumed, script_dir=Path(rev.path).parent if rev.path else self.scripts.location,
+            verify=verify, note=notes.append, progress=self.progress,
+        )
+
+    def _carried_context(self, attempt_id: int, index: int, step: Op, owner: Owner, rev: Revision, verify: bool,
+                         notes: list[str]) -> StepContext:
+        """The context of a step run in the pass of the step before it: its row is begun (before the
+        pass writes anything), with no digests of its own."""
+        row = self.ledger.step(attempt_id, index)
+        if row is None:
+            snapshot = snapshot_name(attempt_id, index) if step.captures_snapshot else None
+            self.ledger.start_step(attempt_id, index, step.op_name, step.describe(), {}, snapshot)
+            row = self.ledger.step(attempt_id, index)
+        return self._context(attempt_id, index, owner, rev, verify, row["snapshot"], json.loads(row["cursor"] or "{}"),
+                             row["rows_done"], True, notes)
 
     def _full_read(self, ref: str) -> None:
         # The innermost progress task names the part of the step that read it (the step's own task: the op).
@@ -408,13 +441,13 @@ class Runner:
             self.out(f"      {line}")
 
     def _run_op(self, step: Op, ctx: StepContext, refs: list[str], before: dict[str, str],
-                verify: bool) -> dict[str, str]:
+                verify: bool, run: Callable[[], None]) -> dict[str, str]:
         """Run the op (again once, after a damaged collection it can rebuild); the digests after."""
         try:
-            step.run(ctx)
+            run()
         except DamagedStoreError as exc:
             self._restart_after_damage(step, ctx, exc)
-            step.run(ctx)  # damaged again: the error stands
+            run()  # damaged again: the error stands
         before = {**ctx.digests_before, **before}
         # A digest an op computed is used when it is a whole pair; "absent" and empty need no native part.
         known = {ref: text for ref, text in ctx.known_digests.items()
