@@ -25,6 +25,7 @@ from qdrant_client import QdrantClient, models
 from vecflow.backends import exact
 from vecflow.backends.base import Backend, CollectionInfo, Hit, NativePage
 from vecflow.backends.helpers import option_bool, redacted
+from vecflow.backends.qdrant_local import local_points
 from vecflow.backends.qdrant_points import (
     CLIENT_ERRORS,
     ID_KIND,
@@ -315,6 +316,10 @@ class QdrantBackend(Backend):
     def _retrieve(self, name: str, pids: list[PointId], vectors: bool | list[str]) -> list[Any]:
         """The points with these ids that exist (order not kept on a server)."""
         wanted = list(dict.fromkeys(pids))
+        if self._local is not None:
+            points = local_points(self.client, name, wanted, vectors)
+            if points is not None:
+                return points
         found: list[Any] = []
         for start in range(0, len(wanted), _MAX_CHUNK):
             found += self._call("read", name, self.client.retrieve, name, wanted[start:start + _MAX_CHUNK],

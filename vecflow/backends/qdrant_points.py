@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_client.common.client_exceptions import QdrantException
 from qdrant_client.http.exceptions import ApiException, ResponseHandlingException, UnexpectedResponse
@@ -140,11 +141,12 @@ class VectorSlot:
         """What a write sends for this vector alone."""
         return {self.key: vector} if self.key else vector
 
-    def pick(self, stored: Any) -> list[float] | None:
-        """This vector out of a point's vectors as returned (a list, or a dict by name)."""
+    def pick(self, stored: Any) -> list[float] | np.ndarray | None:
+        """This vector out of a point's vectors as returned (a list, or a dict by name; float32
+        rows where read from local mode's arrays, qdrant_local.py)."""
         if isinstance(stored, dict):
             stored = stored.get(self.key)
-        return stored if isinstance(stored, list) else None
+        return stored if isinstance(stored, (list, np.ndarray)) else None
 
 
 def vector_slot(config: models.CollectionParams, option: str | None, collection: str, where: str) -> VectorSlot:
