@@ -126,8 +126,10 @@ def _step_recorded(function):
     """Runner.run_step, recording the step: seconds, phases inside it, full reads and why."""
     @functools.wraps(function)
     def recorded(self, step, index, total, *args, **kwargs):
-        label = f"[{index + 1}/{total}] {step.describe()}"
-        entry: dict[str, Any] = {"step": label, "op": step.op_name}
+        carried = kwargs.get("carried") or []  # steps run in this step's pass (runtime/fused_pass.py)
+        numbers = f"{index + 1}-{index + 1 + len(carried)}" if carried else f"{index + 1}"
+        label = f"[{numbers}/{total}] {'; '.join(s.describe() for s in [step, *carried])}"
+        entry: dict[str, Any] = {"step": label, "op": "+".join(s.op_name for s in [step, *carried])}
         phases_before = dict(PHASES)
         phase = f"step {label}"
         ACTIVE.append(phase)
@@ -201,6 +203,7 @@ def install() -> None:
         cls = getattr(fields, name)
         if isinstance(cls, type) and getattr(cls, "op_name", None) in ("rename_field", "set_field"):
             _patch(cls, "run", _timed(f"{cls.op_name} step"))
+    _patch(runner, "run_in_one_pass", _timed("field steps in one pass"))  # the runner's own name for it
 
 
 def preload() -> None:
