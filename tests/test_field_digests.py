@@ -59,6 +59,21 @@ def step_row(project: Project, revision: str) -> dict:
         ledger.close()
 
 
+def with_page_two_record(project: Project, **fields) -> Project:
+    """The project with these fields set on record id-0050 (page 2 of three)."""
+    with project.opened() as (backend, name):
+        backend.update_metadata(name, ["id-0050"], [{**records().metadatas[50], **fields}])
+    return project
+
+
+def assert_restored_exactly(project: Project, out: list[str] | str, initial: str) -> None:
+    """A downgrade's or rollback's output says main:docs was restored exactly, and it was."""
+    text = out if isinstance(out, str) else "\n".join(out)
+    assert "  verified: main:docs restored exactly (native records as the application reads them, and logical " \
+           "digest)" in text, text
+    assert project.digest_pair("docs") == initial
+
+
 @pytest.mark.parametrize("backend", ["chroma", "faiss"])
 def test_each_field_step_reads_its_collection_once_and_records_what_a_full_read_gives(tmp_path, backend):
     project = field_project(tmp_path, backend)
@@ -143,14 +158,11 @@ def test_a_field_step_killed_after_writing_a_page_before_its_checkpoint_records_
         assert "Abandoned the unfinished upgrade of r1" in project.cli("stamp", "r1").stdout
         assert recorded_before(step_row(project, "r1")) == {"main:docs": initial}
         out = project.cli("downgrade", "base").stdout
-    assert "verified: main:docs restored exactly" in out, out
-    assert project.digest_pair("docs") == initial
+    assert_restored_exactly(project, out, initial)
 
 
 def test_a_field_step_that_fails_part_way_completes_its_digest_before_and_is_rolled_back_verified(tmp_path):
-    project = field_project(tmp_path)
-    with project.opened() as (backend, name):
-        backend.update_metadata(name, ["id-0050"], [{**records().metadatas[50], "writer": "x"}])  # on page 2
+    project = with_page_two_record(field_project(tmp_path), writer="x")
     initial = project.digest_pair("docs")
     project.write_python("r1", None, STEPS["rename_field"])
     with pytest.raises(InvalidDataError, match="'id-0050' has both 'author' and 'writer'"):
@@ -160,9 +172,7 @@ def test_a_field_step_that_fails_part_way_completes_its_digest_before_and_is_rol
     assert recorded_before(step_row(project, "r1")) == {"main:docs": initial}
     out = project.run("downgrade", "base")
     assert out[0].startswith("Rolling back the unfinished upgrade of r1")
-    assert "  verified: main:docs restored exactly (native records as the application reads them, and logical " \
-           "digest)" in out
-    assert project.digest_pair("docs") == initial
+    assert_restored_exactly(project, out, initial)
 
 
 class Killed(BaseException):

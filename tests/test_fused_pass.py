@@ -9,12 +9,11 @@ import json
 
 import pytest
 
-import vecflow.operations  # noqa: F401 (registers the ops)
 from tests.project import Project
-from tests.test_field_digests import BATCH, N, field_project, records
+from tests.test_field_digests import BATCH, N, assert_restored_exactly, field_project, with_page_two_record
 from tests.test_recovery import killed_in
 from vecflow.errors import InvalidDataError
-from vecflow.operations.base import OP_REGISTRY, Op
+from vecflow.operations.base import Op, get_op
 from vecflow.runtime.fused_pass import FUSED_STEPS, steps_in_one_pass
 from vecflow.runtime.ledger import DONE, Ledger
 from vecflow.runtime.runner import recorded_before
@@ -85,15 +84,13 @@ def test_independent_field_steps_run_as_one_pass_and_leave_what_they_leave_one_b
     assert len({row["snapshot"] for row in rows}) == 3
 
     output = project.run("downgrade", "base")
-    assert "  verified: main:docs restored exactly (native records as the application reads them, and logical " \
-           "digest)" in output
-    assert project.digest_pair("docs") == initial
+    assert_restored_exactly(project, output, initial)
 
 
 def build(text: str) -> Op:
     """An op from its script line, e.g. 'set_field("docs", "x", "y + 1")'."""
     name, _, args = text.partition("(")
-    return eval(f"OP_REGISTRY[{name!r}].build({args}", {"OP_REGISTRY": OP_REGISTRY})
+    return eval(f"get_op({name!r}).build({args}", {"get_op": get_op})
 
 
 @pytest.mark.parametrize(("steps", "carried"), [
@@ -161,8 +158,7 @@ def test_a_pass_killed_after_writing_a_page_before_its_checkpoint_is_resumed_or_
     else:
         assert "Abandoned the unfinished upgrade of r1" in project.cli("stamp", "r1").stdout
         out = project.cli("downgrade", "base").stdout
-    assert "verified: main:docs restored exactly" in out, out
-    assert project.digest_pair("docs") == initial
+    assert_restored_exactly(project, out, initial)
 
 
 def test_a_step_left_unfinished_after_the_first_finished_runs_alone_and_finds_its_work_done(tmp_path):
@@ -178,14 +174,11 @@ def test_a_step_left_unfinished_after_the_first_finished_runs_alone_and_finds_it
     assert "[2/3] set_field" in out and "[3/3] drop_field" in out, out
     assert held(project) == expected
     out = project.cli("downgrade", "base").stdout
-    assert "verified: main:docs restored exactly" in out, out
-    assert project.digest_pair("docs") == initial
+    assert_restored_exactly(project, out, initial)
 
 
 def test_a_later_step_failing_part_way_fails_the_pass_and_the_rollback_restores_every_step_exactly(tmp_path):
-    project = field_project(tmp_path)
-    with project.opened() as (backend, name):
-        backend.update_metadata(name, ["id-0050"], [{**records().metadatas[50], "rank": "x"}])  # on page 2
+    project = with_page_two_record(field_project(tmp_path), rank="x")
     initial = project.digest_pair("docs")
     project.write_python("r1", None, "\n".join(STEPS))
     with pytest.raises(InvalidDataError, match="expression failed on record 'id-0050'"):
@@ -193,6 +186,4 @@ def test_a_later_step_failing_part_way_fails_the_pass_and_the_rollback_restores_
     assert sum("writer" in r.metadata for r in project.records("docs").values()) == BATCH  # page 1 was written
     out = project.run("downgrade", "base")
     assert out[0].startswith("Rolling back the unfinished upgrade of r1"), out
-    assert "  verified: main:docs restored exactly (native records as the application reads them, and logical " \
-           "digest)" in out
-    assert project.digest_pair("docs") == initial
+    assert_restored_exactly(project, out, initial)
